@@ -1,0 +1,3 @@
+from stormount.cli import main
+
+main()

@@ -1,0 +1,341 @@
+"""Configuration: frozen dataclasses per layer, built once at the CLI edge from a TOML
+file, command-line flags, `-o` options and the environment, and validated there.
+Every option and its default is listed in docs/CONFIGURATION.md."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from stormount.errors import ConfigError
+
+MiB = 1024 * 1024
+SCHEMES = ("s3", "az", "file", "memory")
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """One storage tier: where it is and how to talk to it."""
+
+    url: str
+    scheme: str = ""
+    container: str = ""  # bucket, container, or absolute directory for file://
+    prefix: str = ""  # key prefix inside the container, "" or ending in "/"
+    endpoint: str | None = None  # S3-compatible endpoint URL (else AWS_ENDPOINT_URL / AWS)
+    region: str | None = None
+    profile: str | None = None  # AWS shared-config profile
+    connection_string: str | None = None  # Azure (else AZURE_STORAGE_CONNECTION_STRING)
+    account_url: str | None = None  # Azure account URL, used with account_key / sas_token
+    account_key: str | None = None
+    sas_token: str | None = None
+    multipart_threshold: int = 8 * MiB  # objects above this upload in parts / staged blocks
+    part_size: int = 8 * MiB
+    max_connections: int = 16  # concurrent SDK calls (thread limiter and connection pool)
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    sdk_retries: int = 2  # SDK-internal retries; kept low so retries do not multiply
+
+
+TIER_OPTIONS = {f.name for f in fields(TierConfig)} - {"url", "scheme", "container", "prefix"}
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: str = ""  # filled from the source and mountpoint when not given
+    metadata_ttl: float = 60.0  # how long attributes learnt from the store are trusted
+    listing_ttl: float = 300.0  # how long a directory listing is trusted
+    negative_ttl: float = 5.0  # how long "no such file" is trusted
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    entry_timeout: float = 1.0  # kernel dentry cache
+    attr_timeout: float = 1.0  # kernel attribute cache
+    uid: int = field(default_factory=os.getuid)  # owner of objects that carry none
+    gid: int = field(default_factory=os.getgid)
+    umask: int = 0o022
+    file_mode: int = 0o644  # mode of files that carry none (before umask)
+    dir_mode: int = 0o755
+    allow_other: bool = False
+    default_permissions: bool = True  # the kernel checks modes against uid/gid
+    read_only: bool = False
+    nonempty: bool = False  # allow mounting over a non-empty directory
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    source: str
+    mountpoint: str
+    tiers: tuple[TierConfig, ...]
+    cache: CacheConfig = CacheConfig()
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    socket: str | None = None
+    log_level: str = "info"
+
+
+def parse_size(value: object, what: str) -> int:
+    """'8MiB', '10MB', '4096' or an int -> bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{what}: size must not be negative")
+        return value
+    text = str(value).strip()
+    units = {"kib": 1024, "mib": MiB, "gib": 1024 * MiB, "tib": MiB * MiB,
+             "kb": 1000, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 1024, "m": MiB,
+             "g": 1024 * MiB, "b": 1}
+    lower = text.lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if lower.endswith(unit):
+            number = lower[: -len(unit)].strip()
+            break
+    else:
+        unit, number = "b", lower
+    try:
+        result = int(float(number) * units[unit])
+    except ValueError:
+        raise ConfigError(f"{what}: {value!r} is not a size (e.g. 8MiB)") from None
+    if result < 0:
+        raise ConfigError(f"{what}: size must not be negative")
+    return result
+
+
+def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierConfig:
+    """s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX], file:///ABS/DIR, memory://[NAME];
+    query parameters and `options` set the TierConfig fields of the same name."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if not scheme or "://" not in url:
+        raise ConfigError(
+            f"not a storage URL: {url!r} (expected s3://BUCKET[/PREFIX], "
+            "az://CONTAINER[/PREFIX], file:///DIR or a .toml config file)")
+    if scheme not in SCHEMES:
+        raise ConfigError(f"unknown storage scheme {scheme!r} in {url!r} "
+                          f"(supported: {', '.join(s + '://' for s in SCHEMES)})")
+    values: dict[str, Any] = {}
+    for key, vals in urllib.parse.parse_qs(parts.query, keep_blank_values=True).items():
+        values[key] = vals[-1]
+    values.update(options or {})
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(f"file URLs need an absolute path: file:///DIR, got {url!r}")
+        path = urllib.parse.unquote(parts.path)
+        if not path.startswith("/"):
+            raise ConfigError(f"file URLs need an absolute path: file:///DIR, got {url!r}")
+        container, prefix = os.path.normpath(path), ""
+    else:
+        container = parts.netloc
+        if scheme in ("s3", "az") and not container:
+            raise ConfigError(f"{url!r} names no bucket or container")
+        prefix = urllib.parse.unquote(parts.path).strip("/")
+        if "//" in prefix:
+            raise ConfigError(f"empty path segment in prefix of {url!r}")
+        prefix = prefix + "/" if prefix else ""
+    kwargs: dict[str, Any] = {}
+    types = {f.name: f.type for f in fields(TierConfig)}
+    for key, raw in values.items():
+        if key not in TIER_OPTIONS:
+            raise ConfigError(f"unknown tier option {key!r} in {url!r} "
+                              f"(known: {', '.join(sorted(TIER_OPTIONS))})")
+        if key in ("multipart_threshold", "part_size"):
+            kwargs[key] = parse_size(raw, key)
+        elif types[key] in ("int",):
+            kwargs[key] = _to_int(raw, key)
+        elif types[key] in ("float",):
+            kwargs[key] = _to_float(raw, key)
+        else:
+            kwargs[key] = None if raw is None else str(raw)
+    tier = TierConfig(url=url, scheme=scheme, container=container, prefix=prefix, **kwargs)
+    if tier.part_size < 5 * MiB and scheme == "s3":
+        raise ConfigError("part_size must be at least 5MiB for S3")
+    if tier.max_connections < 1:
+        raise ConfigError("max_connections must be at least 1")
+    return tier
+
+
+def _to_int(raw: object, what: str) -> int:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{what}: expected an integer, got {raw!r}")
+    try:
+        return int(str(raw), 0) if isinstance(raw, str) else int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
+
+
+def _to_float(raw: object, what: str) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{what}: expected a number, got {raw!r}")
+    try:
+        return float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what}: expected a number, got {raw!r}") from None
+
+
+def _to_bool(raw: object, what: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{what}: expected true or false, got {raw!r}")
+
+
+def _to_mode(raw: object, what: str) -> int:
+    """Modes are octal: '0644', '644', or a TOML integer written 0o644."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        try:
+            value = int(str(raw), 8)
+        except ValueError:
+            raise ConfigError(f"{what}: expected an octal mode such as 0644, got {raw!r}") from None
+    if not 0 <= value <= 0o7777:
+        raise ConfigError(f"{what}: mode out of range: {raw!r}")
+    return value
+
+
+_FUSE_CONVERT = {
+    "entry_timeout": _to_float, "attr_timeout": _to_float, "uid": _to_int, "gid": _to_int,
+    "umask": _to_mode, "file_mode": _to_mode, "dir_mode": _to_mode,
+    "allow_other": _to_bool, "default_permissions": _to_bool, "read_only": _to_bool,
+    "nonempty": _to_bool,
+}
+_CACHE_CONVERT = {"dir": lambda raw, what: str(raw), "metadata_ttl": _to_float,
+                  "listing_ttl": _to_float, "negative_ttl": _to_float}
+# -o spellings that mount(8) users expect, mapped onto config keys
+_O_ALIASES = {"ro": "read_only", "rw": "read_only", "cache_dir": "cache.dir"}
+
+
+def _apply(obj: Any, table: Mapping[str, Any], values: Mapping[str, Any], section: str) -> Any:
+    changes = {}
+    for key, raw in values.items():
+        if key not in table:
+            raise ConfigError(f"unknown option {key!r} in [{section}] "
+                              f"(known: {', '.join(sorted(table))})")
+        changes[key] = table[key](raw, key)
+        if isinstance(changes[key], float) and changes[key] < 0:
+            raise ConfigError(f"{key} must not be negative")
+    return replace(obj, **changes)
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def parse_o_options(opts: tuple[str, ...]) -> dict[str, str]:
+    """'-o a=1,b' (repeatable) -> {'a': '1', 'b': ''}."""
+    out: dict[str, str] = {}
+    for group in opts:
+        for item in group.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if key == "rw":
+                key, value = "ro", "false"
+            out[key] = value
+    return out
+
+
+def default_cache_dir(source: str, mountpoint: str) -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or (
+        "/var/cache" if os.getuid() == 0 else os.path.expanduser("~/.cache"))
+    digest = hashlib.sha256(f"{source}\0{mountpoint}".encode()).hexdigest()[:16]
+    return os.path.join(base, "stormount", digest)
+
+
+def build_config(
+    source: str,
+    mountpoint: str,
+    *,
+    tier_urls: tuple[str, ...] = (),
+    config_file: str | None = None,
+    cache_dir: str | None = None,
+    socket: str | None = None,
+    options: tuple[str, ...] = (),
+) -> MountConfig:
+    """Merge, in rising priority: defaults, config file, flags, -o options."""
+    source_url: str | None = source
+    if "://" not in source and (source.endswith(".toml") or os.path.isfile(source)):
+        if config_file:
+            raise ConfigError("give the config file either as SOURCE or with --config, not both")
+        config_file, source_url = source, None
+    data: dict[str, Any] = load_toml(config_file) if config_file else {}
+    known_top = {"tier", "cache", "fuse", "socket", "log_level"}
+    for key in data:
+        if key not in known_top:
+            raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known_top))})")
+
+    tiers: list[TierConfig] = []
+    if source_url is not None:
+        tiers.append(parse_tier_url(source_url))
+    raw_tiers = data.get("tier", [])
+    if not isinstance(raw_tiers, list):
+        raise ConfigError("[[tier]] must be an array of tables")
+    for raw in raw_tiers:
+        if not isinstance(raw, dict) or "url" not in raw:
+            raise ConfigError("every [[tier]] needs a url")
+        opts = {k: v for k, v in raw.items() if k != "url"}
+        tiers.append(parse_tier_url(str(raw["url"]), opts))
+    tiers.extend(parse_tier_url(url) for url in tier_urls)
+    if not tiers:
+        raise ConfigError("no storage tier given: pass a URL or a config file with [[tier]]")
+
+    cache = _apply(CacheConfig(), _CACHE_CONVERT, _section(data, "cache"), "cache")
+    fuse = _apply(FuseConfig(), _FUSE_CONVERT, _section(data, "fuse"), "fuse")
+    sock = data.get("socket")
+    log_level = str(data.get("log_level", "info"))
+
+    o_values = parse_o_options(options)
+    fuse_o: dict[str, Any] = {}
+    for key, value in o_values.items():
+        key = _O_ALIASES.get(key, key)
+        if key == "cache.dir":
+            cache = replace(cache, dir=value)
+        elif key in _CACHE_CONVERT:
+            cache = _apply(cache, _CACHE_CONVERT, {key: value}, "cache")
+        elif key in _FUSE_CONVERT:
+            fuse_o[key] = value
+        elif key in ("auto_unmount", "_netdev", "nofail", "noauto", "user", "nouser", "auto",
+                     "defaults", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "noatime",
+                     "relatime", "atime") or key.startswith("x-"):
+            continue  # always on, or mount(8)/fstab options meant for other programs
+        else:
+            raise ConfigError(f"unknown mount option -o {key}")
+    fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
+
+    if cache_dir:
+        cache = replace(cache, dir=cache_dir)
+    if socket:
+        sock = socket
+    mountpoint = os.path.abspath(mountpoint)
+    if not cache.dir:
+        cache = replace(cache, dir=default_cache_dir(source, mountpoint))
+    cache = replace(cache, dir=os.path.abspath(os.path.expanduser(cache.dir)))
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, not {log_level!r}")
+    return MountConfig(source=source, mountpoint=mountpoint, tiers=tuple(tiers), cache=cache,
+                       fuse=fuse, socket=None if sock is None else str(sock),
+                       log_level=log_level.lower())
+
+
+def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    return value

@@ -1,0 +1,177 @@
+"""Composition: config -> backend -> vfs -> FUSE, in one root nursery.
+
+The only module that knows every layer. It checks what a user can get wrong before
+mounting, mounts, reports readiness, serves until unmounted or signalled, and uploads
+what is still pending before it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+
+import pyfuse3
+import trio
+
+from stormount import registry
+from stormount.backends import Backend, open_backend
+from stormount.config import MountConfig
+from stormount.errors import BackendError, StartupError
+from stormount.fuse.ops import Operations
+from stormount.vfs.fs import Vfs
+
+log = logging.getLogger(__name__)
+CHECK_TIMEOUT = 30.0
+READ_AHEAD_KB = 1024
+
+
+def check_mountpoint(cfg: MountConfig) -> None:
+    mp = cfg.mountpoint
+    if not os.path.exists("/dev/fuse"):
+        raise StartupError("FUSE is not available: /dev/fuse is missing "
+                           "(install fuse3 and load the fuse kernel module)")
+    if os.getuid() != 0 and not shutil.which("fusermount3"):
+        raise StartupError("fusermount3 not found: install the fuse3 package")
+    if not os.path.lexists(mp):
+        raise StartupError(f"mountpoint {mp} does not exist")
+    if registry.mounted_fuse(mp) is not None or os.path.ismount(mp):
+        raise StartupError(f"mountpoint {mp} is busy: something is already mounted there")
+    if not os.path.isdir(mp):
+        raise StartupError(f"mountpoint {mp} is not a directory")
+    try:
+        entries = os.listdir(mp)
+    except OSError as e:
+        raise StartupError(f"cannot read mountpoint {mp}: {e.strerror}") from None
+    if entries and not cfg.fuse.nonempty:
+        raise StartupError(f"mountpoint {mp} is not empty (use -o nonempty to mount over it)")
+    cache = os.path.realpath(cfg.cache.dir)
+    if cache == os.path.realpath(mp) or cache.startswith(os.path.realpath(mp) + os.sep):
+        raise StartupError(f"cache directory {cfg.cache.dir} must not be inside the mountpoint")
+
+
+def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
+    """Create the cache directory, lock it against a second mount, and return
+    (lock fd, staging directory)."""
+    cache = cfg.cache.dir
+    try:
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+        lock_fd = os.open(os.path.join(cache, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock_fd)
+        raise StartupError(f"cache directory {cache} is in use by another running mount") \
+            from None
+    staging = os.path.join(cache, "staging")
+    os.makedirs(staging, mode=0o700, exist_ok=True)
+    leftovers = os.listdir(staging)
+    if leftovers:
+        # files that were being written when an earlier daemon died: never delete them
+        keep = os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+        os.makedirs(keep, exist_ok=True)
+        for name in leftovers:
+            os.rename(os.path.join(staging, name), os.path.join(keep, name))
+        log.warning("%d unfinished file(s) from an earlier run moved to %s", len(leftovers), keep)
+    return lock_fd, staging
+
+
+def fuse_options(cfg: MountConfig) -> set[str]:
+    source = cfg.tiers[0].url.split("?", 1)[0].replace(",", "_")
+    options = {f"fsname={source}", "subtype=stormount", "auto_unmount", "noatime"}
+    if cfg.fuse.default_permissions:
+        options.add("default_permissions")
+    if cfg.fuse.allow_other:
+        options.add("allow_other")
+    if cfg.fuse.read_only:
+        options.add("ro")
+    return options
+
+
+def tune_read_ahead(mountpoint: str) -> None:
+    """Raise the kernel's read-ahead for this mount (128 KiB -> 1 MiB) where permitted."""
+    dev = os.stat(mountpoint).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    try:
+        with open(path, "w") as f:
+            f.write(str(READ_AHEAD_KB))
+    except OSError as e:
+        log.debug("cannot raise read-ahead via %s: %s", path, e)
+
+
+async def check_backend(backend: Backend) -> None:
+    try:
+        with trio.fail_after(CHECK_TIMEOUT):
+            await backend.check()
+    except trio.TooSlowError:
+        raise StartupError(f"{backend.url}: no answer within {CHECK_TIMEOUT:.0f} s") from None
+    except BackendError as e:
+        raise StartupError(f"cannot use {backend.url.split('?', 1)[0]}: {e}") from None
+
+
+async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> int:
+    """Mount and serve until unmounted or signalled; the exit status."""
+    if len(cfg.tiers) > 1:
+        raise StartupError("more than one tier was given; this version mounts a single tier")
+    check_mountpoint(cfg)
+    lock_fd, staging = prepare_cache(cfg)
+    backend = open_backend(cfg.tiers[0])
+    try:
+        await check_backend(backend)
+        vfs = Vfs(backend, cfg.fuse, cfg.cache, staging)
+        try:
+            pyfuse3.init(Operations(vfs, cfg.fuse), cfg.mountpoint, fuse_options(cfg))
+        except RuntimeError as e:
+            raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
+        try:
+            await _serve(cfg, vfs, on_ready)
+        finally:
+            with trio.CancelScope(shield=True):
+                failed = await vfs.shutdown()
+            pyfuse3.close(unmount=True)
+            registry.unregister(cfg.mountpoint)
+        if failed:
+            log.error("%d file(s) could not be uploaded; their data is kept in %s: %s",
+                      len(failed), staging, ", ".join(failed))
+            return 1
+        log.info("unmounted %s", cfg.mountpoint)
+        return 0
+    finally:
+        with trio.CancelScope(shield=True):
+            await backend.aclose()
+        os.close(lock_fd)
+
+
+async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def when_ready() -> None:
+            # the kernel queues requests until pyfuse3.main runs; this stat goes through it
+            await trio.to_thread.run_sync(tune_read_ahead, cfg.mountpoint)
+            registry.register(registry.MountRecord(
+                mountpoint=cfg.mountpoint, pid=os.getpid(), source=cfg.source,
+                cache_dir=cfg.cache.dir, socket=cfg.socket))
+            log.info("mounted %s at %s", cfg.tiers[0].url.split("?", 1)[0], cfg.mountpoint)
+            on_ready()
+
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    log.info("%s: uploading pending files, then unmounting",
+                             signal.Signals(signum).name)
+                    with contextlib.suppress(Exception):
+                        await vfs.shutdown()
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(when_ready)
+        nursery.start_soon(on_signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,104 @@
+"""Where running mounts are recorded, so `unmount` and `ctl -m MOUNTPOINT` can find a
+mount's daemon and socket from its mountpoint alone."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class MountRecord:
+    mountpoint: str
+    pid: int
+    source: str
+    cache_dir: str
+    socket: str | None = None
+
+
+def runtime_dir() -> str:
+    explicit = os.environ.get("STORMOUNT_RUNTIME_DIR")
+    if explicit:
+        return explicit
+    if os.getuid() == 0:
+        return "/run/stormount"
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(xdg, "stormount") if xdg else f"/tmp/stormount-{os.getuid()}"
+
+
+def _path(mountpoint: str) -> str:
+    digest = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    return os.path.join(runtime_dir(), f"mount-{digest}.json")
+
+
+def register(record: MountRecord) -> None:
+    os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+    path = _path(record.mountpoint)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(asdict(record), f)
+    os.replace(tmp, path)
+
+
+def unregister(mountpoint: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(_path(mountpoint))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lookup(mountpoint: str) -> MountRecord | None:
+    try:
+        with open(_path(mountpoint)) as f:
+            record = MountRecord(**json.load(f))
+    except (OSError, ValueError, TypeError):
+        return None
+    return record if _alive(record.pid) else None
+
+
+def all_records() -> list[MountRecord]:
+    try:
+        names = os.listdir(runtime_dir())
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        if name.startswith("mount-") and name.endswith(".json"):
+            try:
+                with open(os.path.join(runtime_dir(), name)) as f:
+                    record = MountRecord(**json.load(f))
+            except (OSError, ValueError, TypeError):
+                continue
+            if _alive(record.pid):
+                out.append(record)
+    return out
+
+
+def mounted_fuse(mountpoint: str) -> str | None:
+    """The filesystem type mounted exactly at `mountpoint` (e.g. 'fuse.stormount'), if any."""
+    target = os.path.realpath(mountpoint)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        fields = line.split()
+        sep = fields.index("-")
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        if point == target:
+            found = fields[sep + 1]
+    return found

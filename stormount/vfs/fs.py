@@ -1,0 +1,761 @@
+"""Filesystem semantics over an object store, without FUSE.
+
+Every method takes and returns plain values (inode numbers, str names, Node objects)
+and raises StormountError subclasses carrying the errno the caller should see, so the
+whole layer is testable without the kernel and fuse/ops.py stays a thin adapter.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+import stat
+import tempfile
+from dataclasses import dataclass
+
+import trio
+
+from stormount.backends.base import Backend, ObjectInfo, list_all
+from stormount.config import CacheConfig, FuseConfig
+from stormount.errors import FsError, NotFound
+from stormount.vfs.attrs import (
+    DIR,
+    FILE,
+    LINK,
+    Attrs,
+    attrs_from_object,
+    default_attrs,
+    kind_of,
+    metadata_of,
+    now_ns,
+)
+from stormount.vfs.nodes import InodeTable, Listing, Node, Staging
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+DOWNLOAD_CHUNK = 8 * 1024 * 1024
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+COPY_PARALLEL = 16
+
+
+@dataclass(eq=False)
+class Handle:
+    node: Node
+    writable: bool
+
+
+@dataclass(eq=False)
+class DirHandle:
+    node: Node
+    entries: list[tuple[str, Node]]
+
+
+@dataclass(frozen=True)
+class StatFs:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    files: int
+    files_free: int
+    name_max: int
+
+
+def valid_name(name: str) -> bool:
+    """Can this key segment be a POSIX file name?"""
+    return (bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+            and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX)
+
+
+def _join(parent: Node, name: str) -> str:
+    path = parent.path
+    return f"{path}/{name}" if path else name
+
+
+class Vfs:
+    def __init__(self, backend: Backend, fuse: FuseConfig, cache: CacheConfig,
+                 staging_dir: str) -> None:
+        self.backend = backend
+        self.fuse = fuse
+        self.cache = cache
+        self.staging_dir = staging_dir
+        self.inodes = InodeTable(default_attrs(DIR, fuse))
+        self.inodes.root.checked_at = math.inf
+        self.inodes.root.complete = True
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self._start_ns = now_ns()
+        self._warned: set[str] = set()
+
+    # --- helpers --------------------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise FsError(errno.ESTALE, f"unknown inode {ino}")
+        return node
+
+    def handle(self, fh: int) -> Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise FsError(errno.EBADF, f"unknown file handle {fh}") from None
+
+    def _fresh(self, at: float, ttl: float) -> bool:
+        return trio.current_time() - at < ttl
+
+    def _check_writable(self) -> None:
+        if self.fuse.read_only:
+            raise FsError(errno.EROFS, "mounted read-only")
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
+        if not valid_name(name):
+            raise FsError(errno.EINVAL, f"invalid name {name!r}")
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FsError(errno.EILSEQ, "object names must be valid UTF-8") from None
+
+    @staticmethod
+    def _dir_of(node: Node) -> Node:
+        if node.kind != DIR:
+            raise FsError(errno.ENOTDIR, f"{node.path} is not a directory")
+        return node
+
+    def _warn_skip(self, key: str, why: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("skipping object %r: %s", key, why)
+
+    def _new_staging(self) -> Staging:
+        fd, path = tempfile.mkstemp(dir=self.staging_dir, prefix="stage-")
+        return Staging(path=path, fd=fd)
+
+    def _listing_put(self, parent: Node, name: str, kind: str, info: ObjectInfo | None) -> None:
+        parent.negative.pop(name, None)
+        if parent.listing is not None:
+            parent.listing.entries[name] = (kind, info)
+
+    def _listing_drop(self, parent: Node, name: str) -> None:
+        parent.negative[name] = trio.current_time()
+        if parent.listing is not None:
+            parent.listing.entries.pop(name, None)
+
+    def _child_from_object(self, parent: Node, name: str, kind: str, info: ObjectInfo,
+                           complete: bool) -> Node:
+        """Create or refresh the node for a name the store just told us about."""
+        attrs = attrs_from_object(info, kind, self.fuse)
+        child = parent.children.get(name)
+        if child is not None and child.kind != kind:
+            self.inodes.detach(child)
+            child = None
+        if child is None:
+            child = self.inodes.add(parent, name, attrs)
+            child.complete = complete
+        elif child.staging is None or not child.staging.dirty:
+            same_version = child.etag == info.etag
+            if complete or not (same_version and child.complete):
+                child.attrs = attrs
+                child.complete = complete
+            if not same_version:
+                child.link_target = None
+        child.etag = info.etag
+        child.checked_at = trio.current_time()
+        parent.negative.pop(name, None)
+        return child
+
+    def _implied_dir(self, key: str) -> ObjectInfo:
+        return ObjectInfo(key=key, size=0, mtime=self._start_ns / 1e9, etag="", metadata=None)
+
+    async def _stat_remote(self, parent: Node, name: str,
+                           hint: str | None) -> tuple[str, ObjectInfo] | None:
+        """What the store holds under this name: a directory wins over a file of the
+        same name (as in mountpoint-s3), since a directory cannot be shadowed safely."""
+        key = _join(parent, name)
+        if hint == DIR:
+            try:
+                return DIR, await self.backend.head(key + "/")
+            except NotFound:
+                page = await self.backend.list(key + "/", "/", limit=1)
+                if page.objects or page.prefixes:
+                    return DIR, self._implied_dir(key + "/")
+        elif hint in (FILE, LINK):
+            try:
+                info = await self.backend.head(key)
+                return kind_of(key, info.metadata), info
+            except NotFound:
+                pass
+        head: ObjectInfo | None = None
+        page_has_children = False
+        marker: ObjectInfo | None = None
+
+        async def _head() -> None:
+            nonlocal head
+            try:
+                head = await self.backend.head(key)
+            except NotFound:
+                head = None
+
+        async def _list() -> None:
+            nonlocal page_has_children, marker
+            page = await self.backend.list(key + "/", "/", limit=1)
+            page_has_children = bool(page.objects or page.prefixes)
+            if page.objects and page.objects[0].key == key + "/":
+                marker = page.objects[0]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_head)
+            nursery.start_soon(_list)
+        if page_has_children:
+            if marker is not None and marker.metadata is None:
+                try:
+                    marker = await self.backend.head(key + "/")
+                except NotFound:
+                    marker = None
+            return DIR, marker or self._implied_dir(key + "/")
+        if head is not None:
+            return kind_of(key, head.metadata), head
+        return None
+
+    async def _find(self, parent: Node, name: str) -> Node | None:
+        """The live node for `name` in `parent`, consulting caches, then the store."""
+        child = parent.children.get(name)
+        if child is not None and (
+                child.staging is not None or child.etag is None
+                or (child.complete and self._fresh(child.checked_at, self.cache.metadata_ttl))):
+            return child
+        if child is None:
+            seen_absent = parent.negative.get(name)
+            if seen_absent is not None and self._fresh(seen_absent, self.cache.negative_ttl):
+                return None
+        hint: str | None = None
+        listing = parent.listing
+        if listing is not None and self._fresh(listing.at, self.cache.listing_ttl):
+            entry = listing.entries.get(name)
+            if entry is None:
+                if child is not None:
+                    self.inodes.detach(child)
+                return None
+            hint = entry[0]
+        found = await self._stat_remote(parent, name, hint)
+        if found is None:
+            if child is not None:
+                self.inodes.detach(child)
+            self._listing_drop(parent, name)
+            return None
+        kind, info = found
+        child = self._child_from_object(parent, name, kind, info, complete=True)
+        self._listing_put(parent, name, kind, info)
+        return child
+
+    async def _existing(self, parent_ino: int, name: str) -> tuple[Node, Node]:
+        parent = self._dir_of(self.node(parent_ino))
+        node = await self._find(parent, name)
+        if node is None:
+            raise FsError(errno.ENOENT, f"no such file: {_join(parent, name)}")
+        return parent, node
+
+    async def _stage(self, node: Node, *, load: bool = True) -> Staging:
+        """Give a file its staging copy (caller holds node.lock), downloading the
+        current content unless `load` is false (the caller truncates it anyway)."""
+        if node.staging is not None:
+            return node.staging
+        staging = self._new_staging()
+        try:
+            if load and node.etag is not None:
+                offset = 0
+                while True:
+                    data = await self.backend.get_range(node.key, offset, DOWNLOAD_CHUNK)
+                    if data:
+                        os.pwrite(staging.fd, data, offset)
+                        offset += len(data)
+                    if len(data) < DOWNLOAD_CHUNK:
+                        break
+                node.attrs.size = offset
+        except BaseException:
+            staging.close()
+            raise
+        node.staging = staging
+        return staging
+
+    async def _commit(self, node: Node) -> None:
+        """Upload a file's staged content if it changed (synchronously, for now)."""
+        async with node.lock:
+            staging = node.staging
+            if staging is None or not staging.dirty or node.unlinked:
+                return
+            generation = staging.generation
+            info = await self.backend.put_file(node.key, staging.path, metadata_of(node.attrs))
+            if staging.generation == generation:
+                staging.dirty = False
+            node.etag = node.page_cache_etag = info.etag
+            node.checked_at = trio.current_time()
+            node.complete = True
+            if node.parent is not None:
+                self._listing_put(node.parent, node.name, node.kind, info)
+
+    def _drop_staging_if_clean(self, node: Node) -> None:
+        if node.opens == 0 and node.staging is not None and (
+                not node.staging.dirty or node.unlinked):
+            node.staging.close()
+            node.staging = None
+
+    # --- lookups and attributes -----------------------------------------------------
+
+    async def lookup(self, parent_ino: int, name: str) -> Node:
+        """Resolve a name and count a kernel reference; FsError(ENOENT) when absent."""
+        _, node = await self._existing(parent_ino, name)
+        node.lookups += 1
+        return node
+
+    def count_lookup(self, node: Node) -> None:
+        node.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.inodes.get(ino)
+        if node is None:
+            return
+        node.lookups = max(0, node.lookups - count)
+        self.inodes.maybe_drop(node)
+
+    async def getattr(self, ino: int) -> Node:
+        node = self.node(ino)
+        if (node.kind == DIR or node.unlinked or node.staging is not None or node.etag is None
+                or self._fresh(node.checked_at, self.cache.metadata_ttl)):
+            return node
+        try:
+            info = await self.backend.head(node.key)
+        except NotFound:
+            if node.opens > 0:
+                return node  # still open here: its last known state stands
+            if node.parent is not None:
+                self._listing_drop(node.parent, node.name)
+            self.inodes.detach(node)
+            raise FsError(errno.ENOENT, f"{node.path} was removed from the store") from None
+        assert node.parent is not None
+        return self._child_from_object(node.parent, node.name, kind_of(node.key, info.metadata),
+                                       info, complete=True)
+
+    async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None,
+                      mtime_ns: int | None = None) -> Node:
+        self._check_writable()
+        node = self.node(ino)
+        if size is not None:
+            if node.kind == DIR:
+                raise FsError(errno.EISDIR, f"{node.path} is a directory")
+            if node.kind == LINK:
+                raise FsError(errno.EINVAL, "cannot truncate a symbolic link")
+        async with node.lock:
+            if size is not None:
+                staging = await self._stage(node, load=size > 0)
+                os.ftruncate(staging.fd, size)
+                staging.dirty = True
+                staging.generation += 1
+                node.attrs.size = size
+                node.attrs.mtime_ns = now_ns()
+            if mode is not None:
+                node.attrs.mode = stat.S_IFMT(node.attrs.mode) | stat.S_IMODE(mode)
+            if uid is not None:
+                node.attrs.uid = uid
+            if gid is not None:
+                node.attrs.gid = gid
+            if mtime_ns is not None:
+                node.attrs.mtime_ns = mtime_ns
+            node.attrs.ctime_ns = now_ns()
+            if node.staging is not None and node.staging.dirty:
+                pass  # the upload carries the new attributes
+            elif node is self.inodes.root:
+                pass  # the root's attributes come from the mount options
+            elif node.kind == DIR:
+                info = await self.backend.put_bytes(node.key, b"", metadata_of(node.attrs))
+                node.etag = info.etag
+            elif node.etag is not None:
+                info = await self.backend.copy(node.key, node.key, metadata_of(node.attrs))
+                node.etag = info.etag
+            node.checked_at = trio.current_time()
+        if node.opens == 0:
+            await self._commit(node)  # a path truncate: nobody will flush it
+            self._drop_staging_if_clean(node)
+        return node
+
+    async def readlink(self, ino: int) -> str:
+        node = self.node(ino)
+        if node.kind != LINK:
+            raise FsError(errno.EINVAL, f"{node.path} is not a symbolic link")
+        if node.link_target is None:
+            data = await self.backend.get_range(node.key, 0, max(node.attrs.size, 4096))
+            node.link_target = os.fsdecode(data)
+        return node.link_target
+
+    def access(self, ino: int, mode: int, uid: int, gids: list[int]) -> bool:
+        node = self.node(ino)
+        if uid == 0:
+            return not (mode & os.X_OK) or node.kind == DIR or bool(node.attrs.mode & 0o111)
+        perms = stat.S_IMODE(node.attrs.mode)
+        if uid == node.attrs.uid:
+            bits = perms >> 6
+        elif node.attrs.gid in gids:
+            bits = perms >> 3
+        else:
+            bits = perms
+        return (bits & mode) == mode
+
+    def statfs(self) -> StatFs:
+        # object stores have no fixed size: report a large, honest "unknown"
+        return StatFs(block_size=4096, blocks=2**40, blocks_free=2**40, files=2**32,
+                      files_free=2**32, name_max=NAME_MAX)
+
+    # --- directories ----------------------------------------------------------------
+
+    async def _list_dir(self, node: Node) -> list[tuple[str, Node]]:
+        listing = node.listing
+        if listing is None or not self._fresh(listing.at, self.cache.listing_ttl):
+            objects, prefixes = await list_all(self.backend, node.key, "/")
+            entries: dict[str, tuple[str, ObjectInfo | None]] = {}
+            for prefix in prefixes:
+                name = prefix[len(node.key):-1]
+                if valid_name(name):
+                    entries[name] = (DIR, None)
+                else:
+                    self._warn_skip(prefix, "not a valid file name")
+            for info in objects:
+                if info.key == node.key:
+                    continue  # this directory's own marker
+                name = info.key[len(node.key):]
+                if not valid_name(name):
+                    self._warn_skip(info.key, "not a valid file name")
+                elif name in entries:
+                    self._warn_skip(info.key, "a directory of the same name hides it")
+                else:
+                    entries[name] = (kind_of(info.key, info.metadata), info)
+            listing = node.listing = Listing(entries=entries, at=trio.current_time())
+            for name, child in list(node.children.items()):
+                if name not in entries and child.etag is not None and child.staging is None:
+                    self.inodes.detach(child)  # removed from the store by someone else
+        result: dict[str, Node] = {}
+        for name, (kind, listed) in listing.entries.items():
+            known = node.children.get(name)
+            if known is not None and known.kind == kind and (
+                    known.staging is not None or listed is None or known.etag == listed.etag):
+                result[name] = known
+            else:
+                result[name] = self._child_from_object(
+                    node, name, kind, listed or self._implied_dir(_join(node, name) + "/"),
+                    complete=listed is not None and listed.metadata is not None)
+        for name, known in node.children.items():
+            if known.etag is None and not known.unlinked:
+                result.setdefault(name, known)  # created here, not in the store yet
+        return sorted(result.items())
+
+    async def opendir(self, ino: int) -> int:
+        node = self._dir_of(self.node(ino))
+        entries = await self._list_dir(node)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = DirHandle(node=node, entries=entries)
+        return fh
+
+    def readdir(self, fh: int, start: int) -> list[tuple[str, Node, int]]:
+        """Entries from position `start`, each with the position after it."""
+        try:
+            handle = self._dirs[fh]
+        except KeyError:
+            raise FsError(errno.EBADF, f"unknown directory handle {fh}") from None
+        return [(name, node, i + 1) for i, (name, node) in enumerate(handle.entries)
+                if i >= start]
+
+    def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
+        self._check_writable()
+        self._check_name(name)
+        parent = self._dir_of(self.node(parent_ino))
+        if await self._find(parent, name) is not None:
+            raise FsError(errno.EEXIST, f"{_join(parent, name)} exists")
+        now = now_ns()
+        attrs = Attrs(mode=stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
+                      mtime_ns=now, ctime_ns=now)
+        info = await self.backend.put_bytes(_join(parent, name) + "/", b"", metadata_of(attrs))
+        node = self._child_from_object(parent, name, DIR, info, complete=True)
+        node.attrs = attrs
+        node.listing = Listing(entries={}, at=trio.current_time())
+        self._listing_put(parent, name, DIR, info)
+        node.lookups += 1
+        return node
+
+    async def _is_empty(self, node: Node) -> bool:
+        if any(c.etag is None and not c.unlinked for c in node.children.values()):
+            return False
+        page = await self.backend.list(node.key, "/", limit=2)
+        return not page.prefixes and all(o.key == node.key for o in page.objects)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        self._check_writable()
+        parent, node = await self._existing(parent_ino, name)
+        self._dir_of(node)
+        if not await self._is_empty(node):
+            raise FsError(errno.ENOTEMPTY, f"{node.path} is not empty")
+        await self.backend.delete(node.key)
+        for child in list(node.children.values()):
+            self.inodes.detach(child)
+        self._listing_drop(parent, name)
+        self.inodes.detach(node)
+
+    # --- files ----------------------------------------------------------------------
+
+    def _open_handle(self, node: Node, writable: bool) -> int:
+        node.opens += 1
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = Handle(node=node, writable=writable)
+        return fh
+
+    def keep_page_cache(self, node: Node) -> bool:
+        """May the kernel keep cached pages of this file from an earlier open? Only if the
+        object is the version they were read from (or written as) here."""
+        keep = node.staging is not None or (
+            node.etag is not None and node.etag == node.page_cache_etag)
+        node.page_cache_etag = node.etag
+        return keep
+
+    async def open(self, ino: int, flags: int) -> int:
+        node = self.node(ino)
+        if node.kind == DIR:
+            raise FsError(errno.EISDIR, f"{node.path} is a directory")
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writable:
+            self._check_writable()
+        if writable and flags & os.O_TRUNC:
+            async with node.lock:
+                staging = await self._stage(node, load=False)
+                os.ftruncate(staging.fd, 0)
+                staging.dirty = True
+                staging.generation += 1
+                node.attrs.size = 0
+                node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
+        return self._open_handle(node, writable)
+
+    async def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int,
+                     gid: int) -> tuple[int, Node]:
+        self._check_writable()
+        self._check_name(name)
+        parent = self._dir_of(self.node(parent_ino))
+        existing = await self._find(parent, name)
+        if existing is not None:
+            if flags & os.O_EXCL:
+                raise FsError(errno.EEXIST, f"{existing.path} exists")
+            if existing.kind == DIR:
+                raise FsError(errno.EISDIR, f"{existing.path} is a directory")
+            existing.lookups += 1
+            return await self.open(existing.ino, flags | os.O_TRUNC), existing
+        now = now_ns()
+        attrs = Attrs(mode=stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
+                      mtime_ns=now, ctime_ns=now)
+        node = self.inodes.add(parent, name, attrs)
+        node.complete = True
+        node.staging = self._new_staging()
+        node.staging.dirty = True
+        node.lookups += 1
+        self._listing_put(parent, name, FILE, None)
+        return self._open_handle(node, True), node
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes:
+        node = self.handle(fh).node
+        staging = node.staging
+        if staging is not None:
+            return os.pread(staging.fd, size, offset)
+        size = min(size, node.attrs.size - offset)
+        if size <= 0:
+            return b""
+        try:
+            return await self.backend.get_range(node.key, offset, size)
+        except NotFound:
+            raise FsError(errno.ESTALE, f"{node.path} was removed from the store") from None
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.handle(fh)
+        if not handle.writable:
+            raise FsError(errno.EBADF, "file not open for writing")
+        node = handle.node
+        staging = node.staging
+        if staging is None:
+            async with node.lock:
+                staging = await self._stage(node)
+        written = os.pwrite(staging.fd, data, offset)
+        staging.dirty = True
+        staging.generation += 1
+        node.attrs.size = max(node.attrs.size, offset + written)
+        node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
+        return written
+
+    async def flush(self, fh: int) -> None:
+        handle = self.handle(fh)
+        if handle.writable:
+            await self._commit(handle.node)
+
+    async def fsync(self, fh: int) -> None:
+        await self._commit(self.handle(fh).node)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return
+        node = handle.node
+        node.opens -= 1
+        if node.opens == 0 and node.staging is not None and node.staging.dirty:
+            try:
+                await self._commit(node)  # flush failed earlier: one more try
+            except Exception as e:
+                log.error("upload of %s failed, kept locally: %s", node.path, e)
+        self._drop_staging_if_clean(node)
+        self.inodes.maybe_drop(node)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        self._check_writable()
+        parent, node = await self._existing(parent_ino, name)
+        if node.kind == DIR:
+            raise FsError(errno.EISDIR, f"{node.path} is a directory")
+        async with node.lock:
+            if node.opens > 0 and node.etag is not None:
+                await self._stage(node)  # open files stay readable until closed
+            if node.etag is not None:
+                await self.backend.delete(node.key)
+            node.unlinked = True
+        self._listing_drop(parent, name)
+        self.inodes.detach(node)
+        self._drop_staging_if_clean(node)
+
+    async def symlink(self, parent_ino: int, name: str, target: str, uid: int,
+                      gid: int) -> Node:
+        self._check_writable()
+        self._check_name(name)
+        parent = self._dir_of(self.node(parent_ino))
+        if await self._find(parent, name) is not None:
+            raise FsError(errno.EEXIST, f"{_join(parent, name)} exists")
+        data = os.fsencode(target)
+        now = now_ns()
+        attrs = Attrs(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, size=len(data),
+                      mtime_ns=now, ctime_ns=now)
+        info = await self.backend.put_bytes(_join(parent, name), data, metadata_of(attrs))
+        node = self._child_from_object(parent, name, LINK, info, complete=True)
+        node.link_target = target
+        self._listing_put(parent, name, LINK, info)
+        node.lookups += 1
+        return node
+
+    async def link(self, ino: int, parent_ino: int, name: str) -> Node:
+        raise FsError(errno.EPERM, "hard links cannot be stored as objects")
+
+    # --- rename ---------------------------------------------------------------------
+
+    async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int,
+                     new_name: str, flags: int = 0) -> None:
+        self._check_writable()
+        self._check_name(new_name)
+        if flags & RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+        old_parent, src = await self._existing(old_parent_ino, old_name)
+        new_parent = self._dir_of(self.node(new_parent_ino))
+        if old_parent is new_parent and old_name == new_name:
+            return
+        dst = await self._find(new_parent, new_name)
+        if dst is not None and flags & RENAME_NOREPLACE:
+            raise FsError(errno.EEXIST, f"{dst.path} exists")
+        new_path = _join(new_parent, new_name)
+        if src.kind == DIR:
+            if new_parent.is_under(src):
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
+            if dst is not None:
+                if dst.kind != DIR:
+                    raise FsError(errno.ENOTDIR, f"{dst.path} is not a directory")
+                if not await self._is_empty(dst):
+                    raise FsError(errno.ENOTEMPTY, f"{dst.path} is not empty")
+                await self.backend.delete(dst.key)  # before the move brings src's marker
+            await self._move_tree(src.key, new_path + "/")
+        else:
+            if dst is not None and dst.kind == DIR:
+                raise FsError(errno.EISDIR, f"{dst.path} is a directory")
+            if dst is not None and dst.opens > 0 and dst.etag is not None:
+                async with dst.lock:
+                    await self._stage(dst)  # it is about to be overwritten in the store
+            await self._move_file(src, new_path)
+        if dst is not None:
+            dst.unlinked = True
+            self.inodes.detach(dst)
+        kind, etag = src.kind, src.etag
+        self._listing_drop(old_parent, old_name)
+        if old_parent.children.get(old_name) is src:
+            del old_parent.children[old_name]
+        src.name, src.parent = new_name, new_parent
+        new_parent.children[new_name] = src
+        info = None if kind == DIR or etag is None else ObjectInfo(
+            key=new_path, size=src.attrs.size, mtime=src.attrs.mtime_ns / 1e9, etag=etag,
+            metadata=metadata_of(src.attrs))
+        self._listing_put(new_parent, new_name, kind, info)
+        self.inodes.maybe_drop(old_parent)
+
+    async def _move_file(self, src: Node, new_key: str) -> None:
+        async with src.lock:
+            old_key, stored = src.key, src.etag is not None
+            staging = src.staging
+            if staging is not None and staging.dirty:
+                generation = staging.generation
+                info = await self.backend.put_file(new_key, staging.path,
+                                                   metadata_of(src.attrs))
+                if staging.generation == generation:
+                    staging.dirty = False
+            elif stored:
+                info = await self.backend.copy(old_key, new_key)
+            else:
+                return
+            if stored:
+                await self.backend.delete(old_key)
+            src.etag = info.etag
+
+    async def _move_tree(self, old_prefix: str, new_prefix: str) -> None:
+        """Copy every key under a directory to its new name, then delete the old keys:
+        a failure part-way leaves both copies, never neither."""
+        objects, _ = await list_all(self.backend, old_prefix, "")
+        limiter = trio.CapacityLimiter(COPY_PARALLEL)
+
+        async def _copy(key: str) -> None:
+            async with limiter:
+                await self.backend.copy(key, new_prefix + key[len(old_prefix):])
+
+        async def _delete(key: str) -> None:
+            async with limiter:
+                await self.backend.delete(key)
+
+        async with trio.open_nursery() as nursery:
+            for info in objects:
+                nursery.start_soon(_copy, info.key)
+        async with trio.open_nursery() as nursery:
+            for info in objects:
+                nursery.start_soon(_delete, info.key)
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def pending(self) -> list[Node]:
+        """Files whose latest content is not in the store yet."""
+        return [n for n in self.inodes.all()
+                if n.staging is not None and n.staging.dirty and not n.unlinked]
+
+    async def shutdown(self) -> list[str]:
+        """Upload everything still pending; return the paths that could not be."""
+        failed = []
+        for node in self.pending():
+            try:
+                await self._commit(node)
+            except Exception as e:
+                log.error("could not upload %s at shutdown: %s", node.path, e)
+                failed.append(node.path)
+        return failed

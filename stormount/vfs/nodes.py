@@ -1,0 +1,142 @@
+"""Inodes: the tree of names the kernel knows, and the local state of open files.
+
+Paths are not stored: a node knows its parent and name, so renaming a directory moves
+its whole subtree at once. Inode numbers are allocated monotonically and never reused
+within a mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+
+import trio
+
+from stormount.backends.base import ObjectInfo
+from stormount.vfs.attrs import DIR, Attrs
+
+ROOT_INO = 1
+
+
+@dataclass(eq=False)
+class Staging:
+    """A local file holding the whole content of a file being written."""
+
+    path: str
+    fd: int
+    dirty: bool = False
+    generation: int = 0  # bumped by every change; an upload is clean only if unchanged
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+@dataclass(eq=False)
+class Listing:
+    """A directory's entries as last listed: name -> (kind, object or None for prefixes)."""
+
+    entries: dict[str, tuple[str, ObjectInfo | None]]
+    at: float
+
+
+@dataclass(eq=False)
+class Node:
+    ino: int
+    name: str
+    parent: Node | None
+    attrs: Attrs
+    etag: str | None = None  # version of the object in the store; None if not stored yet
+    page_cache_etag: str | None = None  # version the kernel's cached pages hold
+    checked_at: float = -1e18  # trio time the attributes were last confirmed
+    complete: bool = False  # attributes came from a HEAD (a listing lacks metadata)
+    lookups: int = 0  # kernel references (lookup counts)
+    opens: int = 0  # open file handles
+    children: dict[str, Node] = field(default_factory=dict)
+    listing: Listing | None = None
+    negative: dict[str, float] = field(default_factory=dict)  # name -> trio time seen absent
+    staging: Staging | None = None
+    link_target: str | None = None
+    unlinked: bool = False  # removed from the namespace while still referenced
+    lock: trio.Lock = field(default_factory=trio.Lock)  # serialises staging and uploads
+
+    @property
+    def kind(self) -> str:
+        return self.attrs.kind
+
+    @property
+    def path(self) -> str:
+        """Path relative to the mount root, "" for the root."""
+        parts = []
+        node: Node | None = self
+        while node is not None and node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+    @property
+    def key(self) -> str:
+        """The object key: directories end in "/" (their marker)."""
+        path = self.path
+        return path + "/" if self.kind == DIR and path else path
+
+    def is_under(self, other: Node) -> bool:
+        node: Node | None = self
+        while node is not None:
+            if node is other:
+                return True
+            node = node.parent
+        return False
+
+
+class InodeTable:
+    def __init__(self, root_attrs: Attrs) -> None:
+        self.root = Node(ino=ROOT_INO, name="", parent=None, attrs=root_attrs)
+        self.root.lookups = 1  # the kernel never forgets the root
+        self._nodes: dict[int, Node] = {ROOT_INO: self.root}
+        self._next = ROOT_INO + 1
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def add(self, parent: Node, name: str, attrs: Attrs) -> Node:
+        node = Node(ino=self._next, name=name, parent=parent, attrs=attrs)
+        self._next += 1
+        self._nodes[node.ino] = node
+        parent.children[name] = node
+        return node
+
+    def detach(self, node: Node) -> None:
+        """Take a node out of the namespace; it lives on while referenced."""
+        parent = node.parent
+        if parent is not None and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+        node.unlinked = True
+        self.maybe_drop(node)
+
+    def maybe_drop(self, node: Node) -> None:
+        """Forget a node nobody references: no kernel lookups, no open handles."""
+        if node.ino == ROOT_INO or node.lookups > 0 or node.opens > 0:
+            return
+        if node.children:
+            return  # children still name it as their parent
+        if node.staging is not None and node.staging.dirty and not node.unlinked:
+            return  # data not in the store yet: never drop it
+        self._nodes.pop(node.ino, None)
+        parent = node.parent
+        if parent is not None and parent.children.get(node.name) is node:
+            del parent.children[node.name]
+            self.maybe_drop(parent)
+        if node.staging is not None:
+            node.staging.close()
+            node.staging = None
+
+    def all(self) -> list[Node]:
+        return list(self._nodes.values())
