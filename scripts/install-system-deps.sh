@@ -6,7 +6,7 @@ sudo_=""
 if [ "$(id -u)" != 0 ]; then sudo_="sudo"; fi
 
 missing=()
-for pkg in fuse3 libfuse3-dev pkg-config; do
+for pkg in fuse3 libfuse3-dev pkg-config rsync git; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -84,6 +84,8 @@ def mount(source: str, mountpoint: str, tiers: tuple[str, ...], config_file: str
 
 def _mount_foreground(cfg: MountConfig, level: str, ready_fd: int | None) -> None:
     setup_logging(level)
+    if ready_fd is not None:
+        os.set_inheritable(ready_fd, False)  # fusermount3 must not hold the pipe open
 
     def on_ready() -> None:
         if ready_fd is not None:
@@ -124,6 +126,8 @@ def _mount_background(cfg: MountConfig, args: list[str]) -> None:
             if not chunk:
                 break
             message += chunk
+            if message.endswith(b"\n"):
+                break
     text = message.decode(errors="replace").strip()
     if text == "ready":
         return

@@ -1,0 +1,36 @@
+"""Fixtures that mount real FUSE filesystems in separate daemon processes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.mounts import Mount
+
+
+@pytest.fixture
+def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
+    """make_mount(url, env=None, args=()) -> a started Mount, stopped at teardown."""
+    mounts: list[Mount] = []
+
+    def _make(url: str, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+              name: str = "mnt") -> Mount:
+        m = Mount(path=tmp_path / name, url=url, cache_dir=tmp_path / f"{name}-cache",
+                  log_path=tmp_path / f"{name}-daemon.log", env=env or {}, args=args)
+        mounts.append(m)
+        return m.start()
+
+    yield _make
+    for m in mounts:
+        m.stop()
+        print(f"--- daemon log of {m.path} ---\n{m.log()}")
+
+
+@pytest.fixture
+def mount(store, make_mount) -> Mount:  # noqa: ANN001 - `store` comes from tests/conftest.py
+    """The parametrized store mounted at a fresh mountpoint."""
+    m = make_mount(store.url, env=store.env)
+    m.store = store  # type: ignore[attr-defined]
+    return m

@@ -1,0 +1,85 @@
+"""Running real stormount daemons in their own processes, and always cleaning up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stormount.registry import mounted_fuse
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def stormount_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "stormount", *args]
+
+
+def unmount_quietly(mountpoint: Path) -> None:
+    if mounted_fuse(str(mountpoint)) is not None:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True)
+    if mounted_fuse(str(mountpoint)) is not None:
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+@dataclass
+class Mount:
+    """A stormount daemon serving `path`; `stop()` unmounts and reaps it."""
+
+    path: Path
+    url: str
+    cache_dir: Path
+    log_path: Path
+    env: dict[str, str]
+    args: tuple[str, ...] = ()
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    def start(self) -> Mount:
+        self.path.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        cmd = stormount_cmd("mount", self.url, str(self.path), "--cache-dir",
+                            str(self.cache_dir), "--foreground", "--log-level", "debug",
+                            *self.args)
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log,
+                                     stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            return mounted_fuse(str(self.path)) == "fuse.stormount"
+        wait_for(ready, what=f"mount at {self.path}")
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        """Unmount (the daemon uploads what is pending and exits); kill if it does not."""
+        unmount_quietly(self.path)
+        code = None
+        if self.proc is not None:
+            try:
+                code = self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        unmount_quietly(self.path)
+        return code
