@@ -469,8 +469,9 @@ class Vfs:
             handle = self._dirs[fh]
         except KeyError:
             raise FsError(errno.EBADF, f"unknown directory handle {fh}") from None
+        # skip entries removed since opendir: the kernel must never learn a dead inode
         return [(name, node, i + 1) for i, (name, node) in enumerate(handle.entries)
-                if i >= start]
+                if i >= start and not node.unlinked and self.inodes.get(node.ino) is node]
 
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
