@@ -245,7 +245,9 @@ def parse_o_options(opts: tuple[str, ...]) -> dict[str, str]:
             if not item:
                 continue
             key, _, value = item.partition("=")
-            key = key.strip().replace("-", "_")
+            key = key.strip()
+            if not key.startswith("x-"):  # x-systemd.* and friends keep their spelling
+                key = key.replace("-", "_")
             if key == "rw":
                 key, value = "ro", "false"
             out[key] = value

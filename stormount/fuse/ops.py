@@ -8,6 +8,7 @@ their errno and anything unexpected into a logged EIO. trio.Cancelled is never c
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -149,10 +150,8 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         groups = [ctx.gid]
-        try:
+        with contextlib.suppress(OSError):  # the process may be gone already
             groups.extend(pyfuse3.get_sup_groups(ctx.pid))
-        except OSError:
-            pass  # the process is gone
         return self.vfs.access(inode, mode, ctx.uid, groups)
 
     @fuse_errors

@@ -29,7 +29,7 @@ def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
 
 
 @pytest.fixture
-def mount(store, make_mount) -> Mount:  # noqa: ANN001 - `store` comes from tests/conftest.py
+def mount(store, make_mount) -> Mount:
     """The parametrized store mounted at a fresh mountpoint."""
     m = make_mount(store.url, env=store.env)
     m.store = store  # type: ignore[attr-defined]

@@ -1,0 +1,87 @@
+"""Config is built and validated at the CLI edge: URL forms, options, precedence."""
+
+from __future__ import annotations
+
+import pytest
+
+from stormount.config import MiB, build_config, parse_size, parse_tier_url
+from stormount.errors import ConfigError
+
+
+def test_url_forms():
+    s3 = parse_tier_url("s3://bucket/some/prefix?endpoint=http://127.0.0.1:9000&region=eu-west-1")
+    assert (s3.scheme, s3.container, s3.prefix) == ("s3", "bucket", "some/prefix/")
+    assert s3.endpoint == "http://127.0.0.1:9000" and s3.region == "eu-west-1"
+    az = parse_tier_url("az://container")
+    assert (az.scheme, az.container, az.prefix) == ("az", "container", "")
+    local = parse_tier_url("file:///srv/data/")
+    assert (local.scheme, local.container) == ("file", "/srv/data")
+    assert parse_tier_url("s3://b?multipart_threshold=16MiB").multipart_threshold == 16 * MiB
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("bucket", "not a storage URL"),
+    ("gs://bucket", "unknown storage scheme 'gs'"),
+    ("s3://", "names no bucket"),
+    ("s3://b/a//b", "empty path segment"),
+    ("file://host/dir", "absolute path"),
+    ("s3://b?colour=red", "unknown tier option 'colour'"),
+    ("s3://b?max_connections=x", "expected an integer"),
+    ("s3://b?part_size=1MiB", "at least 5MiB"),
+])
+def test_bad_urls(url, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_tier_url(url)
+
+
+def test_sizes():
+    assert parse_size("8MiB", "x") == 8 * MiB
+    assert parse_size("10MB", "x") == 10_000_000
+    assert parse_size(4096, "x") == 4096
+    with pytest.raises(ConfigError):
+        parse_size("lots", "x")
+
+
+def test_precedence_file_then_flags_then_o(tmp_path):
+    cfg_file = tmp_path / "m.toml"
+    cfg_file.write_text(
+        '[[tier]]\nurl = "file:///srv/a"\n\n[cache]\ndir = "/from/file"\nlisting_ttl = 10\n'
+        '[fuse]\nuid = 5\nfile_mode = "0600"\n')
+    cfg = build_config(str(cfg_file), str(tmp_path / "mnt"), cache_dir="/from/flag",
+                       options=("uid=7,ro", "listing_ttl=20"))
+    assert cfg.tiers[0].container == "/srv/a"
+    assert cfg.cache.dir == "/from/flag"
+    assert cfg.cache.listing_ttl == 20
+    assert cfg.fuse.uid == 7 and cfg.fuse.read_only
+    assert cfg.fuse.file_mode == 0o600
+    cfg = build_config(str(cfg_file), str(tmp_path / "mnt"), options=("cache_dir=/from/o",))
+    assert cfg.cache.dir == "/from/o"
+
+
+def test_fstab_options_are_accepted(tmp_path):
+    cfg = build_config("file:///srv", str(tmp_path), options=("_netdev,nofail,x-systemd.automount,rw",))
+    assert not cfg.fuse.read_only
+
+
+def test_default_cache_dir_is_per_source_and_mountpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    a = build_config("file:///srv/a", "/mnt/a").cache.dir
+    b = build_config("file:///srv/b", "/mnt/a").cache.dir
+    assert a != b and a.startswith(str(tmp_path / "stormount"))
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no storage tier"):
+        build_config(str(_write(tmp_path, "[cache]\n")), "/mnt")
+    with pytest.raises(ConfigError, match="unknown config key 'tiers'"):
+        build_config(str(_write(tmp_path, '[[tiers]]\nurl="s3://b"\n')), "/mnt")
+    with pytest.raises(ConfigError, match="needs a url"):
+        build_config(str(_write(tmp_path, '[[tier]]\nendpoint="x"\n')), "/mnt")
+    with pytest.raises(ConfigError, match="octal mode"):
+        build_config("file:///srv", "/mnt", options=("umask=abc",))
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
