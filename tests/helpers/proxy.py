@@ -3,6 +3,7 @@ data a mount really transfers from the store."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -52,8 +53,6 @@ class CountingProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()

@@ -59,7 +59,8 @@ def test_precedence_file_then_flags_then_o(tmp_path):
 
 
 def test_fstab_options_are_accepted(tmp_path):
-    cfg = build_config("file:///srv", str(tmp_path), options=("_netdev,nofail,x-systemd.automount,rw",))
+    cfg = build_config("file:///srv", str(tmp_path),
+                       options=("_netdev,nofail,x-systemd.automount,rw",))
     assert not cfg.fuse.read_only
 
 
