@@ -1,0 +1,30 @@
+"""Reads transfer what they need, not whole objects: measured at the wire, between the
+daemon and a real S3 server."""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+
+import pytest
+
+from tests.helpers.proxy import CountingProxy
+
+pytestmark = pytest.mark.timeout(120)
+MiB = 1024 * 1024
+
+
+def test_small_range_of_large_object_transfers_about_that_range(s3_store, make_mount):
+    data = os.urandom(16 * MiB)  # DESIGN.md: stock moto reads whole objects above ~16 MiB
+    s3_store.put("large.bin", data)
+    port = urllib.parse.urlsplit(s3_store.endpoint).port
+    with CountingProxy(port) as proxy:
+        url = f"s3://{s3_store.bucket}?endpoint=http://127.0.0.1:{proxy.port}"
+        m = make_mount(url, env=s3_store.env)
+        assert os.stat(m.path / "large.bin").st_size == len(data)
+        proxy.reset()
+        with open(m.path / "large.bin", "rb") as f:
+            chunk = os.pread(f.fileno(), 4096, 9 * MiB + 5)
+        assert chunk == data[9 * MiB + 5: 9 * MiB + 5 + 4096]
+        # the kernel may read ahead up to its window (1 MiB here): far below 16 MiB
+        assert proxy.downstream_bytes < 2 * MiB, proxy.downstream_bytes
