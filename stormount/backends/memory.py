@@ -6,6 +6,7 @@ import bisect
 import hashlib
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 import trio
 
@@ -29,7 +30,8 @@ class MemoryBackend:
 
     def _info(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         return ObjectInfo(key=key, size=len(data), mtime=time.time(),
-                          etag=hashlib.md5(data).hexdigest(), metadata=dict(metadata))
+                          etag=hashlib.md5(data).hexdigest(),
+                          metadata={k.lower(): v for k, v in metadata.items()})
 
     def _get(self, key: str) -> tuple[bytes, ObjectInfo]:
         try:
@@ -39,7 +41,8 @@ class MemoryBackend:
 
     async def head(self, key: str) -> ObjectInfo:
         await trio.lowlevel.checkpoint()
-        return self._get(key)[1]
+        # the stored info carries the key as its writer saw it (maybe under another prefix)
+        return replace(self._get(key)[1], key=key)
 
     async def get_range(self, key: str, offset: int, length: int) -> bytes:
         await trio.lowlevel.checkpoint()
@@ -84,7 +87,7 @@ class MemoryBackend:
                 # skip past everything under this prefix on the next page
                 last = common + "\U0010ffff"
             else:
-                objects.append(self._objects[k][1])
+                objects.append(replace(self._objects[k][1], key=k[len(self._prefix):]))
                 last = k
         return ListPage(objects, prefixes, None)
 

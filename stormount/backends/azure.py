@@ -1,0 +1,459 @@
+"""Azure Blob Storage through azure-storage-blob's sync client, each blocking call in a
+trio worker thread behind one CapacityLimiter (the connection pool is at least as large).
+
+Keys given to and returned from this backend are relative to the tier's prefix.
+Credentials, first match wins: the tier's connection_string; the tier's account_url
+with its account_key or sas_token (else AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN);
+AZURE_STORAGE_CONNECTION_STRING; AZURE_STORAGE_ACCOUNT_URL (or AZURE_STORAGE_ACCOUNT)
+with a key or SAS token from the environment.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import os
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+import requests
+import trio
+from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobPrefix, BlobServiceClient
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from stormount.backends.base import ListPage, ObjectInfo, run_blocking
+from stormount.config import TierConfig
+from stormount.errors import (
+    BackendError,
+    ConfigError,
+    Conflict,
+    ContainerMissing,
+    NotFound,
+    Permanent,
+    PermissionDenied,
+    Throttled,
+    Transient,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_NOT_FOUND = {"BlobNotFound", "ResourceNotFound"}
+_DENIED = {"AuthenticationFailed", "AuthorizationFailure", "AuthorizationPermissionMismatch",
+           "AuthorizationSourceIPMismatch", "AuthorizationProtocolMismatch",
+           "AuthorizationResourceTypeMismatch", "AuthorizationServiceMismatch",
+           "InsufficientAccountPermissions", "InvalidAuthenticationInfo", "AccountIsDisabled"}
+_CONFLICT = {"ConditionNotMet", "TargetConditionNotMet", "SourceConditionNotMet",
+             "BlobOverwritten", "LeaseIdMissing", "LeaseIdMismatchWithBlobOperation",
+             "LeaseIdMismatchWithContainerOperation", "LeaseLost",
+             "LeaseNotPresentWithBlobOperation", "PendingCopyOperation", "BlobAlreadyExists",
+             "ContainerBeingDeleted"}
+_THROTTLED = {"ServerBusy", "TooManyRequests"}
+_TRANSIENT = {"OperationTimedOut", "InternalError", "ServiceUnavailable"}
+
+COPY_POLL_MAX = 2.0  # seconds between polls of a pending server-side copy
+
+
+def _code(e: HttpResponseError) -> str:
+    code = getattr(e, "error_code", None)
+    code = getattr(code, "value", code)
+    response: Any = e.response
+    if not code and response is not None:
+        code = response.headers.get("x-ms-error-code")
+    return str(code or "")
+
+
+def _status(e: HttpResponseError) -> int:
+    status = getattr(e, "status_code", None)
+    if status is None and e.response is not None:
+        status = e.response.status_code
+    return int(status or 0)
+
+
+def _epoch(value: object) -> float:
+    return value.timestamp() if isinstance(value, datetime) else time.time()
+
+
+def _etag(value: object) -> str:
+    return str(value or "").strip('"')
+
+
+def _lower(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (metadata or {}).items()}
+
+
+def _valid_metadata(metadata: Mapping[str, str], where: str, url: str, key: str) -> dict[str, str]:
+    """Lowercased metadata, refused unless every value is printable ASCII without
+    surrounding blanks: HTTP headers carry nothing else faithfully (the store strips
+    blanks, the SDK refuses the rest)."""
+    meta = _lower(metadata)
+    for name, value in meta.items():
+        if not name or value != value.strip() or not all(" " <= c <= "~" for c in value):
+            err = Permanent(f"Azure put {where}: metadata {name}={value!r} cannot be stored: "
+                            "values must be printable ASCII without leading or trailing "
+                            "blanks", backend=url, key=key)
+            err.errno = errno.EINVAL
+            raise err
+    return meta
+
+
+def _account_name(url: str) -> str:
+    """The account of https://ACCOUNT.blob.core.windows.net or of an emulator's
+    http://127.0.0.1:10000/ACCOUNT (path-style) URL."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        path_style = True
+    except ValueError:
+        path_style = host == "localhost" or "." not in host
+    if path_style:
+        return parts.path.strip("/").split("/")[0]
+    return host.split(".")[0]
+
+
+class AzureBackend:
+    """A container (and optional blob-name prefix) of an Azure storage account."""
+
+    def __init__(self, tier: TierConfig) -> None:
+        self.url = _redact_url(tier.url)  # goes into every message: no secrets
+        self.container = tier.container
+        self._prefix = tier.prefix
+        self._tier = tier
+        self._limiter = trio.CapacityLimiter(tier.max_connections)
+        self._sas: str | None = None  # a SAS credential also authorises copy sources
+        self._service = self._make_service(tier)
+        self._container = self._service.get_container_client(tier.container)
+        self.account_url: str = self._service.url.split("?")[0].rstrip("/")
+
+    @staticmethod
+    def _client_kwargs(tier: TierConfig) -> dict[str, Any]:
+        pool = max(10, tier.max_connections * 2)  # upload_blob runs a few workers per call
+        session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool,
+                              max_retries=Retry(total=False, redirect=False,
+                                                raise_on_status=False))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        transport = RequestsTransport(session=session, session_owner=True,
+                                      connection_timeout=tier.connect_timeout,
+                                      read_timeout=tier.read_timeout)
+        return {
+            "transport": transport,
+            "retry_total": max(0, tier.sdk_retries),
+            # the SDK's default back-off starts at 15 s; the chain retries on top of this
+            "initial_backoff": 1,
+            "increment_base": 2,
+            "random_jitter_range": 1,
+            "connection_timeout": tier.connect_timeout,
+            "read_timeout": tier.read_timeout,
+            "max_single_put_size": max(1, tier.multipart_threshold),
+            "max_block_size": max(1, tier.part_size),
+        }
+
+    def _make_service(self, tier: TierConfig) -> BlobServiceClient:
+        env = os.environ
+        kwargs = self._client_kwargs(tier)
+        try:
+            if tier.connection_string:
+                return BlobServiceClient.from_connection_string(tier.connection_string, **kwargs)
+            if not tier.account_url and env.get("AZURE_STORAGE_CONNECTION_STRING"):
+                return BlobServiceClient.from_connection_string(
+                    env["AZURE_STORAGE_CONNECTION_STRING"], **kwargs)
+            account_url = tier.account_url or env.get("AZURE_STORAGE_ACCOUNT_URL")
+            if not account_url and env.get("AZURE_STORAGE_ACCOUNT"):
+                account_url = f"https://{env['AZURE_STORAGE_ACCOUNT']}.blob.core.windows.net"
+            if not account_url:
+                raise ConfigError(
+                    f"{tier.url}: no Azure credentials: set AZURE_STORAGE_CONNECTION_STRING, "
+                    "or give connection_string, or account_url with account_key or sas_token "
+                    "(or AZURE_STORAGE_ACCOUNT_URL with AZURE_STORAGE_KEY / "
+                    "AZURE_STORAGE_SAS_TOKEN)")
+            key = tier.account_key or env.get("AZURE_STORAGE_KEY")
+            sas = tier.sas_token or env.get("AZURE_STORAGE_SAS_TOKEN")
+            credential: Any
+            if tier.account_key or (key and not tier.sas_token):
+                name = _account_name(account_url)
+                if not name:
+                    raise ConfigError(f"{tier.url}: cannot tell the storage account name "
+                                      f"from {account_url}")
+                credential = AzureNamedKeyCredential(name, str(key))
+            elif sas:
+                self._sas = sas.lstrip("?")
+                credential = AzureSasCredential(self._sas)
+            elif "sig=" in account_url:
+                credential = None  # a SAS token in the URL itself
+            else:
+                raise ConfigError(
+                    f"{tier.url}: account_url {account_url} needs account_key or sas_token "
+                    "(or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)")
+            return BlobServiceClient(account_url, credential=credential, **kwargs)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, AzureError) as e:
+            raise ConfigError(f"{tier.url}: bad Azure storage settings: {e}") from e
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        return self._prefix + key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self._prefix):] if full.startswith(self._prefix) else full
+
+    def _where(self, key: str | None) -> str:
+        return (f"az://{self.container}/{self._full(key)}" if key is not None
+                else f"container {self.container}")
+
+    def _blob(self, key: str) -> Any:
+        return self._container.get_blob_client(self._full(key))
+
+    async def _call(self, op: str, key: str | None, fn: Callable[..., T], *args: object,
+                    **kwargs: object) -> T:
+        try:
+            return await run_blocking(self._limiter, fn, *args, **kwargs)
+        except BackendError:
+            raise
+        except AzureError as e:
+            raise self._map(e, op, key) from e
+
+    def _map(self, e: AzureError, op: str, key: str | None) -> BackendError:
+        """The one place Azure SDK errors become stormount errors."""
+        rel = key or ""
+        where = self._where(key)
+        if isinstance(e, HttpResponseError) and (
+                e.response is not None or getattr(e, "status_code", None)):
+            code, status = _code(e), _status(e)
+            reason = (e.reason or "") if hasattr(e, "reason") else ""
+            msg = f"Azure {op} {where} failed: {code or status}" + (
+                f" ({reason})" if reason and reason != code else "")
+            if code == "ContainerNotFound":
+                return ContainerMissing(
+                    f"Azure {op} {where} failed: container {self.container} does not exist "
+                    f"in {self.account_url}", backend=self.url, key=rel)
+            if code == "SnapshotsPresent":
+                return Permanent(msg + ": the blob has snapshots; delete them first",
+                                 backend=self.url, key=rel)
+            if code in _NOT_FOUND:
+                return NotFound(msg, backend=self.url, key=rel)
+            if code in _DENIED or isinstance(e, ClientAuthenticationError) or status in (
+                    401, 403):
+                return PermissionDenied(msg, backend=self.url, key=rel)
+            if code in _CONFLICT or status in (409, 412):
+                return Conflict(msg, backend=self.url, key=rel)
+            if code in _THROTTLED or status in (429, 503):
+                return Throttled(msg, backend=self.url, key=rel)
+            if code in _TRANSIENT or status in (408, 500, 502, 504) or status >= 500:
+                return Transient(msg, backend=self.url, key=rel)
+            if status == 404:
+                return NotFound(msg, backend=self.url, key=rel)
+            return Permanent(msg, backend=self.url, key=rel)
+        if isinstance(e, ClientAuthenticationError):
+            return PermissionDenied(f"Azure {op} {where}: authentication failed: {e}",
+                                    backend=self.url, key=rel)
+        if isinstance(e, ServiceRequestError):
+            return Transient(f"Azure {op} {where}: cannot reach {self.account_url}: "
+                             f"{_first_line(e)}", backend=self.url, key=rel)
+        if isinstance(e, ServiceResponseError):
+            return Transient(f"Azure {op} {where}: no valid response from "
+                             f"{self.account_url}: {_first_line(e)}", backend=self.url, key=rel)
+        return Transient(f"Azure {op} {where}: {_first_line(e)}", backend=self.url, key=rel)
+
+    def _info(self, key: str, props: Any, metadata: bool = True) -> ObjectInfo:
+        return ObjectInfo(key=key, size=int(props.size or 0), mtime=_epoch(props.last_modified),
+                          etag=_etag(props.etag),
+                          metadata=_lower(props.metadata) if metadata else None)
+
+    # --- protocol -------------------------------------------------------------------
+
+    async def check(self) -> None:
+        # a one-blob listing rather than Get Container Properties: a container-scoped SAS
+        # may list (which a mount needs) but never read container properties
+        def _probe() -> None:
+            pages = self._container.list_blobs(name_starts_with=self._prefix or None,
+                                               results_per_page=1).by_page()
+            next(pages, None)
+        try:
+            await self._call("check", None, _probe)
+        except BackendError as e:
+            cause = e.__cause__
+            if isinstance(e, NotFound | ContainerMissing):
+                raise ContainerMissing(
+                    f"container {self.container} does not exist in {self.account_url}",
+                    backend=self.url) from cause
+            if isinstance(e, PermissionDenied):
+                raise PermissionDenied(
+                    f"access denied to container {self.container} in {self.account_url}: check "
+                    f"credentials ({e})", backend=self.url) from cause
+            if isinstance(cause, ServiceRequestError):
+                raise Transient(f"cannot reach {self.account_url}: {_first_line(cause)}",
+                                backend=self.url) from cause
+            raise
+
+    async def head(self, key: str) -> ObjectInfo:
+        props = await self._call("head", key, self._blob(key).get_blob_properties)
+        return self._info(key, props)
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            await trio.lowlevel.checkpoint()
+            return b""
+        if offset < 0:
+            raise ValueError("negative offset")
+        blob = self._blob(key)
+
+        def _get() -> bytes:
+            try:
+                data: bytes = blob.download_blob(offset=offset, length=length).readall()
+            except HttpResponseError as e:
+                # a range at or past the end, or any range of a 0-byte blob
+                if _status(e) == 416 or _code(e) == "InvalidRange":
+                    return b""
+                raise
+            return data
+        return await self._call("get", key, _get)
+
+    async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        meta = _valid_metadata(metadata, self._where(key), self.url, key)
+        body = bytes(data)
+        resp = await self._call("put", key, self._blob(key).upload_blob, body, length=len(body),
+                                overwrite=True, metadata=meta)
+        return ObjectInfo(key=key, size=len(body), mtime=_epoch(resp.get("last_modified")),
+                          etag=_etag(resp.get("etag")), metadata=meta)
+
+    async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        meta = _valid_metadata(metadata, self._where(key), self.url, key)
+        blob = self._blob(key)
+
+        def _put() -> tuple[int, dict[str, Any]]:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                # above max_single_put_size the SDK stages blocks of max_block_size, reading
+                # each from the file in its own worker, then commits the block list
+                resp = blob.upload_blob(f, length=size, overwrite=True, metadata=meta,
+                                        max_concurrency=4)
+                return size, resp
+        size, resp = await self._call("put", key, _put)
+        return ObjectInfo(key=key, size=size, mtime=_epoch(resp.get("last_modified")),
+                          etag=_etag(resp.get("etag")), metadata=meta)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._call("delete", key, self._blob(key).delete_blob)
+        except NotFound:
+            return
+
+    async def list(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                   limit: int = 1000) -> ListPage:
+        full = self._full(prefix)
+        per_page = max(1, min(limit, 5000))
+
+        def _list() -> ListPage:
+            pager: Any
+            if delimiter:
+                pager = self._container.walk_blobs(name_starts_with=full or None,
+                                                   include=["metadata"], delimiter=delimiter,
+                                                   results_per_page=per_page)
+            else:
+                pager = self._container.list_blobs(name_starts_with=full or None,
+                                                   include=["metadata"],
+                                                   results_per_page=per_page)
+            pages: Any = pager.by_page(continuation_token=token or None)
+            objects: list[ObjectInfo] = []
+            prefixes: list[str] = []
+            for item in next(pages, []):
+                if isinstance(item, BlobPrefix):
+                    prefixes.append(self._rel(item.name))
+                    continue
+                rel = self._rel(item.name)
+                if rel:  # skip the marker of the tier's own prefix
+                    objects.append(self._info(rel, item))
+            return ListPage(objects, prefixes, pages.continuation_token or None)
+        return await self._call("list", prefix, _list)
+
+    async def copy(self, src: str, dst: str,
+                   metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        if src == dst:
+            if metadata is not None:
+                await self._call("set metadata", src, self._blob(src).set_blob_metadata,
+                                 _valid_metadata(metadata, self._where(src), self.url, src))
+            return await self.head(src)
+        source = self._blob(src)
+        target = self._blob(dst)
+        meta = (None if metadata is None
+                else _valid_metadata(metadata, self._where(dst), self.url, dst))
+        # same account: the copy is authorised by our own credential (a SAS is part of
+        # source.url). Put Blob From URL would be synchronous, but Azurite lacks it.
+        source_url = source.url
+        if self._sas and "?" not in source_url:
+            source_url += "?" + self._sas
+        resp = await self._call("copy", src, target.start_copy_from_url, source_url,
+                                metadata=meta)
+        status = resp.get("copy_status")
+        copy_id = resp.get("copy_id")
+        delay = 0.05
+        try:
+            while status == "pending":
+                await trio.sleep(delay)
+                delay = min(delay * 2, COPY_POLL_MAX)
+                props = await self._call("copy", dst, target.get_blob_properties)
+                status = props.copy.status
+        except BaseException:
+            if status == "pending" and copy_id:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    try:
+                        await self._call("abort copy", dst, target.abort_copy, copy_id)
+                    except BackendError as e:
+                        log.warning("%s: could not abort copy to %s: %s", self.url, dst, e)
+            raise
+        if status != "success":
+            raise Transient(f"Azure copy {self._where(src)} to {self._where(dst)} ended "
+                            f"with status {status}", backend=self.url, key=src)
+        if meta == {}:
+            # an empty metadata set in Copy Blob means "keep the source's"
+            await self._call("set metadata", dst, target.set_blob_metadata, {})
+        return await self.head(dst)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._service.close()
+
+
+_SECRET_OPTIONS = ("account_key", "sas_token", "connection_string")
+
+
+def _redact_url(url: str) -> str:
+    """The tier URL with secret query options (account_key=, sas_token=, ...) blanked."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.query:
+        return url
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    safe = [(k, "REDACTED" if k in _SECRET_OPTIONS else v) for k, v in query]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(safe,
+                                                                               safe=":/")))
+
+
+_SIGNATURE = re.compile(r"(?i)(sig=)[^&\s'\"]+")
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an SDK message, with any SAS signature blanked out (connection
+    errors quote the request URL)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return _SIGNATURE.sub(r"\1REDACTED", line)

@@ -1,0 +1,488 @@
+"""Amazon S3 and S3-compatible stores through boto3, each blocking call in a trio worker
+thread behind one CapacityLimiter (the connection pool is at least as large).
+
+Keys given to and returned from this backend are relative to the tier's prefix.
+Endpoint and credentials: the tier's `endpoint`/`region`/`profile` when given, else
+boto3's own sources (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ~/.aws/config, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import errno
+import logging
+import math
+import os
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+import boto3
+import botocore.exceptions
+import trio
+from botocore.config import Config
+
+from stormount.backends.base import ListPage, ObjectInfo, run_blocking
+from stormount.config import TierConfig
+from stormount.errors import (
+    BackendError,
+    ConfigError,
+    Conflict,
+    ContainerMissing,
+    NotFound,
+    Permanent,
+    PermissionDenied,
+    Throttled,
+    Transient,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+GiB = 1024 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit on parts in one multipart upload
+MAX_PART = 5 * GiB  # largest single PUT, part, or CopyObject source
+COPY_PART = 512 * 1024 * 1024  # part size of server-side multipart copies
+_CONTENT_HEADERS = ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding",
+                    "ContentLanguage", "StorageClass")
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+           "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AccountProblem",
+           "AllAccessDisabled", "InvalidSecurity", "NotSignedUp"}
+_CONFLICT = {"412", "PreconditionFailed", "409", "OperationAborted",
+             "ConditionalRequestConflict"}
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
+              "RequestLimitExceeded", "RequestThrottled", "ProvisionedThroughputExceededException",
+              "429", "503", "ServiceUnavailable"}
+_TRANSIENT = {"408", "RequestTimeout", "500", "502", "504", "InternalError",
+              "RequestTimeoutException", "IncompleteBody", "BadDigest", "NoSuchUpload"}
+_TRANSIENT_SDK = (botocore.exceptions.EndpointConnectionError,
+                  botocore.exceptions.ConnectTimeoutError,
+                  botocore.exceptions.ReadTimeoutError,
+                  botocore.exceptions.ConnectionClosedError,
+                  botocore.exceptions.ProxyConnectionError,
+                  botocore.exceptions.ResponseStreamingError,
+                  botocore.exceptions.IncompleteReadError,
+                  botocore.exceptions.CredentialRetrievalError)
+
+
+def _is_aws_host(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    return host.endswith((".amazonaws.com", ".amazonaws.com.cn"))
+
+
+def _epoch(value: object) -> float:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return time.time()
+
+
+def _response_time(resp: Mapping[str, Any]) -> float:
+    """Server time of a response that carries no LastModified (PUT, CompleteMultipart):
+    the HTTP Date header, which is within a second of the object's Last-Modified."""
+    headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    for name in ("last-modified", "date"):
+        text = headers.get(name)
+        if text:
+            with contextlib.suppress(TypeError, ValueError):
+                return email.utils.parsedate_to_datetime(text).timestamp()
+    return time.time()
+
+
+def _etag(value: object) -> str:
+    return str(value or "").strip('"')
+
+
+def _lower(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (metadata or {}).items()}
+
+
+def _valid_metadata(metadata: Mapping[str, str], where: str, url: str, key: str) -> dict[str, str]:
+    """Lowercased metadata, refused unless every value is printable ASCII without
+    surrounding blanks: HTTP headers carry nothing else faithfully (the store strips
+    blanks, the SDK refuses the rest)."""
+    meta = _lower(metadata)
+    for name, value in meta.items():
+        if not name or value != value.strip() or not all(" " <= c <= "~" for c in value):
+            err = Permanent(f"S3 put {where}: metadata {name}={value!r} cannot be stored: "
+                            "values must be printable ASCII without leading or trailing "
+                            "blanks", backend=url, key=key)
+            err.errno = errno.EINVAL
+            raise err
+    return meta
+
+
+class S3Backend:
+    """A bucket (and optional key prefix) of an S3-compatible store."""
+
+    def __init__(self, tier: TierConfig) -> None:
+        self.url = tier.url
+        self.bucket = tier.container
+        self._prefix = tier.prefix
+        self._tier = tier
+        self._limiter = trio.CapacityLimiter(tier.max_connections)
+        # concurrent parts of one upload: memory held is about this many parts
+        self._part_concurrency = max(1, min(4, tier.max_connections))
+        # objects above this limit copy in parts of copy_part_size (tests lower both)
+        self.copy_part_limit = MAX_PART
+        self.copy_part_size = COPY_PART
+        try:
+            session = boto3.session.Session(profile_name=tier.profile)
+        except botocore.exceptions.ProfileNotFound as e:
+            raise ConfigError(f"{tier.url}: AWS profile {tier.profile!r} not found "
+                              "in ~/.aws/config or ~/.aws/credentials") from e
+        self._client = self._make_client(
+            session, path_style=bool(tier.endpoint) and not _is_aws_host(tier.endpoint or ""))
+        self.endpoint: str = self._client.meta.endpoint_url
+        if not tier.endpoint and not _is_aws_host(self.endpoint):
+            # an endpoint from AWS_ENDPOINT_URL or the shared config: an S3-compatible
+            # store, which rarely serves virtual-hosted bucket names
+            self._client.close()
+            self._client = self._make_client(session, path_style=True)
+
+    def _make_client(self, session: boto3.session.Session, path_style: bool) -> Any:
+        tier = self._tier
+        config = Config(
+            max_pool_connections=max(10, tier.max_connections),
+            retries={"max_attempts": tier.sdk_retries + 1, "mode": "standard"},
+            connect_timeout=tier.connect_timeout,
+            read_timeout=tier.read_timeout,
+            tcp_keepalive=True,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path" if path_style else "auto"},
+        )
+        try:
+            return session.client("s3", endpoint_url=tier.endpoint or None,
+                                  region_name=tier.region or None, config=config)
+        except (ValueError, botocore.exceptions.BotoCoreError) as e:
+            raise ConfigError(f"{tier.url}: cannot set up the S3 client: {e}") from e
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _full(self, key: str) -> str:
+        return self._prefix + key
+
+    def _rel(self, full: str) -> str:
+        return full[len(self._prefix):] if full.startswith(self._prefix) else full
+
+    def _where(self, key: str | None) -> str:
+        return f"s3://{self.bucket}/{self._full(key)}" if key is not None else (
+            f"bucket {self.bucket}")
+
+    async def _call(self, op: str, key: str | None, fn: Callable[..., T], *args: object,
+                    **kwargs: object) -> T:
+        try:
+            return await run_blocking(self._limiter, fn, *args, **kwargs)
+        except BackendError:
+            raise
+        except Exception as e:
+            if isinstance(e, (botocore.exceptions.BotoCoreError,
+                              botocore.exceptions.ClientError)):
+                raise self._map(e, op, key) from e
+            raise
+
+    def _map(self, e: Exception, op: str, key: str | None) -> BackendError:
+        """The one place S3/botocore errors become stormount errors."""
+        rel = key or ""
+        where = self._where(key)
+        if isinstance(e, botocore.exceptions.ClientError):
+            err = e.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            meta = e.response.get("ResponseMetadata", {})
+            status = int(meta.get("HTTPStatusCode") or 0)
+            detail = err.get("Message") or ""
+            msg = f"S3 {op} {where} failed: {code or status}" + (f" ({detail})" if detail else "")
+            if code == "NoSuchBucket":
+                return ContainerMissing(f"S3 {op} {where} failed: bucket {self.bucket} does not "
+                                        f"exist at {self.endpoint}", backend=self.url, key=rel)
+            if code == "InvalidObjectState":
+                return Permanent(f"S3 {op} {where} failed: the object is archived (e.g. "
+                                 "GLACIER); restore it first", backend=self.url, key=rel)
+            if code in ("KeyTooLongError",):
+                perm = Permanent(msg, backend=self.url, key=rel)
+                perm.errno = errno.ENAMETOOLONG
+                return perm
+            if code in ("EntityTooLarge",):
+                perm = Permanent(msg, backend=self.url, key=rel)
+                perm.errno = errno.EFBIG
+                return perm
+            if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "301") or (
+                    status == 301):
+                region = meta.get("HTTPHeaders", {}).get("x-amz-bucket-region") or err.get(
+                    "Region")
+                hint = f": the bucket is in region {region}, set region={region}" if region \
+                    else ": wrong region for this bucket"
+                return Permanent(msg + hint, backend=self.url, key=rel)
+            if code in _NOT_FOUND:
+                return NotFound(f"S3 {op} {where}: no such object ({code})", backend=self.url,
+                                key=rel)
+            if code in _DENIED or status == 403:
+                return PermissionDenied(msg, backend=self.url, key=rel)
+            if code in _CONFLICT or status in (409, 412):
+                return Conflict(msg, backend=self.url, key=rel)
+            if code in _THROTTLED or status in (429, 503):
+                return Throttled(msg, backend=self.url, key=rel)
+            if code in _TRANSIENT or status in (408, 500, 502, 504) or status >= 500:
+                return Transient(msg, backend=self.url, key=rel)
+            if status == 404:
+                return NotFound(msg, backend=self.url, key=rel)
+            return Permanent(msg, backend=self.url, key=rel)
+        if isinstance(e, botocore.exceptions.SSLError):
+            return Permanent(f"S3 {op} {where}: TLS failure talking to {self.endpoint}: {e}",
+                             backend=self.url, key=rel)
+        if isinstance(e, (botocore.exceptions.EndpointConnectionError,
+                          botocore.exceptions.ConnectTimeoutError,
+                          botocore.exceptions.ProxyConnectionError)):
+            return Transient(f"S3 {op} {where}: cannot reach {self.endpoint}: {e}",
+                             backend=self.url, key=rel)
+        if isinstance(e, (*_TRANSIENT_SDK, botocore.exceptions.HTTPClientError)):
+            return Transient(f"S3 {op} {where}: {e}", backend=self.url, key=rel)
+        if isinstance(e, (botocore.exceptions.NoCredentialsError,
+                          botocore.exceptions.PartialCredentialsError)):
+            return PermissionDenied(
+                f"S3 {op} {where}: no usable AWS credentials ({e}); set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, a profile, or an instance role", backend=self.url, key=rel)
+        return Permanent(f"S3 {op} {where}: {e}", backend=self.url, key=rel)
+
+    # --- protocol -------------------------------------------------------------------
+
+    async def check(self) -> None:
+        try:
+            await self._call("check", None, self._client.head_bucket, Bucket=self.bucket)
+        except BackendError as e:
+            cause = e.__cause__
+            if isinstance(e, NotFound | ContainerMissing):
+                raise ContainerMissing(f"bucket {self.bucket} does not exist at {self.endpoint}",
+                                       backend=self.url) from cause
+            if isinstance(e, PermissionDenied):
+                raise PermissionDenied(f"access denied to bucket {self.bucket}: check "
+                                       f"credentials ({e})", backend=self.url) from cause
+            if isinstance(e, Transient) and not isinstance(
+                    cause, botocore.exceptions.ClientError):
+                raise Transient(f"cannot reach {self.endpoint}: {cause}",
+                                backend=self.url) from cause
+            raise
+
+    async def head(self, key: str) -> ObjectInfo:
+        resp = await self._call("head", key, self._client.head_object, Bucket=self.bucket,
+                                Key=self._full(key))
+        return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)),
+                          mtime=_epoch(resp.get("LastModified")), etag=_etag(resp.get("ETag")),
+                          metadata=_lower(resp.get("Metadata")))
+
+    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            await trio.lowlevel.checkpoint()
+            return b""
+        if offset < 0:
+            raise ValueError("negative offset")
+        full = self._full(key)
+
+        def _get() -> bytes:
+            try:
+                resp = self._client.get_object(Bucket=self.bucket, Key=full,
+                                               Range=f"bytes={offset}-{offset + length - 1}")
+            except botocore.exceptions.ClientError as e:
+                code = str(e.response.get("Error", {}).get("Code", ""))
+                status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code == "InvalidRange" or status == 416:
+                    return b""  # offset at or past the end (or an empty object)
+                raise
+            body = resp["Body"]
+            try:
+                data: bytes = body.read()
+            finally:
+                body.close()
+            expected = self._expected_length(resp, offset, length)
+            if expected is not None and len(data) != expected:
+                raise Transient(f"S3 get {self._where(key)}: short read ({len(data)} of "
+                                f"{expected} bytes)", backend=self.url, key=key)
+            return data
+        return await self._call("get", key, _get)
+
+    @staticmethod
+    def _expected_length(resp: Mapping[str, Any], offset: int, length: int) -> int | None:
+        content_range = str(resp.get("ContentRange") or "")  # "bytes 0-99/1234"
+        _, _, total = content_range.rpartition("/")
+        if total.isdigit():
+            return max(0, min(length, int(total) - offset))
+        if resp.get("ContentLength") is not None:
+            return int(resp["ContentLength"])
+        return None
+
+    async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        meta = _valid_metadata(metadata, self._where(key), self.url, key)
+        body = bytes(data)
+        resp = await self._call("put", key, self._client.put_object, Bucket=self.bucket,
+                                Key=self._full(key), Body=body, Metadata=meta)
+        return ObjectInfo(key=key, size=len(body), mtime=_response_time(resp),
+                          etag=_etag(resp.get("ETag")), metadata=meta)
+
+    async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
+        meta = _valid_metadata(metadata, self._where(key), self.url, key)
+        size = os.stat(path).st_size  # a local stat: cheaper than a thread hop
+        if size <= max(self._tier.multipart_threshold, 0) and size <= MAX_PART:
+            full = self._full(key)
+
+            def _put() -> tuple[int, Any]:
+                with open(path, "rb") as f:
+                    length = os.fstat(f.fileno()).st_size
+                    return length, self._client.put_object(
+                        Bucket=self.bucket, Key=full, Body=f, ContentLength=length,
+                        Metadata=meta)
+            size, resp = await self._call("put", key, _put)
+            return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
+                              etag=_etag(resp.get("ETag")), metadata=meta)
+        return await self._put_multipart(key, path, size, meta)
+
+    def _part_size(self, size: int, preferred: int) -> int:
+        part = max(preferred, 5 * 1024 * 1024)
+        if math.ceil(size / part) > MAX_PARTS:
+            mib = 1024 * 1024
+            part = math.ceil(size / MAX_PARTS / mib) * mib
+        return part
+
+    async def _multipart(self, op: str, key: str, meta: Mapping[str, str], nparts: int,
+                         part: Callable[[str, int], Any], extra: Mapping[str, Any]) -> Any:
+        """Create a multipart upload, run `part(upload_id, n)` (blocking, returns the
+        part's ETag) for parts 0..nparts-1 in a few concurrent tasks, complete it, and
+        abort it on any failure or cancellation."""
+        full = self._full(key)
+        created = await self._call(op, key, self._client.create_multipart_upload,
+                                   Bucket=self.bucket, Key=full, Metadata=dict(meta), **extra)
+        upload_id = created["UploadId"]
+        etags: list[str | None] = [None] * nparts
+        failures: list[BaseException] = []
+        todo = iter(range(nparts))
+        try:
+            async with trio.open_nursery() as nursery:
+                async def worker() -> None:
+                    for n in todo:
+                        try:
+                            etags[n] = await self._call(op, key, part, upload_id, n)
+                        except Exception as e:
+                            failures.append(e)
+                            nursery.cancel_scope.cancel()
+                            return
+                for _ in range(min(self._part_concurrency, nparts)):
+                    nursery.start_soon(worker)
+            if failures:
+                raise failures[0]
+            parts = [{"ETag": etag, "PartNumber": n + 1} for n, etag in enumerate(etags)]
+            return await self._call(op, key, self._client.complete_multipart_upload,
+                                    Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                    MultipartUpload={"Parts": parts})
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                try:
+                    await self._call("abort upload", key, self._client.abort_multipart_upload,
+                                     Bucket=self.bucket, Key=full, UploadId=upload_id)
+                except Exception as e:
+                    log.warning("%s: could not abort multipart upload %s of %s: %s",
+                                self.url, upload_id, full, e)
+            raise
+
+    async def _put_multipart(self, key: str, path: str, size: int,
+                             meta: Mapping[str, str]) -> ObjectInfo:
+        part_size = self._part_size(size, self._tier.part_size)
+        nparts = math.ceil(size / part_size)
+        full = self._full(key)
+
+        def _part(upload_id: str, n: int) -> str:
+            start = n * part_size
+            want = min(part_size, size - start)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(want)
+            if len(data) != want:
+                raise Transient(f"S3 put {self._where(key)}: {path} changed size while it "
+                                "was uploaded", backend=self.url, key=key)
+            resp = self._client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
+                                            PartNumber=n + 1, Body=data)
+            return str(resp["ETag"])
+
+        resp = await self._multipart("put", key, meta, nparts, _part, {})
+        return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
+                          etag=_etag(resp.get("ETag")), metadata=dict(meta))
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", key, self._client.delete_object, Bucket=self.bucket,
+                         Key=self._full(key))
+
+    async def list(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                   limit: int = 1000) -> ListPage:
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix),
+                                  "MaxKeys": max(1, min(limit, 1000))}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
+        resp = await self._call("list", prefix, self._client.list_objects_v2, **kwargs)
+        objects = []
+        for item in resp.get("Contents", []):
+            rel = self._rel(item["Key"])
+            if not rel:
+                continue  # the marker of the tier's own prefix
+            objects.append(ObjectInfo(key=rel, size=int(item.get("Size", 0)),
+                                      mtime=_epoch(item.get("LastModified")),
+                                      etag=_etag(item.get("ETag")), metadata=None))
+        prefixes = [self._rel(p["Prefix"]) for p in resp.get("CommonPrefixes", [])]
+        next_token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return ListPage(objects, prefixes, next_token or None)
+
+    async def copy(self, src: str, dst: str,
+                   metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        head = await self._call("copy", src, self._client.head_object, Bucket=self.bucket,
+                                Key=self._full(src))
+        size = int(head.get("ContentLength", 0))
+        etag = _etag(head.get("ETag"))
+        if src == dst and metadata is None:
+            # S3 refuses a copy onto itself that changes nothing; nothing to do
+            return ObjectInfo(key=src, size=size, mtime=_epoch(head.get("LastModified")),
+                              etag=etag, metadata=_lower(head.get("Metadata")))
+        meta = (_lower(head.get("Metadata")) if metadata is None
+                else _valid_metadata(metadata, self._where(dst), self.url, dst))
+        # what a REPLACE copy (and a multipart copy) would otherwise drop
+        extra = {name: head[name] for name in _CONTENT_HEADERS if head.get(name)}
+        copy_source = {"Bucket": self.bucket, "Key": self._full(src)}
+        # copy exactly the version we looked at: a concurrent change is a Conflict
+        if_match = f'"{etag}"'
+        if size > self.copy_part_limit:
+            part_size = min(self._part_size(size, self.copy_part_size),
+                            MAX_PART)
+            full = self._full(dst)
+
+            def _part(upload_id: str, n: int) -> str:
+                start = n * part_size
+                end = min(size, start + part_size) - 1
+                resp = self._client.upload_part_copy(
+                    Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=n + 1,
+                    CopySource=copy_source, CopySourceRange=f"bytes={start}-{end}",
+                    CopySourceIfMatch=if_match)
+                return str(resp["CopyPartResult"]["ETag"])
+
+            resp = await self._multipart("copy", dst, meta, math.ceil(size / part_size), _part,
+                                         extra)
+            return ObjectInfo(key=dst, size=size, mtime=_response_time(resp),
+                              etag=_etag(resp.get("ETag")), metadata=meta)
+        if metadata is None:
+            directive: dict[str, Any] = {"MetadataDirective": "COPY"}
+        else:
+            directive = {"MetadataDirective": "REPLACE", "Metadata": meta, **extra}
+        resp = await self._call("copy", src, self._client.copy_object, Bucket=self.bucket,
+                                Key=self._full(dst), CopySource=copy_source,
+                                CopySourceIfMatch=if_match, **directive)
+        result = resp.get("CopyObjectResult", {})
+        mtime = (_epoch(result["LastModified"]) if result.get("LastModified")
+                 else _response_time(resp))
+        return ObjectInfo(key=dst, size=size, mtime=mtime, etag=_etag(result.get("ETag")),
+                          metadata=meta)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._client.close()
