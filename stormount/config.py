@@ -303,6 +303,10 @@ def build_config(
     sock = data.get("socket")
     log_level = str(data.get("log_level", "info"))
 
+    if cache_dir:
+        cache = replace(cache, dir=cache_dir)
+    if socket:
+        sock = socket
     o_values = parse_o_options(options)
     fuse_o: dict[str, Any] = {}
     for key, value in o_values.items():
@@ -321,10 +325,6 @@ def build_config(
             raise ConfigError(f"unknown mount option -o {key}")
     fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
 
-    if cache_dir:
-        cache = replace(cache, dir=cache_dir)
-    if socket:
-        sock = socket
     mountpoint = os.path.abspath(mountpoint)
     if not cache.dir:
         cache = replace(cache, dir=default_cache_dir(source, mountpoint))

@@ -71,20 +71,25 @@ def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
         raise StartupError(f"cache directory {cache} is in use by another running mount") \
             from None
     staging = os.path.join(cache, "staging")
-    os.makedirs(staging, mode=0o700, exist_ok=True)
-    leftovers = os.listdir(staging)
-    if leftovers:
-        # files that were being written when an earlier daemon died: never delete them
-        keep = os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
-        os.makedirs(keep, exist_ok=True)
-        for name in leftovers:
-            os.rename(os.path.join(staging, name), os.path.join(keep, name))
-        log.warning("%d unfinished file(s) from an earlier run moved to %s", len(leftovers), keep)
+    try:
+        os.makedirs(staging, mode=0o700, exist_ok=True)
+        leftovers = os.listdir(staging)
+        if leftovers:
+            # files that were being written when an earlier daemon died: never delete them
+            keep = os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+            os.makedirs(keep, exist_ok=True)
+            for name in leftovers:
+                os.rename(os.path.join(staging, name), os.path.join(keep, name))
+            log.warning("%d unfinished file(s) from an earlier run moved to %s",
+                        len(leftovers), keep)
+    except OSError as e:
+        os.close(lock_fd)
+        raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
     return lock_fd, staging
 
 
 def fuse_options(cfg: MountConfig) -> set[str]:
-    source = cfg.tiers[0].url.split("?", 1)[0].replace(",", "_")
+    source = redact(cfg.tiers[0].url).replace(",", "_")
     options = {f"fsname={source}", "subtype=stormount", "auto_unmount", "noatime"}
     if cfg.fuse.default_permissions:
         options.add("default_permissions")
@@ -111,9 +116,15 @@ async def check_backend(backend: Backend) -> None:
         with trio.fail_after(CHECK_TIMEOUT):
             await backend.check()
     except trio.TooSlowError:
-        raise StartupError(f"{backend.url}: no answer within {CHECK_TIMEOUT:.0f} s") from None
+        raise StartupError(f"{redact(backend.url)}: no answer within {CHECK_TIMEOUT:.0f} s") \
+            from None
     except BackendError as e:
-        raise StartupError(f"cannot use {backend.url.split('?', 1)[0]}: {e}") from None
+        raise StartupError(f"cannot use {redact(backend.url)}: {e}") from None
+
+
+def redact(url: str) -> str:
+    """A URL without its query, which may hold credentials."""
+    return url.split("?", 1)[0]
 
 
 async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> int:
@@ -155,10 +166,13 @@ async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> No
         async def when_ready() -> None:
             # the kernel queues requests until pyfuse3.main runs; this stat goes through it
             await trio.to_thread.run_sync(tune_read_ahead, cfg.mountpoint)
-            registry.register(registry.MountRecord(
-                mountpoint=cfg.mountpoint, pid=os.getpid(), source=cfg.source,
-                cache_dir=cfg.cache.dir, socket=cfg.socket))
-            log.info("mounted %s at %s", cfg.tiers[0].url.split("?", 1)[0], cfg.mountpoint)
+            try:
+                registry.register(registry.MountRecord(
+                    mountpoint=cfg.mountpoint, pid=os.getpid(), source=redact(cfg.source),
+                    cache_dir=cfg.cache.dir, socket=cfg.socket))
+            except OSError as e:  # the mount works; only `unmount` by name will not find it
+                log.warning("cannot record the mount in %s: %s", registry.runtime_dir(), e)
+            log.info("mounted %s at %s", redact(cfg.tiers[0].url), cfg.mountpoint)
             on_ready()
 
         async def on_signals() -> None:

@@ -31,7 +31,7 @@ def runtime_dir() -> str:
 
 
 def _path(mountpoint: str) -> str:
-    digest = hashlib.sha256(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
     return os.path.join(runtime_dir(), f"mount-{digest}.json")
 
 

@@ -61,10 +61,20 @@ def _int(meta: Mapping[str, str], key: str) -> int | None:
         return None
 
 
+def _mode(meta: Mapping[str, str]) -> int | None:
+    """s3fs writes the mode in decimal ("33188"), rclone in octal with a leading zero
+    ("0100644"): read both."""
+    raw = meta.get("mode", "").strip()
+    try:
+        return int(raw, 8) if len(raw) > 1 and raw.startswith("0") else int(raw)
+    except ValueError:
+        return None
+
+
 def kind_of(key: str, metadata: Mapping[str, str] | None) -> str:
     if key.endswith("/"):
         return DIR
-    mode = _int(metadata or {}, "mode")
+    mode = _mode(metadata or {})
     if mode is not None and stat.S_ISLNK(mode):
         return LINK
     return FILE
@@ -76,7 +86,7 @@ def attrs_from_object(info: ObjectInfo, kind: str, fuse: FuseConfig) -> Attrs:
     attrs = default_attrs(kind, fuse, size=0 if kind == DIR else info.size,
                           mtime_ns=int(info.mtime * 1e9))
     meta = info.metadata or {}
-    mode = _int(meta, "mode")
+    mode = _mode(meta)
     if mode is not None:
         perms = stat.S_IMODE(mode)
         attrs.mode = stat.S_IFMT(attrs.mode) | perms

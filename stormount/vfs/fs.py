@@ -70,6 +70,14 @@ def valid_name(name: str) -> bool:
             and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX)
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _join(parent: Node, name: str) -> str:
     path = parent.path
     return f"{path}/{name}" if path else name
@@ -118,10 +126,8 @@ class Vfs:
             raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
         if not valid_name(name):
             raise FsError(errno.EINVAL, f"invalid name {name!r}")
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise FsError(errno.EILSEQ, "object names must be valid UTF-8") from None
+        if not _utf8(name):
+            raise FsError(errno.EILSEQ, "object names must be valid UTF-8")
 
     @staticmethod
     def _dir_of(node: Node) -> Node:
@@ -226,6 +232,8 @@ class Vfs:
 
     async def _find(self, parent: Node, name: str) -> Node | None:
         """The live node for `name` in `parent`, consulting caches, then the store."""
+        if not valid_name(name) or not _utf8(name):
+            return None  # such a name cannot be stored, so it does not exist
         child = parent.children.get(name)
         if child is not None and (
                 child.staging is not None or child.etag is None
@@ -370,8 +378,8 @@ class Vfs:
             if mtime_ns is not None:
                 node.attrs.mtime_ns = mtime_ns
             node.attrs.ctime_ns = now_ns()
-            if node.staging is not None and node.staging.dirty:
-                pass  # the upload carries the new attributes
+            if node.unlinked or (node.staging is not None and node.staging.dirty):
+                pass  # gone from the store, or the coming upload carries the attributes
             elif node is self.inodes.root:
                 pass  # the root's attributes come from the mount options
             elif node.kind == DIR:
@@ -557,7 +565,7 @@ class Vfs:
             if existing.kind == DIR:
                 raise FsError(errno.EISDIR, f"{existing.path} is a directory")
             existing.lookups += 1
-            return await self.open(existing.ino, flags | os.O_TRUNC), existing
+            return await self.open(existing.ino, flags), existing  # O_CREAT alone keeps data
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
                       mtime_ns=now, ctime_ns=now)
