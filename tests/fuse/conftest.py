@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mounts import Mount
+from tests.helpers.mounts import Mount, unmount_quietly
 
 
 @pytest.fixture
@@ -34,3 +34,18 @@ def mount(store, make_mount) -> Mount:
     m = make_mount(store.url, env=store.env)
     m.store = store  # type: ignore[attr-defined]
     return m
+
+
+@pytest.fixture
+def mnt(tmp_path: Path):
+    path = tmp_path / "mnt"
+    path.mkdir()
+    yield path
+    unmount_quietly(path)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path

@@ -4,44 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from stormount.registry import mounted_fuse
+from tests.helpers.cli import one_error_line, run
 from tests.helpers.mounts import stormount_cmd, unmount_quietly, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-        wrap: list[str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*(wrap or []), *stormount_cmd(*args)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode != 0, result
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    assert lines[0].startswith("stormount: error: "), lines[0]
-    return lines[0]
-
-
-@pytest.fixture
-def mnt(tmp_path: Path):
-    path = tmp_path / "mnt"
-    path.mkdir()
-    yield path
-    unmount_quietly(path)
-
-
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    path = tmp_path / "data"
-    path.mkdir()
-    return path
 
 
 def test_not_a_url(mnt, tmp_path):

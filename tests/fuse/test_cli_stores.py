@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fuse.test_cli import data, mnt, one_error_line, run  # noqa: F401 - fixtures
+from tests.helpers.cli import one_error_line, run
 from tests.stores import azurite_connection_string, unique_name
 
 pytestmark = pytest.mark.timeout(120)
