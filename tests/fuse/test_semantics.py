@@ -1,0 +1,131 @@
+"""Claims of docs/SEMANTICS.md checked on a real mount of a local-directory tier."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stormount.registry import mounted_fuse
+from tests.helpers.mounts import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def local(tmp_path, make_mount):
+    store = tmp_path / "store"
+    store.mkdir()
+    m = make_mount(f"file://{store}")
+    m.store_dir = store  # type: ignore[attr-defined]
+    return m
+
+
+def test_statfs(local):
+    st = os.statvfs(local.path)
+    assert st.f_namemax == 255 and st.f_bsize == 4096 and st.f_bavail > 0
+
+
+def test_fsync_puts_the_data_in_the_store_before_close(local):
+    fd = os.open(local.path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"synced")
+        assert not (local.store_dir / "f").exists()  # not before fsync or close
+        os.fsync(fd)
+        assert (local.store_dir / "f").read_bytes() == b"synced"
+    finally:
+        os.close(fd)
+
+
+def test_close_returns_after_the_upload(local):
+    with open(local.path / "c", "wb") as f:
+        f.write(b"closed")
+    assert (local.store_dir / "c").read_bytes() == b"closed"
+
+
+def test_mknod_regular_file_is_stored_at_once(local):
+    os.mknod(local.path / "node", 0o600 | stat.S_IFREG)
+    assert (local.store_dir / "node").read_bytes() == b""
+
+
+def test_xattrs_not_supported(local):
+    (local.path / "x").write_text("x")
+    with pytest.raises(OSError) as info:
+        os.setxattr(local.path / "x", "user.k", b"v")
+    assert info.value.errno == errno.EOPNOTSUPP
+
+
+def test_rename_exchange_is_einval(local):
+    (local.path / "a").write_text("a")
+    (local.path / "b").write_text("b")
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd, rename_exchange = -100, 2
+    rc = libc.renameat2(at_fdcwd, os.fsencode(local.path / "a"), at_fdcwd,
+                        os.fsencode(local.path / "b"), rename_exchange)
+    assert rc == -1 and ctypes.get_errno() == errno.EINVAL
+    assert (local.path / "a").read_text() == "a"
+
+
+def test_non_utf8_names(local):
+    bad = os.fsencode(local.path) + b"/\xff\xfe.txt"
+    with pytest.raises(OSError) as info:
+        os.open(bad, os.O_WRONLY | os.O_CREAT, 0o644)
+    assert info.value.errno == errno.EILSEQ
+    with pytest.raises(FileNotFoundError):
+        os.stat(bad)
+
+
+def test_truncate_of_symlink_follows_it(local):
+    (local.path / "t").write_text("target")
+    os.symlink("t", local.path / "l")
+    os.truncate(local.path / "l", 2)  # truncate(2) follows the link, as everywhere
+    assert (local.path / "t").read_text() == "ta"
+
+
+def test_changes_by_other_clients_appear_within_the_ttls(tmp_path, make_mount):
+    store = tmp_path / "store"
+    store.mkdir()
+    m = make_mount(f"file://{store}",
+                   args=("-o", "listing_ttl=0.3,metadata_ttl=0.3,negative_ttl=0.3"))
+    assert os.listdir(m.path) == []
+    (store / "from-elsewhere.txt").write_text("hi")  # another client writes the store
+    wait_for(lambda: os.listdir(m.path) == ["from-elsewhere.txt"], timeout=10,
+             what="the new object to be listed")
+    assert (m.path / "from-elsewhere.txt").read_text() == "hi"
+    (store / "from-elsewhere.txt").unlink()
+    wait_for(lambda: not (m.path / "from-elsewhere.txt").exists(), timeout=10,
+             what="the removed object to vanish")
+
+
+def test_daemon_crash_keeps_unflushed_data_and_next_start_recovers_it(tmp_path, make_mount):
+    store = tmp_path / "store"
+    store.mkdir()
+    m = make_mount(f"file://{store}")
+    fd = os.open(m.path / "unsaved", os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, b"written but never closed")
+    assert m.proc is not None
+    m.proc.send_signal(signal.SIGKILL)
+    m.proc.wait()
+    # auto_unmount: the dead daemon leaves no hanging mount behind
+    wait_for(lambda: mounted_fuse(str(m.path)) is None, timeout=10, what="auto unmount")
+    with pytest.raises(OSError):
+        os.close(fd)  # the connection is gone
+    m.start()  # same cache directory
+    recovered = list(Path(m.cache_dir, "recovered").rglob("stage-*"))
+    assert [p.read_bytes() for p in recovered] == [b"written but never closed"]
+    assert "moved to" in m.log()
+    assert not (store / "unsaved").exists()
+
+
+def test_unmount_by_hand_is_clean(local):
+    (local.path / "f").write_text("x")
+    subprocess.run(["fusermount3", "-u", str(local.path)], check=True)
+    assert local.proc is not None
+    assert local.proc.wait(timeout=30) == 0
+    assert (local.store_dir / "f").read_text() == "x"

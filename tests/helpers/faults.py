@@ -1,0 +1,52 @@
+"""A backend wrapper that fails, hangs or delays on a plan: the one place tests inject
+faults, at the backend seam."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from stormount.backends.base import Backend
+
+OPERATIONS = ("check", "head", "get_range", "put_file", "put_bytes", "delete", "list", "copy")
+
+
+class FaultyBackend:
+    """Delegates to `inner`; `plan[op]` is an exception to raise, the string "hang", a
+    float delay in seconds, or a callable(key) returning one of those (or None)."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.url = inner.url
+        self.plan: dict[str, Any] = {}
+
+    def fail(self, op: str, what: Any) -> None:
+        self.plan[op] = what
+
+    def heal(self) -> None:
+        self.plan.clear()
+
+    async def _fault(self, op: str, key: str) -> None:
+        what = self.plan.get(op)
+        if isinstance(what, Callable) and not isinstance(what, type):  # type: ignore[arg-type]
+            what = what(key)
+        if what is None:
+            return
+        if what == "hang":
+            await trio.sleep_forever()
+        if isinstance(what, int | float):
+            await trio.sleep(what)
+            return
+        raise what
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self.inner, name)
+        if name not in OPERATIONS:
+            return target
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            await self._fault(name, str(args[0]) if args else "")
+            return await target(*args, **kwargs)
+        return call

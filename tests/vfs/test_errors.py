@@ -1,0 +1,102 @@
+"""The errno a process sees for each backend fault, through the FUSE adapter's single
+error translation (kernel-free: the adapter's handlers are called directly)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+
+import pyfuse3
+import pytest
+
+from stormount.backends import open_backend
+from stormount.config import CacheConfig, FuseConfig, parse_tier_url
+from stormount.errors import Conflict, Permanent, PermissionDenied, Throttled, Transient
+from stormount.fuse.ops import Operations
+from stormount.vfs.fs import Vfs
+from stormount.vfs.nodes import ROOT_INO
+from tests.helpers.faults import FaultyBackend
+
+
+class Ctx:
+    uid = os.getuid()
+    gid = os.getgid()
+    pid = os.getpid()
+    umask = 0o022
+
+
+@pytest.fixture
+def setup(tmp_path):
+    backend = FaultyBackend(open_backend(parse_tier_url(f"memory://err-{uuid.uuid4().hex}")))
+    vfs = Vfs(backend, FuseConfig(), CacheConfig(), staging_dir=str(tmp_path))
+    return backend, Operations(vfs, FuseConfig())
+
+
+async def fuse_errno(coro) -> int:
+    with pytest.raises(pyfuse3.FUSEError) as info:
+        await coro
+    return info.value.errno
+
+
+@pytest.mark.parametrize(("fault", "expected"), [
+    (Throttled("SlowDown"), errno.EAGAIN),
+    (Transient("503 after retries"), errno.EIO),
+    (PermissionDenied("AccessDenied"), errno.EACCES),
+    (Permanent("InvalidObjectState"), errno.EIO),
+    (RuntimeError("a bug"), errno.EIO),
+])
+async def test_backend_faults_on_lookup_are_never_enoent(setup, fault, expected):
+    backend, ops = setup
+    backend.fail("head", fault)
+    backend.fail("list", fault)
+    assert await fuse_errno(ops.lookup(ROOT_INO, b"file.txt", Ctx())) == expected
+
+
+async def test_throttled_read_is_eagain_not_enoent(setup):
+    backend, ops = setup
+    await backend.put_bytes("f", b"data", {})
+    entry = await ops.lookup(ROOT_INO, b"f", Ctx())
+    info = await ops.open(entry.st_ino, os.O_RDONLY, Ctx())
+    backend.fail("get_range", Throttled("SlowDown"))
+    assert await fuse_errno(ops.read(info.fh, 0, 4)) == errno.EAGAIN
+    backend.heal()
+    assert await ops.read(info.fh, 0, 4) == b"data"
+
+
+async def test_object_removed_by_someone_else_while_open_is_estale(setup):
+    backend, ops = setup
+    await backend.put_bytes("f", b"data", {})
+    entry = await ops.lookup(ROOT_INO, b"f", Ctx())
+    info = await ops.open(entry.st_ino, os.O_RDONLY, Ctx())
+    await backend.inner.delete("f")
+    assert await fuse_errno(ops.read(info.fh, 0, 4)) == errno.ESTALE
+
+
+async def test_failed_upload_reaches_close_and_keeps_data(setup):
+    backend, ops = setup
+    fi, _ = await ops.create(ROOT_INO, b"new", 0o644, os.O_WRONLY | os.O_CREAT, Ctx())
+    await ops.write(fi.fh, 0, b"precious")
+    backend.fail("put_file", Transient("connection reset"))
+    assert await fuse_errno(ops.flush(fi.fh)) == errno.EIO
+    backend.heal()
+    await ops.flush(fi.fh)  # the next flush uploads what was kept
+    assert await backend.get_range("new", 0, 100) == b"precious"
+
+
+async def test_conflict_is_eexist(setup):
+    backend, ops = setup
+    backend.fail("put_bytes", Conflict("name clash"))
+    assert await fuse_errno(ops.mkdir(ROOT_INO, b"d", 0o755, Ctx())) == errno.EEXIST
+
+
+async def test_missing_object_is_negative_entry(setup):
+    _, ops = setup
+    entry = await ops.lookup(ROOT_INO, b"absent", Ctx())
+    assert entry.st_ino == 0  # the kernel caches "no such file" for the entry timeout
+
+
+async def test_forget_never_raises(setup):
+    _, ops = setup
+    ops.forget([(999_999, 1), (ROOT_INO, 1)])
+
