@@ -27,9 +27,12 @@ def local(tmp_path, make_mount):
     return m
 
 
-def test_statfs(local):
+def test_statfs_and_times(local):
     st = os.statvfs(local.path)
     assert st.f_namemax == 255 and st.f_bsize == 4096 and st.f_bavail > 0
+    (local.path / "t").write_text("x")
+    t = os.stat(local.path / "t")
+    assert t.st_atime_ns == t.st_mtime_ns  # atime is not kept (noatime)
 
 
 def test_fsync_puts_the_data_in_the_store_before_close(local):

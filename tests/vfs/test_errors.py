@@ -100,3 +100,32 @@ async def test_forget_never_raises(setup):
     _, ops = setup
     ops.forget([(999_999, 1), (ROOT_INO, 1)])
 
+
+
+async def test_failed_directory_rename_leaves_both_copies_never_neither(setup):
+    backend, ops = setup
+    await backend.put_bytes("src/a", b"1", {})
+    await backend.put_bytes("src/b", b"2", {})
+    backend.fail("delete", Transient("network down"))
+    with pytest.raises(pyfuse3.FUSEError):
+        await ops.rename(ROOT_INO, b"src", ROOT_INO, b"dst", 0, Ctx())
+    backend.heal()
+    for key in ("src/a", "src/b", "dst/a", "dst/b"):
+        assert (await backend.head(key)).size == 1
+
+
+async def test_kernel_page_cache_kept_only_while_the_version_is_unchanged(tmp_path):
+    backend = FaultyBackend(open_backend(parse_tier_url(f"memory://pc-{uuid.uuid4().hex}")))
+    vfs = Vfs(backend, FuseConfig(), CacheConfig(metadata_ttl=0), staging_dir=str(tmp_path))
+    ops = Operations(vfs, FuseConfig())
+    await backend.put_bytes("f", b"v1", {})
+    entry = await ops.lookup(ROOT_INO, b"f", Ctx())
+    first = await ops.open(entry.st_ino, os.O_RDONLY, Ctx())
+    assert not first.keep_cache  # nothing cached yet
+    again = await ops.open(entry.st_ino, os.O_RDONLY, Ctx())
+    assert again.keep_cache  # same version: cached pages stay valid
+    await backend.inner.put_bytes("f", b"v2", {})  # someone else changes it
+    await ops.getattr(entry.st_ino, Ctx())
+    changed = await ops.open(entry.st_ino, os.O_RDONLY, Ctx())
+    assert not changed.keep_cache
+    assert await ops.read(changed.fh, 0, 10) == b"v2"
