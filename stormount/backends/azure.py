@@ -10,7 +10,6 @@ with a key or SAS token from the environment.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import os
@@ -36,7 +35,14 @@ from azure.storage.blob import BlobPrefix, BlobServiceClient
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from stormount.backends.base import ListPage, ObjectInfo, run_blocking
+from stormount.backends.base import (
+    ListPage,
+    ObjectInfo,
+    checked_metadata,
+    lower_keys,
+    run_blocking,
+    strip_etag,
+)
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -89,27 +95,10 @@ def _epoch(value: object) -> float:
     return value.timestamp() if isinstance(value, datetime) else time.time()
 
 
-def _etag(value: object) -> str:
-    return str(value or "").strip('"')
 
 
-def _lower(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    return {str(k).lower(): str(v) for k, v in (metadata or {}).items()}
 
 
-def _valid_metadata(metadata: Mapping[str, str], where: str, url: str, key: str) -> dict[str, str]:
-    """Lowercased metadata, refused unless every value is printable ASCII without
-    surrounding blanks: HTTP headers carry nothing else faithfully (the store strips
-    blanks, the SDK refuses the rest)."""
-    meta = _lower(metadata)
-    for name, value in meta.items():
-        if not name or value != value.strip() or not all(" " <= c <= "~" for c in value):
-            err = Permanent(f"Azure put {where}: metadata {name}={value!r} cannot be stored: "
-                            "values must be printable ASCII without leading or trailing "
-                            "blanks", backend=url, key=key)
-            err.errno = errno.EINVAL
-            raise err
-    return meta
 
 
 def _account_name(url: str) -> str:
@@ -276,8 +265,8 @@ class AzureBackend:
 
     def _info(self, key: str, props: Any, metadata: bool = True) -> ObjectInfo:
         return ObjectInfo(key=key, size=int(props.size or 0), mtime=_epoch(props.last_modified),
-                          etag=_etag(props.etag),
-                          metadata=_lower(props.metadata) if metadata else None)
+                          etag=strip_etag(props.etag),
+                          metadata=lower_keys(props.metadata) if metadata else None)
 
     # --- protocol -------------------------------------------------------------------
 
@@ -329,15 +318,15 @@ class AzureBackend:
         return await self._call("get", key, _get)
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
-        meta = _valid_metadata(metadata, self._where(key), self.url, key)
+        meta = checked_metadata(metadata, "Azure", self._where(key), self.url, key)
         body = bytes(data)
         resp = await self._call("put", key, self._blob(key).upload_blob, body, length=len(body),
                                 overwrite=True, metadata=meta)
         return ObjectInfo(key=key, size=len(body), mtime=_epoch(resp.get("last_modified")),
-                          etag=_etag(resp.get("etag")), metadata=meta)
+                          etag=strip_etag(resp.get("etag")), metadata=meta)
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
-        meta = _valid_metadata(metadata, self._where(key), self.url, key)
+        meta = checked_metadata(metadata, "Azure", self._where(key), self.url, key)
         blob = self._blob(key)
 
         def _put() -> tuple[int, dict[str, Any]]:
@@ -350,7 +339,7 @@ class AzureBackend:
                 return size, resp
         size, resp = await self._call("put", key, _put)
         return ObjectInfo(key=key, size=size, mtime=_epoch(resp.get("last_modified")),
-                          etag=_etag(resp.get("etag")), metadata=meta)
+                          etag=strip_etag(resp.get("etag")), metadata=meta)
 
     async def delete(self, key: str) -> None:
         try:
@@ -390,13 +379,13 @@ class AzureBackend:
                    metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         if src == dst:
             if metadata is not None:
-                await self._call("set metadata", src, self._blob(src).set_blob_metadata,
-                                 _valid_metadata(metadata, self._where(src), self.url, src))
+                meta = checked_metadata(metadata, "Azure", self._where(src), self.url, src)
+                await self._call("set metadata", src, self._blob(src).set_blob_metadata, meta)
             return await self.head(src)
         source = self._blob(src)
         target = self._blob(dst)
         meta = (None if metadata is None
-                else _valid_metadata(metadata, self._where(dst), self.url, dst))
+                else checked_metadata(metadata, "Azure", self._where(dst), self.url, dst))
         # same account: the copy is authorised by our own credential (a SAS is part of
         # source.url). Put Blob From URL would be synchronous, but Azurite lacks it.
         source_url = source.url

@@ -7,12 +7,15 @@ keys; what the keys mean (mode, uid, gid, mtime, ...) is the vfs layer's busines
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 import trio
+
+from stormount.errors import Permanent
 
 T = TypeVar("T")
 
@@ -95,3 +98,30 @@ async def run_blocking(limiter: trio.CapacityLimiter, fn: Callable[..., T], *arg
     return await trio.to_thread.run_sync(
         functools.partial(fn, *args, **kwargs), limiter=limiter, abandon_on_cancel=True
     )
+
+
+# --- helpers shared by the SDK backends ---------------------------------------------
+
+
+def strip_etag(value: object) -> str:
+    return str(value or "").strip('"')
+
+
+def lower_keys(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in (metadata or {}).items()}
+
+
+def checked_metadata(metadata: Mapping[str, str], store: str, where: str, url: str,
+                     key: str) -> dict[str, str]:
+    """Lowercased metadata, refused unless every value is printable ASCII without
+    surrounding blanks: HTTP headers carry nothing else faithfully (the store strips
+    blanks, the SDK refuses the rest)."""
+    meta = lower_keys(metadata)
+    for name, value in meta.items():
+        if not name or value != value.strip() or not all(" " <= c <= "~" for c in value):
+            err = Permanent(f"{store} put {where}: metadata {name}={value!r} cannot be "
+                            "stored: values must be printable ASCII without leading or "
+                            "trailing blanks", backend=url, key=key)
+            err.errno = errno.EINVAL
+            raise err
+    return meta

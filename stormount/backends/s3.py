@@ -25,7 +25,14 @@ import botocore.exceptions
 import trio
 from botocore.config import Config
 
-from stormount.backends.base import ListPage, ObjectInfo, run_blocking
+from stormount.backends.base import (
+    ListPage,
+    ObjectInfo,
+    checked_metadata,
+    lower_keys,
+    run_blocking,
+    strip_etag,
+)
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -93,27 +100,10 @@ def _response_time(resp: Mapping[str, Any]) -> float:
     return time.time()
 
 
-def _etag(value: object) -> str:
-    return str(value or "").strip('"')
 
 
-def _lower(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    return {str(k).lower(): str(v) for k, v in (metadata or {}).items()}
 
 
-def _valid_metadata(metadata: Mapping[str, str], where: str, url: str, key: str) -> dict[str, str]:
-    """Lowercased metadata, refused unless every value is printable ASCII without
-    surrounding blanks: HTTP headers carry nothing else faithfully (the store strips
-    blanks, the SDK refuses the rest)."""
-    meta = _lower(metadata)
-    for name, value in meta.items():
-        if not name or value != value.strip() or not all(" " <= c <= "~" for c in value):
-            err = Permanent(f"S3 put {where}: metadata {name}={value!r} cannot be stored: "
-                            "values must be printable ASCII without leading or trailing "
-                            "blanks", backend=url, key=key)
-            err.errno = errno.EINVAL
-            raise err
-    return meta
 
 
 class S3Backend:
@@ -272,8 +262,8 @@ class S3Backend:
         resp = await self._call("head", key, self._client.head_object, Bucket=self.bucket,
                                 Key=self._full(key))
         return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)),
-                          mtime=_epoch(resp.get("LastModified")), etag=_etag(resp.get("ETag")),
-                          metadata=_lower(resp.get("Metadata")))
+                          mtime=_epoch(resp.get("LastModified")), etag=strip_etag(resp.get("ETag")),
+                          metadata=lower_keys(resp.get("Metadata")))
 
     async def get_range(self, key: str, offset: int, length: int) -> bytes:
         if length <= 0:
@@ -316,15 +306,15 @@ class S3Backend:
         return None
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
-        meta = _valid_metadata(metadata, self._where(key), self.url, key)
+        meta = checked_metadata(metadata, "S3", self._where(key), self.url, key)
         body = bytes(data)
         resp = await self._call("put", key, self._client.put_object, Bucket=self.bucket,
                                 Key=self._full(key), Body=body, Metadata=meta)
         return ObjectInfo(key=key, size=len(body), mtime=_response_time(resp),
-                          etag=_etag(resp.get("ETag")), metadata=meta)
+                          etag=strip_etag(resp.get("ETag")), metadata=meta)
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
-        meta = _valid_metadata(metadata, self._where(key), self.url, key)
+        meta = checked_metadata(metadata, "S3", self._where(key), self.url, key)
         size = os.stat(path).st_size  # a local stat: cheaper than a thread hop
         if size <= max(self._tier.multipart_threshold, 0) and size <= MAX_PART:
             full = self._full(key)
@@ -337,7 +327,7 @@ class S3Backend:
                         Metadata=meta)
             size, resp = await self._call("put", key, _put)
             return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
-                              etag=_etag(resp.get("ETag")), metadata=meta)
+                              etag=strip_etag(resp.get("ETag")), metadata=meta)
         return await self._put_multipart(key, path, size, meta)
 
     def _part_size(self, size: int, preferred: int) -> int:
@@ -408,7 +398,7 @@ class S3Backend:
 
         resp = await self._multipart("put", key, meta, nparts, _part, {})
         return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
-                          etag=_etag(resp.get("ETag")), metadata=dict(meta))
+                          etag=strip_etag(resp.get("ETag")), metadata=dict(meta))
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, self._client.delete_object, Bucket=self.bucket,
@@ -430,7 +420,7 @@ class S3Backend:
                 continue  # the marker of the tier's own prefix
             objects.append(ObjectInfo(key=rel, size=int(item.get("Size", 0)),
                                       mtime=_epoch(item.get("LastModified")),
-                                      etag=_etag(item.get("ETag")), metadata=None))
+                                      etag=strip_etag(item.get("ETag")), metadata=None))
         prefixes = [self._rel(p["Prefix"]) for p in resp.get("CommonPrefixes", [])]
         next_token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
         return ListPage(objects, prefixes, next_token or None)
@@ -440,13 +430,13 @@ class S3Backend:
         head = await self._call("copy", src, self._client.head_object, Bucket=self.bucket,
                                 Key=self._full(src))
         size = int(head.get("ContentLength", 0))
-        etag = _etag(head.get("ETag"))
+        etag = strip_etag(head.get("ETag"))
         if src == dst and metadata is None:
             # S3 refuses a copy onto itself that changes nothing; nothing to do
             return ObjectInfo(key=src, size=size, mtime=_epoch(head.get("LastModified")),
-                              etag=etag, metadata=_lower(head.get("Metadata")))
-        meta = (_lower(head.get("Metadata")) if metadata is None
-                else _valid_metadata(metadata, self._where(dst), self.url, dst))
+                              etag=etag, metadata=lower_keys(head.get("Metadata")))
+        meta = (lower_keys(head.get("Metadata")) if metadata is None
+                else checked_metadata(metadata, "S3", self._where(dst), self.url, dst))
         # what a REPLACE copy (and a multipart copy) would otherwise drop
         extra = {name: head[name] for name in _CONTENT_HEADERS if head.get(name)}
         copy_source = {"Bucket": self.bucket, "Key": self._full(src)}
@@ -469,7 +459,7 @@ class S3Backend:
             resp = await self._multipart("copy", dst, meta, math.ceil(size / part_size), _part,
                                          extra)
             return ObjectInfo(key=dst, size=size, mtime=_response_time(resp),
-                              etag=_etag(resp.get("ETag")), metadata=meta)
+                              etag=strip_etag(resp.get("ETag")), metadata=meta)
         if metadata is None:
             directive: dict[str, Any] = {"MetadataDirective": "COPY"}
         else:
@@ -480,7 +470,7 @@ class S3Backend:
         result = resp.get("CopyObjectResult", {})
         mtime = (_epoch(result["LastModified"]) if result.get("LastModified")
                  else _response_time(resp))
-        return ObjectInfo(key=dst, size=size, mtime=mtime, etag=_etag(result.get("ETag")),
+        return ObjectInfo(key=dst, size=size, mtime=mtime, etag=strip_etag(result.get("ETag")),
                           metadata=meta)
 
     async def aclose(self) -> None:
