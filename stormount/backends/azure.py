@@ -379,8 +379,8 @@ class AzureBackend:
                    metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         if src == dst:
             if metadata is not None:
-                meta = checked_metadata(metadata, "Azure", self._where(src), self.url, src)
-                await self._call("set metadata", src, self._blob(src).set_blob_metadata, meta)
+                new = checked_metadata(metadata, "Azure", self._where(src), self.url, src)
+                await self._call("set metadata", src, self._blob(src).set_blob_metadata, new)
             return await self.head(src)
         source = self._blob(src)
         target = self._blob(dst)
