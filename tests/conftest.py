@@ -9,6 +9,8 @@ nothing from the developer's own ~/.aws or Azure settings leaks in.
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
 
 # --- environment, before any SDK is imported ------------------------------------------
 for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CA_BUNDLE", "AWS_SESSION_TOKEN",
@@ -30,6 +32,8 @@ os.environ.update({
     "AWS_EC2_METADATA_DISABLED": "true",
     "NO_PROXY": "127.0.0.1,localhost",
     "no_proxy": "127.0.0.1,localhost",
+    # mount records of test daemons go to a private directory, not /run/stormount
+    "STORMOUNT_RUNTIME_DIR": tempfile.mkdtemp(prefix="stormount-test-runtime-"),
 })
 
 from tests.stores import (  # noqa: E402
@@ -45,3 +49,18 @@ from tests.stores import (  # noqa: E402
 
 __all__ = ["Store", "az_store", "azurite", "file_store", "memory_store", "moto_server",
            "s3_store", "store"]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test may leave a mount behind: unmount leftovers and fail the run if any."""
+    try:
+        with open("/proc/self/mounts") as f:
+            left = [line.split()[1] for line in f if line.split()[2] == "fuse.stormount"
+                    and line.split()[1].startswith(tempfile.gettempdir() + "/pytest-of-")]
+    except OSError:
+        return
+    for mountpoint in left:
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
+    if left:
+        print(f"\nERROR: tests left stormount mounts behind: {left}")
+        session.exitstatus = 1
