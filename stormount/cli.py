@@ -15,7 +15,7 @@ import click
 import trio
 
 from stormount import __version__, daemon, registry
-from stormount.config import MountConfig, build_config
+from stormount.config import MountConfig, build_config, mount_path
 from stormount.errors import StartupError, StormountError
 
 READY_TIMEOUT = 120.0
@@ -145,7 +145,7 @@ def _mount_background(cfg: MountConfig, args: list[str]) -> None:
               help="Seconds to wait for pending uploads before giving up.")
 def unmount(mountpoint: str, timeout: float) -> None:
     """Upload what is pending, then unmount MOUNTPOINT."""
-    mp = os.path.abspath(mountpoint)
+    mp = mount_path(mountpoint)
     fstype = registry.mounted_fuse(mp)
     if fstype is None:
         _fail(f"{mp} is not mounted")

@@ -254,6 +254,14 @@ def parse_o_options(opts: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def mount_path(mountpoint: str) -> str:
+    """The canonical path of a mountpoint: absolute, with symlinks in its parents
+    resolved. The mountpoint itself is never touched, since it may be our own mount and
+    a stat from the daemon's event loop would wait on itself."""
+    path = os.path.abspath(mountpoint)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def default_cache_dir(source: str, mountpoint: str) -> str:
     base = os.environ.get("XDG_CACHE_HOME") or (
         "/var/cache" if os.getuid() == 0 else os.path.expanduser("~/.cache"))
@@ -325,7 +333,7 @@ def build_config(
             raise ConfigError(f"unknown mount option -o {key}")
     fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
 
-    mountpoint = os.path.abspath(mountpoint)
+    mountpoint = mount_path(mountpoint)
     if not cache.dir:
         cache = replace(cache, dir=default_cache_dir(source, mountpoint))
     cache = replace(cache, dir=os.path.abspath(os.path.expanduser(cache.dir)))

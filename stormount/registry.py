@@ -10,6 +10,8 @@ import os
 import re
 from dataclasses import asdict, dataclass
 
+from stormount.config import mount_path
+
 
 @dataclass(frozen=True)
 class MountRecord:
@@ -31,7 +33,7 @@ def runtime_dir() -> str:
 
 
 def _path(mountpoint: str) -> str:
-    digest = hashlib.sha256(os.path.realpath(mountpoint).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(mount_path(mountpoint).encode()).hexdigest()[:16]
     return os.path.join(runtime_dir(), f"mount-{digest}.json")
 
 
@@ -88,7 +90,7 @@ def all_records() -> list[MountRecord]:
 
 def mounted_fuse(mountpoint: str) -> str | None:
     """The filesystem type mounted exactly at `mountpoint` (e.g. 'fuse.stormount'), if any."""
-    target = os.path.realpath(mountpoint)
+    target = mount_path(mountpoint)
     try:
         with open("/proc/self/mountinfo") as f:
             lines = f.read().splitlines()

@@ -95,7 +95,8 @@ def test_changes_by_other_clients_appear_within_the_ttls(tmp_path, make_mount):
     store = tmp_path / "store"
     store.mkdir()
     m = make_mount(f"file://{store}",
-                   args=("-o", "listing_ttl=0.3,metadata_ttl=0.3,negative_ttl=0.3"))
+                   args=("-o", "listing_ttl=0.3,metadata_ttl=0.3,negative_ttl=0.3,"
+                         "entry_timeout=0,attr_timeout=0"))
     assert os.listdir(m.path) == []
     (store / "from-elsewhere.txt").write_text("hi")  # another client writes the store
     wait_for(lambda: os.listdir(m.path) == ["from-elsewhere.txt"], timeout=10,
