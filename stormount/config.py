@@ -50,6 +50,10 @@ class CacheConfig:
     metadata_ttl: float = 60.0  # how long attributes learnt from the store are trusted
     listing_ttl: float = 300.0  # how long a directory listing is trusted
     negative_ttl: float = 5.0  # how long "no such file" is trusted
+    block_size: int = 4 * MiB  # unit of object data fetched and cached
+    max_size: int = 10 * 1024 * MiB  # cap of the block cache on disk
+    min_free: int = 1024 * MiB  # free disk space the block cache always leaves
+    read_ahead_max: int = 64 * MiB  # largest read-ahead window of a sequential reader
 
 
 @dataclass(frozen=True)
@@ -209,7 +213,9 @@ _FUSE_CONVERT = {
     "nonempty": _to_bool,
 }
 _CACHE_CONVERT = {"dir": lambda raw, what: str(raw), "metadata_ttl": _to_float,
-                  "listing_ttl": _to_float, "negative_ttl": _to_float}
+                  "listing_ttl": _to_float, "negative_ttl": _to_float,
+                  "block_size": parse_size, "max_size": parse_size, "min_free": parse_size,
+                  "read_ahead_max": parse_size}
 # -o spellings that mount(8) users expect, mapped onto config keys
 _O_ALIASES = {"ro": "read_only", "rw": "read_only", "cache_dir": "cache.dir"}
 
@@ -337,6 +343,8 @@ def build_config(
     if not cache.dir:
         cache = replace(cache, dir=default_cache_dir(source, mountpoint))
     cache = replace(cache, dir=os.path.abspath(os.path.expanduser(cache.dir)))
+    if not 64 * 1024 <= cache.block_size <= 64 * MiB:
+        raise ConfigError("block_size must be between 64KiB and 64MiB")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {log_level!r}")
     return MountConfig(source=source, mountpoint=mountpoint, tiers=tuple(tiers), cache=cache,

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -21,6 +22,7 @@ import trio
 
 from stormount import registry
 from stormount.backends import Backend, open_backend
+from stormount.cache.blocks import BlockCache
 from stormount.config import MountConfig
 from stormount.errors import BackendError, StartupError
 from stormount.fuse.ops import Operations
@@ -136,18 +138,27 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
     backend = open_backend(cfg.tiers[0])
     try:
         await check_backend(backend)
-        vfs = Vfs(backend, cfg.fuse, cfg.cache, staging)
         try:
-            pyfuse3.init(Operations(vfs, cfg.fuse), cfg.mountpoint, fuse_options(cfg))
-        except RuntimeError as e:
-            raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
+            blocks = BlockCache(os.path.join(cfg.cache.dir, "blocks"),
+                                block_size=cfg.cache.block_size, max_bytes=cfg.cache.max_size,
+                                min_free_bytes=cfg.cache.min_free)
+        except (OSError, sqlite3.Error) as e:
+            raise StartupError(f"cannot open the block cache in {cfg.cache.dir}: {e}") from None
         try:
-            await _serve(cfg, vfs, on_ready)
+            vfs = Vfs(backend, cfg.fuse, cfg.cache, staging, blocks)
+            try:
+                pyfuse3.init(Operations(vfs, cfg.fuse), cfg.mountpoint, fuse_options(cfg))
+            except RuntimeError as e:
+                raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
+            try:
+                await _serve(cfg, vfs, on_ready)
+            finally:
+                with trio.CancelScope(shield=True):
+                    failed = await vfs.shutdown()
+                pyfuse3.close(unmount=True)
+                registry.unregister(cfg.mountpoint)
         finally:
-            with trio.CancelScope(shield=True):
-                failed = await vfs.shutdown()
-            pyfuse3.close(unmount=True)
-            registry.unregister(cfg.mountpoint)
+            blocks.close()
         if failed:
             log.error("%d file(s) could not be uploaded; their data is kept in %s: %s",
                       len(failed), staging, ", ".join(failed))
@@ -185,6 +196,8 @@ async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> No
                     pyfuse3.terminate()
                     return
 
+        if vfs.reader is not None:
+            vfs.reader.background = nursery  # read-ahead runs beside the requests
         nursery.start_soon(when_ready)
         nursery.start_soon(on_signals)
         await pyfuse3.main()

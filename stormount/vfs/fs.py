@@ -13,11 +13,12 @@ import math
 import os
 import stat
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from stormount.backends.base import Backend, ObjectInfo, list_all
+from stormount.cache.blocks import BlockCache
 from stormount.config import CacheConfig, FuseConfig
 from stormount.errors import FsError, NotFound
 from stormount.vfs.attrs import (
@@ -32,6 +33,7 @@ from stormount.vfs.attrs import (
     now_ns,
 )
 from stormount.vfs.nodes import InodeTable, Listing, Node, Staging
+from stormount.vfs.reader import Reader, ReadState
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ COPY_PARALLEL = 16
 class Handle:
     node: Node
     writable: bool
+    read_state: ReadState = field(default_factory=ReadState)
 
 
 @dataclass(eq=False)
@@ -85,8 +88,11 @@ def _join(parent: Node, name: str) -> str:
 
 class Vfs:
     def __init__(self, backend: Backend, fuse: FuseConfig, cache: CacheConfig,
-                 staging_dir: str) -> None:
+                 staging_dir: str, blocks: BlockCache | None = None) -> None:
         self.backend = backend
+        # without a block cache (cache disabled), every read is one ranged GET
+        self.reader = None if blocks is None else Reader(
+            backend, blocks, max_window=cache.read_ahead_max)
         self.fuse = fuse
         self.cache = cache
         self.staging_dir = staging_dir
@@ -586,6 +592,9 @@ class Vfs:
         if size <= 0:
             return b""
         try:
+            if self.reader is not None and node.etag:
+                return await self.reader.read(node.key, node.etag, node.attrs.size, offset, size,
+                                              self.handle(fh).read_state)
             return await self.backend.get_range(node.key, offset, size)
         except NotFound:
             raise FsError(errno.ESTALE, f"{node.path} was removed from the store") from None

@@ -1,0 +1,140 @@
+"""The read path for stored objects: data comes through the on-disk block cache, served
+inline on a hit (no thread hop), fetched one whole block per ranged GET on a miss, and
+read ahead in the background once a handle reads sequentially.
+
+A random read that misses fetches only the range asked for, the first time its block is
+touched: reading 4 KiB of a large object transfers about 4 KiB. A block touched again is
+worth having, so the second miss fetches and caches the whole block.
+
+Memory stays bounded whatever the file size: a block lives in memory only between its
+GET and its write to the cache, and at most `prefetch_parallel` prefetches run at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from stormount.backends.base import Backend
+from stormount.cache.blocks import BlockCache
+
+log = logging.getLogger(__name__)
+MiB = 1024 * 1024
+TOUCHED_MAX = 4096  # blocks remembered as read once at random
+
+
+@dataclass(eq=False)
+class ReadState:
+    """Per-handle access pattern: where a sequential reader will read next, and how far
+    ahead it is worth fetching."""
+
+    next_offset: int = -1
+    window: int = 0
+
+
+@dataclass(eq=False)
+class _Fetch:
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None  # None when the fetch failed or was cancelled
+
+
+class Reader:
+    def __init__(self, backend: Backend, blocks: BlockCache, *, min_window: int = 1 * MiB,
+                 max_window: int = 64 * MiB, prefetch_parallel: int = 8) -> None:
+        self.backend = backend
+        self.blocks = blocks
+        self.min_window = min_window
+        self.max_window = max_window
+        self._prefetch_limiter = trio.CapacityLimiter(prefetch_parallel)
+        self._inflight: dict[tuple[str, str, int], _Fetch] = {}
+        self._queued: set[tuple[str, str, int]] = set()  # prefetches waiting for a slot
+        self._touched: OrderedDict[tuple[str, str, int], None] = OrderedDict()
+        self.background: trio.Nursery | None = None  # set by the daemon; None: no prefetch
+
+    async def read(self, key: str, version: str, object_size: int, offset: int, size: int,
+                   state: ReadState) -> bytes:
+        end = min(offset + size, object_size)
+        if end <= offset:
+            return b""
+        bs = self.blocks.block_size
+        sequential = offset == state.next_offset
+        parts = []
+        for index in range(offset // bs, (end - 1) // bs + 1):
+            base = index * bs
+            lo, hi = max(offset, base) - base, min(end, base + bs) - base
+            data = self.blocks.read(key, version, index, lo, hi - lo)
+            if data is None or len(data) < hi - lo:
+                if sequential or self._touched_before((key, version, index)):
+                    block = await self._fetch(key, version, index, object_size)
+                    data = block[lo:hi]
+                else:
+                    data = await self.backend.get_range(key, base + lo, hi - lo)
+            parts.append(data)
+        self._read_ahead(key, version, object_size, offset, end, state)
+        return b"".join(parts)
+
+    def _touched_before(self, ident: tuple[str, str, int]) -> bool:
+        if ident in self._touched:
+            del self._touched[ident]
+            return True
+        self._touched[ident] = None
+        if len(self._touched) > TOUCHED_MAX:
+            self._touched.popitem(last=False)
+        return False
+
+    async def _fetch(self, key: str, version: str, index: int, object_size: int) -> bytes:
+        """One whole block from the store, shared by every reader that wants it at once,
+        then written to the cache (a failed write only means "not cached")."""
+        ident = (key, version, index)
+        while (pending := self._inflight.get(ident)) is not None:
+            await pending.done.wait()
+            if pending.data is not None:
+                return pending.data
+            # that fetch failed (its caller got the error) or was cancelled: try ourselves
+        fetch = self._inflight[ident] = _Fetch()
+        try:
+            bs = self.blocks.block_size
+            length = min(bs, object_size - index * bs)
+            data = await self.backend.get_range(key, index * bs, length)
+            if len(data) == length:  # shorter: the object changed under us; do not cache
+                try:
+                    await trio.to_thread.run_sync(self.blocks.put, key, version, index, data)
+                except OSError as e:
+                    log.debug("block %d of %s not cached: %s", index, key, e)
+            fetch.data = data
+            return data
+        finally:
+            del self._inflight[ident]
+            fetch.done.set()
+
+    def _read_ahead(self, key: str, version: str, object_size: int, offset: int, end: int,
+                    state: ReadState) -> None:
+        if offset == state.next_offset:
+            state.window = min(max(2 * state.window, self.min_window), self.max_window)
+        else:
+            state.window = 0  # random access: fetch only what is asked for
+        state.next_offset = end
+        if not state.window or self.background is None:
+            return
+        bs = self.blocks.block_size
+        last = min(end + state.window, object_size) - 1
+        for index in range(end // bs, last // bs + 1):
+            ident = (key, version, index)
+            if ident in self._queued or ident in self._inflight or self.blocks.has(*ident):
+                continue
+            self._queued.add(ident)
+            self.background.start_soon(self._prefetch, ident, object_size)
+
+    async def _prefetch(self, ident: tuple[str, str, int], object_size: int) -> None:
+        try:
+            async with self._prefetch_limiter:
+                if ident in self._inflight or self.blocks.has(*ident):
+                    return
+                await self._fetch(*ident, object_size)
+        except Exception as e:  # a prefetch is a guess: the reader will retry and see it
+            log.debug("prefetch of block %d of %s failed: %s", ident[2], ident[0], e)
+        finally:
+            self._queued.discard(ident)
