@@ -15,7 +15,7 @@ from stormount.backends import open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.config import parse_tier_url
 from stormount.errors import Transient
-from stormount.vfs.reader import ReadState, Reader
+from stormount.vfs.reader import Reader, ReadState
 from tests.helpers.faults import FaultyBackend
 
 MiB = 1024 * 1024
