@@ -9,8 +9,8 @@ nothing from the developer's own ~/.aws or Azure settings leaks in.
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
+from pathlib import Path
 
 # --- environment, before any SDK is imported ------------------------------------------
 for _name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CA_BUNDLE", "AWS_SESSION_TOKEN",
@@ -52,15 +52,13 @@ __all__ = ["Store", "az_store", "azurite", "file_store", "memory_store", "moto_s
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """No test may leave a mount behind: unmount leftovers and fail the run if any."""
-    try:
-        with open("/proc/self/mounts") as f:
-            left = [line.split()[1] for line in f if line.split()[2] == "fuse.stormount"
-                    and line.split()[1].startswith(tempfile.gettempdir() + "/pytest-of-")]
-    except OSError:
-        return
+    """No test may leave a mount behind: unmount this session's leftovers and fail."""
+    from stormount.registry import mounted_fuse
+    from tests.helpers.mounts import LIVE, unmount_quietly
+
+    left = sorted(str(p) for p in LIVE if mounted_fuse(str(p)) is not None)
     for mountpoint in left:
-        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True)
+        unmount_quietly(Path(mountpoint))
     if left:
         print(f"\nERROR: tests left stormount mounts behind: {left}")
         session.exitstatus = 1

@@ -11,6 +11,9 @@ from pathlib import Path
 
 from stormount.registry import mounted_fuse
 
+# mountpoints this test process mounted and has not unmounted yet
+LIVE: set[Path] = set()
+
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.02, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value or the deadline passes."""
@@ -56,6 +59,7 @@ class Mount:
         self.proc = subprocess.Popen(cmd, env={**os.environ, **self.env}, stdout=log,
                                      stderr=log, stdin=subprocess.DEVNULL)
         log.close()
+        LIVE.add(self.path)
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
@@ -82,4 +86,5 @@ class Mount:
                 self.proc.wait()
             self.proc = None
         unmount_quietly(self.path)
+        LIVE.discard(self.path)
         return code
