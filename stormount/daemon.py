@@ -23,8 +23,9 @@ import trio
 from stormount import registry
 from stormount.backends import Backend, open_backend
 from stormount.cache.blocks import BlockCache
+from stormount.cache.meta import MetaStore
 from stormount.config import MountConfig
-from stormount.errors import BackendError, StartupError
+from stormount.errors import BackendError, StartupError, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
 
@@ -113,13 +114,25 @@ def tune_read_ahead(mountpoint: str) -> None:
         log.debug("cannot raise read-ahead via %s: %s", path, e)
 
 
-async def check_backend(backend: Backend) -> None:
+async def check_backend(backend: Backend, *, warm_cache: bool) -> None:
+    """Refuse to mount a store that is missing or refuses us. One that cannot be reached
+    is mounted degraded when the cache knows its tree: reads are served from the cache."""
     try:
         with trio.fail_after(CHECK_TIMEOUT):
             await backend.check()
     except trio.TooSlowError:
+        if warm_cache:
+            log.warning("%s: no answer within %.0f s; starting from the warm cache",
+                        redact(backend.url), CHECK_TIMEOUT)
+            return
         raise StartupError(f"{redact(backend.url)}: no answer within {CHECK_TIMEOUT:.0f} s") \
             from None
+    except Transient as e:
+        if warm_cache:
+            log.warning("%s unreachable (%s); starting from the warm cache",
+                        redact(backend.url), e)
+            return
+        raise StartupError(f"cannot use {redact(backend.url)}: {e}") from None
     except BackendError as e:
         raise StartupError(f"cannot use {redact(backend.url)}: {e}") from None
 
@@ -137,15 +150,16 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
     lock_fd, staging = prepare_cache(cfg)
     backend = open_backend(cfg.tiers[0])
     try:
-        await check_backend(backend)
         try:
+            meta = MetaStore(os.path.join(cfg.cache.dir, "meta.sqlite3"))
             blocks = BlockCache(os.path.join(cfg.cache.dir, "blocks"),
                                 block_size=cfg.cache.block_size, max_bytes=cfg.cache.max_size,
                                 min_free_bytes=cfg.cache.min_free)
         except (OSError, sqlite3.Error) as e:
-            raise StartupError(f"cannot open the block cache in {cfg.cache.dir}: {e}") from None
+            raise StartupError(f"cannot open the caches in {cfg.cache.dir}: {e}") from None
         try:
-            vfs = Vfs(backend, cfg.fuse, cfg.cache, staging, blocks)
+            await check_backend(backend, warm_cache=not meta.is_empty())
+            vfs = Vfs(backend, cfg.fuse, cfg.cache, staging, blocks, meta)
             try:
                 pyfuse3.init(Operations(vfs, cfg.fuse), cfg.mountpoint, fuse_options(cfg))
             except RuntimeError as e:
@@ -159,6 +173,7 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
                 registry.unregister(cfg.mountpoint)
         finally:
             blocks.close()
+            meta.close()
         if failed:
             log.error("%d file(s) could not be uploaded; their data is kept in %s: %s",
                       len(failed), staging, ", ".join(failed))

@@ -17,6 +17,16 @@ class StormountError(Exception):
             self.errno = errno
 
 
+def first_error(exc: BaseException) -> BaseException:
+    """The error worth reporting inside an exception group (trio nurseries wrap them):
+    our own errors and OS errors first."""
+    while isinstance(exc, BaseExceptionGroup):
+        known: list[BaseException] = [
+            e for e in exc.exceptions if isinstance(e, StormountError | OSError)]
+        exc = (known or list(exc.exceptions))[0]
+    return exc
+
+
 class ConfigError(StormountError):
     """Bad configuration, URL or command-line input: reported as one line, exit non-zero."""
 

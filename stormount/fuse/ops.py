@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 
 from stormount.config import FuseConfig
-from stormount.errors import BackendError, StormountError
+from stormount.errors import BackendError, StormountError, first_error
 from stormount.vfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, Vfs
 from stormount.vfs.nodes import Node
 
@@ -31,17 +31,8 @@ BLKSIZE = 128 * 1024  # tools such as cp size their buffers from st_blksize
 assert pyfuse3.RENAME_EXCHANGE == RENAME_EXCHANGE and pyfuse3.RENAME_NOREPLACE == RENAME_NOREPLACE
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The error worth reporting inside an exception group (nurseries wrap them)."""
-    while isinstance(exc, BaseExceptionGroup):
-        known: list[BaseException] = [
-            e for e in exc.exceptions if isinstance(e, StormountError | OSError)]
-        exc = (known or list(exc.exceptions))[0]
-    return exc
-
-
 def errno_of(exc: BaseException, op: str) -> int:
-    exc = _leaf(exc)
+    exc = first_error(exc)
     if isinstance(exc, StormountError):
         if isinstance(exc, BackendError) and exc.errno != errno.ENOENT:
             log.warning("%s failed: %s", op, exc)

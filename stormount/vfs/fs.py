@@ -19,8 +19,9 @@ import trio
 
 from stormount.backends.base import Backend, ObjectInfo, list_all
 from stormount.cache.blocks import BlockCache
+from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig
-from stormount.errors import FsError, NotFound
+from stormount.errors import FsError, NotFound, Transient, first_error
 from stormount.vfs.attrs import (
     DIR,
     FILE,
@@ -88,8 +89,10 @@ def _join(parent: Node, name: str) -> str:
 
 class Vfs:
     def __init__(self, backend: Backend, fuse: FuseConfig, cache: CacheConfig,
-                 staging_dir: str, blocks: BlockCache | None = None) -> None:
+                 staging_dir: str, blocks: BlockCache | None = None,
+                 meta: MetaStore | None = None) -> None:
         self.backend = backend
+        self.meta = meta  # persisted listings and attributes; None: memory only
         # without a block cache (cache disabled), every read is one ranged GET
         self.reader = None if blocks is None else Reader(
             backend, blocks, max_window=cache.read_ahead_max)
@@ -154,11 +157,39 @@ class Vfs:
         parent.negative.pop(name, None)
         if parent.listing is not None:
             parent.listing.entries[name] = (kind, info)
+        self._persist_change(parent, name, kind, info)
 
     def _listing_drop(self, parent: Node, name: str) -> None:
         parent.negative[name] = trio.current_time()
         if parent.listing is not None:
             parent.listing.entries.pop(name, None)
+        self._persist_change(parent, name, None, None)
+
+    def _persist_change(self, parent: Node, name: str, kind: str | None,
+                        info: ObjectInfo | None) -> None:
+        """An own change: the persisted listing of the parent no longer holds (a restart
+        lists it again), and the object's persisted attributes follow the change."""
+        if self.meta is None:
+            return
+        self.meta.forget_listing(parent.key)
+        key = _join(parent, name)
+        if kind is None:
+            self.meta.forget_prefix(key + "/")
+            self.meta.forget_object(key)
+        elif info is not None:
+            self._remember(kind, info)
+
+    def _load_listing(self, node: Node) -> Listing | None:
+        """The directory's listing from memory, else as persisted by an earlier run."""
+        if node.listing is None and self.meta is not None:
+            persisted = self.meta.listing(node.key)
+            if persisted is not None:
+                age, entries = persisted
+                node.listing = Listing(entries=entries, at=trio.current_time() - age)
+        return node.listing
+
+    def _offline(self, what: str, error: Transient) -> None:
+        log.warning("store unreachable, serving %s from cache: %s", what, error)
 
     def _child_from_object(self, parent: Node, name: str, kind: str, info: ObjectInfo,
                            complete: bool) -> Node:
@@ -222,9 +253,12 @@ class Vfs:
             if page.objects and page.objects[0].key == key + "/":
                 marker = page.objects[0]
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_head)
-            nursery.start_soon(_list)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_head)
+                nursery.start_soon(_list)
+        except ExceptionGroup as group:
+            raise first_error(group) from None
         if page_has_children:
             if marker is not None and marker.metadata is None:
                 try:
@@ -250,15 +284,39 @@ class Vfs:
             if seen_absent is not None and self._fresh(seen_absent, self.cache.negative_ttl):
                 return None
         hint: str | None = None
-        listing = parent.listing
+        listing = self._load_listing(parent)
+        entry = None if listing is None else listing.entries.get(name)
         if listing is not None and self._fresh(listing.at, self.cache.listing_ttl):
-            entry = listing.entries.get(name)
             if entry is None:
                 if child is not None:
                     self.inodes.detach(child)
                 return None
             hint = entry[0]
-        found = await self._stat_remote(parent, name, hint)
+        remembered = self._remembered(_join(parent, name), hint)
+        if remembered is not None and entry is not None and entry[1] is not None and (
+                entry[1].etag != remembered[2].etag):
+            remembered = None  # the listing knows a newer version
+        if remembered is not None and remembered[0] < self.cache.metadata_ttl:
+            return self._child_from_object(parent, name, remembered[1], remembered[2],
+                                           complete=True)
+        try:
+            found = await self._stat_remote(parent, name, hint)
+        except Transient as e:
+            # offline: the last thing we knew, however old, beats an error
+            if remembered is not None:
+                self._offline(_join(parent, name), e)
+                return self._child_from_object(parent, name, remembered[1], remembered[2],
+                                               complete=True)
+            if entry is not None:
+                self._offline(_join(parent, name), e)
+                kind, listed = entry
+                return self._child_from_object(
+                    parent, name, kind, listed or self._implied_dir(_join(parent, name) + "/"),
+                    complete=False)
+            if child is not None:
+                self._offline(_join(parent, name), e)
+                return child
+            raise
         if found is None:
             if child is not None:
                 self.inodes.detach(child)
@@ -266,8 +324,30 @@ class Vfs:
             return None
         kind, info = found
         child = self._child_from_object(parent, name, kind, info, complete=True)
-        self._listing_put(parent, name, kind, info)
+        if entry is None or entry[0] != kind:
+            self._listing_put(parent, name, kind, info)  # news to the listing
+        else:
+            if listing is not None:
+                listing.entries[name] = (kind, info)
+            self._remember(kind, info)
         return child
+
+    def _remember(self, kind: str, info: ObjectInfo) -> None:
+        """Persist what a HEAD told us, for restarts and outages."""
+        # a listing's attributes lack metadata (S3); a directory known only by its
+        # prefix is complete as it is
+        if self.meta is not None and (info.metadata is not None or kind == DIR):
+            self.meta.put_object(info.key, kind, info)
+
+    def _remembered(self, path: str, hint: str | None) -> tuple[float, str, ObjectInfo] | None:
+        """(age, kind, info) of a persisted HEAD result for this path."""
+        if self.meta is None:
+            return None
+        for key in ((path + "/", path) if hint != FILE and hint != LINK else (path,)):
+            row = self.meta.object(key)
+            if row is not None:
+                return row
+        return None
 
     async def _existing(self, parent_ino: int, name: str) -> tuple[Node, Node]:
         parent = self._dir_of(self.node(parent_ino))
@@ -346,6 +426,9 @@ class Vfs:
             return node
         try:
             info = await self.backend.head(node.key)
+        except Transient as e:
+            self._offline(node.path, e)
+            return node  # offline: its last known attributes stand
         except NotFound:
             if node.opens > 0:
                 return node  # still open here: its last known state stands
@@ -354,8 +437,9 @@ class Vfs:
             self.inodes.detach(node)
             raise FsError(errno.ENOENT, f"{node.path} was removed from the store") from None
         assert node.parent is not None
-        return self._child_from_object(node.parent, node.name, kind_of(node.key, info.metadata),
-                                       info, complete=True)
+        kind = kind_of(node.key, info.metadata)
+        self._remember(kind, info)
+        return self._child_from_object(node.parent, node.name, kind, info, complete=True)
 
     async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None,
@@ -429,31 +513,43 @@ class Vfs:
 
     # --- directories ----------------------------------------------------------------
 
+    async def _fetch_listing(self, node: Node) -> Listing:
+        """List a directory in the store; remember it in memory and on disk."""
+        objects, prefixes = await list_all(self.backend, node.key, "/")
+        entries: dict[str, tuple[str, ObjectInfo | None]] = {}
+        for prefix in prefixes:
+            name = prefix[len(node.key):-1]
+            if valid_name(name):
+                entries[name] = (DIR, None)
+            else:
+                self._warn_skip(prefix, "not a valid file name")
+        for info in objects:
+            if info.key == node.key:
+                continue  # this directory's own marker
+            name = info.key[len(node.key):]
+            if not valid_name(name):
+                self._warn_skip(info.key, "not a valid file name")
+            elif name in entries:
+                self._warn_skip(info.key, "a directory of the same name hides it")
+            else:
+                entries[name] = (kind_of(info.key, info.metadata), info)
+        listing = node.listing = Listing(entries=entries, at=trio.current_time())
+        if self.meta is not None:
+            self.meta.put_listing(node.key, entries)
+        for name, child in list(node.children.items()):
+            if name not in entries and child.etag is not None and child.staging is None:
+                self.inodes.detach(child)  # removed from the store by someone else
+        return listing
+
     async def _list_dir(self, node: Node) -> list[tuple[str, Node]]:
-        listing = node.listing
+        listing = self._load_listing(node)
         if listing is None or not self._fresh(listing.at, self.cache.listing_ttl):
-            objects, prefixes = await list_all(self.backend, node.key, "/")
-            entries: dict[str, tuple[str, ObjectInfo | None]] = {}
-            for prefix in prefixes:
-                name = prefix[len(node.key):-1]
-                if valid_name(name):
-                    entries[name] = (DIR, None)
-                else:
-                    self._warn_skip(prefix, "not a valid file name")
-            for info in objects:
-                if info.key == node.key:
-                    continue  # this directory's own marker
-                name = info.key[len(node.key):]
-                if not valid_name(name):
-                    self._warn_skip(info.key, "not a valid file name")
-                elif name in entries:
-                    self._warn_skip(info.key, "a directory of the same name hides it")
-                else:
-                    entries[name] = (kind_of(info.key, info.metadata), info)
-            listing = node.listing = Listing(entries=entries, at=trio.current_time())
-            for name, child in list(node.children.items()):
-                if name not in entries and child.etag is not None and child.staging is None:
-                    self.inodes.detach(child)  # removed from the store by someone else
+            try:
+                listing = await self._fetch_listing(node)
+            except Transient as e:
+                if listing is None:
+                    raise
+                self._offline(f"the listing of /{node.path}", e)
         result: dict[str, Node] = {}
         for name, (kind, listed) in listing.entries.items():
             known = node.children.get(name)

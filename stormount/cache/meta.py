@@ -1,0 +1,106 @@
+"""Persistent metadata: directory listings and object attributes learnt from the store,
+kept in sqlite in the cache directory so a restarted mount lists and stats its tree
+without asking the store while the entries are fresh, and from its last knowledge while
+the store is unreachable.
+
+Times stored here are wall-clock seconds (they must mean something after a restart);
+callers turn them into ages. One connection, used from the event-loop thread only;
+WAL with synchronous=NORMAL, as measured in DESIGN.md §5.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any
+
+from stormount.backends.base import ObjectInfo
+
+SCHEMA = 1
+Entries = dict[str, tuple[str, ObjectInfo | None]]  # name -> (kind, object or None)
+
+
+def _info_to_json(info: ObjectInfo | None) -> Any:
+    if info is None:
+        return None
+    return [info.key, info.size, info.mtime, info.etag,
+            None if info.metadata is None else dict(info.metadata)]
+
+
+def _info_from_json(raw: Any) -> ObjectInfo | None:
+    if raw is None:
+        return None
+    key, size, mtime, etag, metadata = raw
+    return ObjectInfo(key=key, size=size, mtime=mtime, etag=etag, metadata=metadata)
+
+
+class MetaStore:
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA:
+            self._db.executescript("""
+                DROP TABLE IF EXISTS listings;
+                DROP TABLE IF EXISTS objects;
+                CREATE TABLE listings (dir TEXT PRIMARY KEY, entries TEXT NOT NULL,
+                                       at REAL NOT NULL);
+                CREATE TABLE objects (key TEXT PRIMARY KEY, kind TEXT NOT NULL,
+                                      info TEXT NOT NULL, at REAL NOT NULL);
+            """)
+            self._db.execute(f"PRAGMA user_version={SCHEMA}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def is_empty(self) -> bool:
+        row = self._db.execute("SELECT EXISTS (SELECT 1 FROM listings) OR "
+                               "EXISTS (SELECT 1 FROM objects)").fetchone()
+        return not row[0]
+
+    # --- listings: dir key -> {name: (kind, ObjectInfo | None)} ---------------------
+
+    def listing(self, dir_key: str) -> tuple[float, Entries] | None:
+        """(age in seconds, entries) of the last listing of a directory, if any."""
+        row = self._db.execute("SELECT entries, at FROM listings WHERE dir = ?",
+                               (dir_key,)).fetchone()
+        if row is None:
+            return None
+        entries = {name: (kind, _info_from_json(info))
+                   for name, kind, info in json.loads(row[0])}
+        return max(0.0, time.time() - row[1]), entries
+
+    def put_listing(self, dir_key: str, entries: Entries, age: float = 0.0) -> None:
+        data = json.dumps([[name, kind, _info_to_json(info)]
+                           for name, (kind, info) in entries.items()])
+        self._db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?, ?)",
+                         (dir_key, data, time.time() - age))
+
+    def forget_listing(self, dir_key: str) -> None:
+        self._db.execute("DELETE FROM listings WHERE dir = ?", (dir_key,))
+
+    # --- objects: key -> (kind, ObjectInfo) from a HEAD or an own write ---------------
+
+    def object(self, key: str) -> tuple[float, str, ObjectInfo] | None:
+        row = self._db.execute("SELECT kind, info, at FROM objects WHERE key = ?",
+                               (key,)).fetchone()
+        if row is None:
+            return None
+        info = _info_from_json(json.loads(row[1]))
+        assert info is not None
+        return max(0.0, time.time() - row[2]), row[0], info
+
+    def put_object(self, key: str, kind: str, info: ObjectInfo) -> None:
+        self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)",
+                         (key, kind, json.dumps(_info_to_json(info)), time.time()))
+
+    def forget_object(self, key: str) -> None:
+        self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
+
+    def forget_prefix(self, prefix: str) -> None:
+        """Everything at or below a path: invalidation of a subtree."""
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        self._db.execute("DELETE FROM listings WHERE dir LIKE ? ESCAPE '\\'", (like,))
+        self._db.execute("DELETE FROM objects WHERE key LIKE ? ESCAPE '\\'", (like,))

@@ -1,0 +1,99 @@
+"""Metadata persists in the cache directory: a restarted mount lists and stats its tree
+without the store while entries are fresh, and from its last knowledge while the store
+is unreachable; an uncached name still fails with the store's error, not ENOENT."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+
+import pytest
+
+from stormount.backends import open_backend
+from stormount.cache.meta import MetaStore
+from stormount.config import CacheConfig, FuseConfig, parse_tier_url
+from stormount.errors import FsError, Transient
+from stormount.vfs.fs import Vfs
+from stormount.vfs.nodes import ROOT_INO
+from tests.helpers.faults import FaultyBackend
+
+
+@pytest.fixture
+def make(tmp_path):
+    url = f"memory://meta-{uuid.uuid4().hex}"
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    opened = []
+
+    def _make(cache: CacheConfig | None = None) -> tuple[FaultyBackend, Vfs]:
+        backend = FaultyBackend(open_backend(parse_tier_url(url)))
+        meta = MetaStore(str(tmp_path / "meta.sqlite3"))
+        opened.append(meta)
+        return backend, Vfs(backend, FuseConfig(), cache or CacheConfig(), str(staging),
+                            meta=meta)
+    yield _make
+    for meta in opened:
+        meta.close()
+
+
+async def names(vfs: Vfs, ino: int = ROOT_INO) -> list[str]:
+    fh = await vfs.opendir(ino)
+    try:
+        return [name for name, _, _ in vfs.readdir(fh, 0)]
+    finally:
+        vfs.releasedir(fh)
+
+
+async def test_restart_lists_and_stats_without_the_store_while_fresh(make):
+    backend, first = make()
+    await backend.put_bytes("docs/a.txt", b"aaa", {"mode": "33188"})
+    await backend.put_bytes("docs/b.txt", b"bb", {})
+    assert await names(first) == ["docs"]
+    docs = await first.lookup(ROOT_INO, "docs")
+    assert await names(first, docs.ino) == ["a.txt", "b.txt"]
+    assert (await first.lookup(docs.ino, "a.txt")).attrs.size == 3
+
+    backend, second = make()  # a new daemon on the same cache directory
+    for op in ("list", "head"):
+        backend.fail(op, RuntimeError("the store must not be asked"))
+    assert await names(second) == ["docs"]
+    docs = await second.lookup(ROOT_INO, "docs")
+    assert await names(second, docs.ino) == ["a.txt", "b.txt"]
+    assert (await second.lookup(docs.ino, "a.txt")).attrs.size == 3
+
+
+async def test_stale_entries_are_served_while_the_store_is_unreachable(make):
+    backend, first = make()
+    await backend.put_bytes("d/f", b"12345", {})
+    d = await first.lookup(ROOT_INO, "d")
+    await names(first, d.ino)
+    await first.lookup(d.ino, "f")
+
+    stale = CacheConfig(metadata_ttl=0, listing_ttl=0, negative_ttl=0)
+    backend, second = make(stale)
+    for op in ("list", "head"):
+        backend.fail(op, Transient("connection refused"))
+    d = await second.lookup(ROOT_INO, "d")
+    assert await names(second, d.ino) == ["f"]
+    f = await second.lookup(d.ino, "f")
+    assert (await second.getattr(f.ino)).attrs.size == 5
+    with pytest.raises(Exception) as info:
+        await second.lookup(d.ino, "never-seen")
+    assert getattr(info.value, "errno", None) != errno.ENOENT  # an outage, not "no such file"
+
+
+async def test_own_changes_invalidate_the_persisted_listing(make):
+    backend, first = make()
+    await backend.put_bytes("x", b"1", {})
+    assert await names(first) == ["x"]
+    await first.unlink(ROOT_INO, "x")
+    fh, _ = await first.create(ROOT_INO, "y", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+    await first.flush(fh)
+    await first.release(fh)
+
+    backend, second = make()
+    assert await names(second) == ["y"]
+    with pytest.raises(FsError) as info:
+        await second.lookup(ROOT_INO, "x")
+    assert info.value.errno == errno.ENOENT
