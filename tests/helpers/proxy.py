@@ -17,6 +17,7 @@ class CountingProxy:
         self.port = self._server.getsockname()[1]
         self._closed = False
         self._threads: list[threading.Thread] = []
+        self._sockets: set[socket.socket] = set()
 
     def __enter__(self) -> CountingProxy:
         t = threading.Thread(target=self._accept, daemon=True)
@@ -25,8 +26,19 @@ class CountingProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.cut()
+
+    def cut(self) -> None:
+        """An outage: refuse new connections and break the open ones."""
         self._closed = True
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         self._server.close()
+        with self._lock:
+            sockets, self._sockets = list(self._sockets), set()
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
 
     def reset(self) -> None:
         with self._lock:
@@ -38,7 +50,12 @@ class CountingProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self._closed:
+                client.close()
+                return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            with self._lock:
+                self._sockets.update((client, upstream))
             for src, dst, count in ((client, upstream, False), (upstream, client, True)):
                 threading.Thread(target=self._pipe, args=(src, dst, count), daemon=True).start()
 
