@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import pyfuse3
+import trio
 
 from stormount.config import FuseConfig
 from stormount.errors import BackendError, StormountError, first_error
@@ -221,6 +222,24 @@ class Operations(pyfuse3.Operations):
         await self.vfs.flush(fh)
         await self.vfs.release(fh)
         return self._entry(node)
+
+    async def invalidate(self, path: str, recursive: bool = False) -> int:
+        """Drop the daemon's caches of a path (or subtree) and the kernel's: the next
+        access sees the store as it is now. Returns how many known inodes were touched.
+        (Used by the control socket.)"""
+        nodes = self.vfs.invalidate(path, recursive)
+        for node in nodes:
+            if node.parent is not None:
+                pyfuse3.invalidate_entry_async(node.parent.ino,
+                                               node.name.encode("utf-8", "surrogateescape"),
+                                               ignore_enoent=True)
+            try:
+                # synchronous in the kernel: never from the event-loop thread
+                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino)
+            except OSError as e:
+                if e.errno != errno.ENOENT:  # the kernel does not know it: nothing to drop
+                    log.warning("kernel cache of %s not invalidated: %s", node.path, e)
+        return len(nodes)
 
     # --- files ----------------------------------------------------------------------
 

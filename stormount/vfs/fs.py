@@ -856,6 +856,53 @@ class Vfs:
             for info in objects:
                 nursery.start_soon(_delete, info.key)
 
+    # --- invalidation ---------------------------------------------------------------
+
+    def invalidate(self, path: str, recursive: bool = False) -> list[Node]:
+        """Forget what every cache knows of a path (and, recursively, of everything
+        below it): attributes, listings and negative entries in memory and on disk, and
+        cached blocks. The next access asks the store. Returns the known nodes whose
+        kernel entries the caller should drop too."""
+        path = path.strip("/")
+        node: Node | None = self.inodes.root
+        for name in path.split("/") if path else []:
+            assert node is not None
+            parent, node = node, node.children.get(name)
+            parent.negative.pop(name, None)
+            if parent.listing is not None and node is None:
+                parent.listing.at = -math.inf  # it may not know the name yet
+        if self.meta is not None:
+            self.meta.forget_object(path)
+            self.meta.forget_object(path + "/")
+            if path:
+                self.meta.forget_listing(path.rpartition("/")[0] + "/"
+                                         if "/" in path else "")
+            if recursive or not path:
+                self.meta.forget_prefix(path + "/" if path else "")
+            else:
+                self.meta.forget_listing(path + "/")
+        if self.reader is not None:
+            blocks = self.reader.blocks
+            blocks.drop(path)
+            if recursive:
+                blocks.drop_prefix(path + "/" if path else "")
+        affected: list[Node] = []
+        todo = [node] if node is not None else []
+        while todo:
+            current = todo.pop()
+            affected.append(current)
+            if current is not self.inodes.root:
+                current.checked_at = -math.inf
+                current.complete = False
+            if current.listing is not None:
+                current.listing.at = -math.inf
+            current.negative.clear()
+            if current.parent is not None and current.parent.listing is not None:
+                current.parent.listing.at = -math.inf
+            if recursive:
+                todo.extend(current.children.values())
+        return affected
+
     # --- lifecycle ------------------------------------------------------------------
 
     def pending(self) -> list[Node]:

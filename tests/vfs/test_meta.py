@@ -97,3 +97,22 @@ async def test_own_changes_invalidate_the_persisted_listing(make):
     with pytest.raises(FsError) as info:
         await second.lookup(ROOT_INO, "x")
     assert info.value.errno == errno.ENOENT
+
+
+async def test_invalidate_makes_the_next_access_see_the_store(make):
+    backend, vfs = make()
+    await backend.put_bytes("d/f", b"old", {})
+    d = await vfs.lookup(ROOT_INO, "d")
+    assert await names(vfs, d.ino) == ["f"]
+    f = await vfs.lookup(d.ino, "f")
+    await backend.inner.put_bytes("d/f", b"newer", {})  # someone else, within every TTL
+    await backend.inner.put_bytes("d/g", b"", {})
+    assert (await vfs.getattr(f.ino)).attrs.size == 3  # still the cached view
+    touched = vfs.invalidate("/d", recursive=True)
+    assert {n.path for n in touched} == {"d", "d/f"}
+    assert await names(vfs, d.ino) == ["f", "g"]
+    assert (await vfs.lookup(d.ino, "f")).attrs.size == 5
+
+    backend, restarted = make()  # nothing stale was left on disk either
+    d = await restarted.lookup(ROOT_INO, "d")
+    assert (await restarted.lookup(d.ino, "f")).attrs.size == 5
