@@ -203,6 +203,7 @@ class BlockCache:
         try:
             # complete, but served only once the index names it (an orphan if we crash now)
             os.rename(tmp, final)
+            st = os.stat(final)
         except BaseException:
             _unlink(tmp)
             raise
@@ -212,7 +213,10 @@ class BlockCache:
                     raise OSError(errno.EBADF, "block cache is closed")
                 gone = self._make_room_locked(key, size)  # all or nothing
                 self._tick += 1
-                self._entries[key] = _Block(name, size, crc, self._tick)
+                block = self._entries[key] = _Block(name, size, crc, self._tick)
+                # written from bytes whose crc we just took: no need to read it back to
+                # check it in this process (after a restart it is checked on first read)
+                block.verified = (st.st_ino, st.st_size, st.st_mtime_ns)
                 self._by_ident.setdefault(ident, set()).add(key)
                 self._bytes += size
                 self._pending.append((

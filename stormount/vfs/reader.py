@@ -99,12 +99,13 @@ class Reader:
             bs = self.blocks.block_size
             length = min(bs, object_size - index * bs)
             data = await self.backend.get_range(key, index * bs, length)
+            fetch.data = data
+            fetch.done.set()  # readers waiting for it go on; the cache write follows
             if len(data) == length:  # shorter: the object changed under us; do not cache
                 try:
                     await trio.to_thread.run_sync(self.blocks.put, key, version, index, data)
                 except OSError as e:
                     log.debug("block %d of %s not cached: %s", index, key, e)
-            fetch.data = data
             return data
         finally:
             del self._inflight[ident]
