@@ -211,8 +211,9 @@ async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> No
                     pyfuse3.terminate()
                     return
 
+        vfs.background = nursery  # listing refreshes run beside the requests
         if vfs.reader is not None:
-            vfs.reader.background = nursery  # read-ahead runs beside the requests
+            vfs.reader.background = nursery  # and so does read-ahead
         nursery.start_soon(when_ready)
         nursery.start_soon(on_signals)
         await pyfuse3.main()

@@ -93,6 +93,8 @@ class Vfs:
                  meta: MetaStore | None = None) -> None:
         self.backend = backend
         self.meta = meta  # persisted listings and attributes; None: memory only
+        self.background: trio.Nursery | None = None  # set by the daemon: stale listings
+        # are then served at once and refreshed beside the requests
         # without a block cache (cache disabled), every read is one ranged GET
         self.reader = None if blocks is None else Reader(
             backend, blocks, max_window=cache.read_ahead_max)
@@ -154,12 +156,14 @@ class Vfs:
         return Staging(path=path, fd=fd)
 
     def _listing_put(self, parent: Node, name: str, kind: str, info: ObjectInfo | None) -> None:
+        parent.changes += 1
         parent.negative.pop(name, None)
         if parent.listing is not None:
             parent.listing.entries[name] = (kind, info)
         self._persist_change(parent, name, kind, info)
 
     def _listing_drop(self, parent: Node, name: str) -> None:
+        parent.changes += 1
         parent.negative[name] = trio.current_time()
         if parent.listing is not None:
             parent.listing.entries.pop(name, None)
@@ -514,8 +518,13 @@ class Vfs:
     # --- directories ----------------------------------------------------------------
 
     async def _fetch_listing(self, node: Node) -> Listing:
-        """List a directory in the store; remember it in memory and on disk."""
+        """List a directory in the store; remember it in memory and on disk. A listing
+        that raced with an own change of the directory is dropped: the cached one, which
+        has the change, stays (stale, so the next access lists again)."""
+        changes = node.changes
         objects, prefixes = await list_all(self.backend, node.key, "/")
+        if node.changes != changes and node.listing is not None:
+            return node.listing
         entries: dict[str, tuple[str, ObjectInfo | None]] = {}
         for prefix in prefixes:
             name = prefix[len(node.key):-1]
@@ -541,15 +550,34 @@ class Vfs:
                 self.inodes.detach(child)  # removed from the store by someone else
         return listing
 
+    def _refresh_soon(self, node: Node) -> None:
+        if node.refreshing or self.background is None:
+            return
+        node.refreshing = True
+
+        async def refresh() -> None:
+            try:
+                await self._fetch_listing(node)
+            except Transient as e:
+                self._offline(f"the listing of /{node.path}", e)
+            except Exception as e:  # a refresh is best effort; the next access retries
+                log.warning("refreshing the listing of /%s failed: %s", node.path, e)
+            finally:
+                node.refreshing = False
+        self.background.start_soon(refresh)
+
     async def _list_dir(self, node: Node) -> list[tuple[str, Node]]:
         listing = self._load_listing(node)
-        if listing is None or not self._fresh(listing.at, self.cache.listing_ttl):
-            try:
-                listing = await self._fetch_listing(node)
-            except Transient as e:
-                if listing is None:
-                    raise
-                self._offline(f"the listing of /{node.path}", e)
+        if listing is None:
+            listing = await self._fetch_listing(node)
+        elif not self._fresh(listing.at, self.cache.listing_ttl):
+            if self.background is not None:
+                self._refresh_soon(node)  # serve the stale listing; the next access sees news
+            else:
+                try:
+                    listing = await self._fetch_listing(node)
+                except Transient as e:
+                    self._offline(f"the listing of /{node.path}", e)
         result: dict[str, Node] = {}
         for name, (kind, listed) in listing.entries.items():
             known = node.children.get(name)

@@ -63,6 +63,8 @@ class Node:
     link_target: str | None = None
     unlinked: bool = False  # removed from the namespace while still referenced
     lock: trio.Lock = field(default_factory=trio.Lock)  # serialises staging and uploads
+    changes: int = 0  # own changes to this directory's entries, to spot racing listings
+    refreshing: bool = False  # a background refresh of its listing is under way
 
     @property
     def kind(self) -> str:

@@ -9,6 +9,8 @@ import os
 import uuid
 
 import pytest
+import trio
+import trio.testing
 
 from stormount.backends import open_backend
 from stormount.cache.meta import MetaStore
@@ -116,3 +118,36 @@ async def test_invalidate_makes_the_next_access_see_the_store(make):
     backend, restarted = make()  # nothing stale was left on disk either
     d = await restarted.lookup(ROOT_INO, "d")
     assert (await restarted.lookup(d.ino, "f")).attrs.size == 5
+
+
+async def test_stale_listing_is_served_at_once_and_refreshed_in_the_background(make, nursery):
+    backend, vfs = make(CacheConfig(listing_ttl=0))
+    vfs.background = nursery  # as in the daemon
+    await backend.put_bytes("a", b"", {})
+    assert await names(vfs) == ["a"]  # nothing cached: listed before answering
+    await backend.inner.put_bytes("b", b"", {})  # someone else
+    assert await names(vfs) == ["a"]  # stale: answered at once, refreshed behind
+    await trio.testing.wait_all_tasks_blocked()
+    assert await names(vfs) == ["a", "b"]
+
+
+async def test_a_listing_racing_an_own_change_does_not_undo_it(make, nursery):
+    backend, vfs = make(CacheConfig(listing_ttl=0))
+    vfs.background = nursery
+    assert await names(vfs) == []
+    inner_list = backend.inner.list
+    slow = [True]
+
+    async def slow_list(*args, **kwargs):  # the store answers, then the answer is slow
+        page = await inner_list(*args, **kwargs)
+        if slow.pop() if slow else False:
+            await trio.sleep(0.2)
+        return page
+    backend.list = slow_list  # type: ignore[method-assign]
+    assert await names(vfs) == []
+    await trio.sleep(0.01)  # the refresh has its (soon outdated) answer in hand
+    fh, _ = await vfs.create(ROOT_INO, "mine", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+    await vfs.flush(fh)  # ...and an own file lands while it runs
+    await vfs.release(fh)
+    await trio.sleep(0.3)
+    assert await names(vfs) == ["mine"]
