@@ -614,12 +614,17 @@ class Vfs:
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
-    async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
+    async def _free_name(self, parent_ino: int, name: str) -> Node:
+        """The parent directory, once `name` is known to be free in it."""
         self._check_writable()
         self._check_name(name)
         parent = self._dir_of(self.node(parent_ino))
         if await self._find(parent, name) is not None:
             raise FsError(errno.EEXIST, f"{_join(parent, name)} exists")
+        return parent
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
+        parent = await self._free_name(parent_ino, name)
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
                       mtime_ns=now, ctime_ns=now)
@@ -778,11 +783,7 @@ class Vfs:
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int,
                       gid: int) -> Node:
-        self._check_writable()
-        self._check_name(name)
-        parent = self._dir_of(self.node(parent_ino))
-        if await self._find(parent, name) is not None:
-            raise FsError(errno.EEXIST, f"{_join(parent, name)} exists")
+        parent = await self._free_name(parent_ino, name)
         data = os.fsencode(target)
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, size=len(data),
