@@ -26,5 +26,7 @@ def test_small_range_of_large_object_transfers_about_that_range(s3_store, make_m
         with open(m.path / "large.bin", "rb") as f:
             chunk = os.pread(f.fileno(), 4096, 9 * MiB + 5)
         assert chunk == data[9 * MiB + 5: 9 * MiB + 5 + 4096]
-        # the kernel may read ahead up to its window (1 MiB here): far below 16 MiB
-        assert proxy.downstream_bytes < 2 * MiB, proxy.downstream_bytes
+        print(f"4 KiB read of a 16 MiB object moved {proxy.downstream_bytes} bytes")
+        # a first random touch fetches the range the kernel asked for (measured: 4 KiB
+        # plus HTTP headers); the bound leaves room for kernel read-ahead
+        assert proxy.downstream_bytes < 512 * 1024, proxy.downstream_bytes
