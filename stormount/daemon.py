@@ -216,5 +216,10 @@ async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> No
             vfs.reader.background = nursery  # and so does read-ahead
         nursery.start_soon(when_ready)
         nursery.start_soon(on_signals)
-        await pyfuse3.main()
+        try:
+            await pyfuse3.main()
+        finally:
+            vfs.background = None  # the nursery closes with this block
+            if vfs.reader is not None:
+                vfs.reader.background = None
         nursery.cancel_scope.cancel()

@@ -10,13 +10,18 @@ WAL with synchronous=NORMAL, as measured in DESIGN.md §5.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sqlite3
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from stormount.backends.base import ObjectInfo
 
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 SCHEMA = 1
 Entries = dict[str, tuple[str, ObjectInfo | None]]  # name -> (kind, object or None)
 
@@ -33,6 +38,19 @@ def _info_from_json(raw: Any) -> ObjectInfo | None:
         return None
     key, size, mtime, etag, metadata = raw
     return ObjectInfo(key=key, size=size, mtime=mtime, etag=etag, metadata=metadata)
+
+
+def _best_effort(fn: F) -> F:
+    """A failing metadata cache (full or broken disk) must never fail a filesystem
+    operation: log it and behave as if nothing were cached."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.Error as e:
+            log.warning("metadata cache: %s failed: %s", fn.__name__, e)
+            return None
+    return wrapper  # type: ignore[return-value]
 
 
 class MetaStore:
@@ -62,6 +80,7 @@ class MetaStore:
 
     # --- listings: dir key -> {name: (kind, ObjectInfo | None)} ---------------------
 
+    @_best_effort
     def listing(self, dir_key: str) -> tuple[float, Entries] | None:
         """(age in seconds, entries) of the last listing of a directory, if any."""
         row = self._db.execute("SELECT entries, at FROM listings WHERE dir = ?",
@@ -72,17 +91,20 @@ class MetaStore:
                    for name, kind, info in json.loads(row[0])}
         return max(0.0, time.time() - row[1]), entries
 
+    @_best_effort
     def put_listing(self, dir_key: str, entries: Entries, age: float = 0.0) -> None:
         data = json.dumps([[name, kind, _info_to_json(info)]
                            for name, (kind, info) in entries.items()])
         self._db.execute("INSERT OR REPLACE INTO listings VALUES (?, ?, ?)",
                          (dir_key, data, time.time() - age))
 
+    @_best_effort
     def forget_listing(self, dir_key: str) -> None:
         self._db.execute("DELETE FROM listings WHERE dir = ?", (dir_key,))
 
     # --- objects: key -> (kind, ObjectInfo) from a HEAD or an own write ---------------
 
+    @_best_effort
     def object(self, key: str) -> tuple[float, str, ObjectInfo] | None:
         row = self._db.execute("SELECT kind, info, at FROM objects WHERE key = ?",
                                (key,)).fetchone()
@@ -92,15 +114,23 @@ class MetaStore:
         assert info is not None
         return max(0.0, time.time() - row[2]), row[0], info
 
+    @_best_effort
     def put_object(self, key: str, kind: str, info: ObjectInfo) -> None:
         self._db.execute("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?)",
                          (key, kind, json.dumps(_info_to_json(info)), time.time()))
 
+    @_best_effort
     def forget_object(self, key: str) -> None:
         self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
 
+    @_best_effort
     def forget_prefix(self, prefix: str) -> None:
-        """Everything at or below a path: invalidation of a subtree."""
-        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        self._db.execute("DELETE FROM listings WHERE dir LIKE ? ESCAPE '\\'", (like,))
-        self._db.execute("DELETE FROM objects WHERE key LIKE ? ESCAPE '\\'", (like,))
+        """Everything at or below a path: invalidation of a subtree. A key range, so the
+        primary-key index serves it (LIKE would scan, and ignore case)."""
+        if not prefix:
+            self._db.execute("DELETE FROM listings")
+            self._db.execute("DELETE FROM objects")
+            return
+        end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        self._db.execute("DELETE FROM listings WHERE dir >= ? AND dir < ?", (prefix, end))
+        self._db.execute("DELETE FROM objects WHERE key >= ? AND key < ?", (prefix, end))

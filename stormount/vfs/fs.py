@@ -521,10 +521,14 @@ class Vfs:
         """List a directory in the store; remember it in memory and on disk. A listing
         that raced with an own change of the directory is dropped: the cached one, which
         has the change, stays (stale, so the next access lists again)."""
-        changes = node.changes
-        objects, prefixes = await list_all(self.backend, node.key, "/")
-        if node.changes != changes and node.listing is not None:
-            return node.listing
+        for _ in range(3):
+            changes = node.changes
+            objects, prefixes = await list_all(self.backend, node.key, "/")
+            if node.changes == changes:
+                break
+            if node.listing is not None:
+                return node.listing
+        raced = node.changes != changes  # own changes kept landing: trust nothing absent
         entries: dict[str, tuple[str, ObjectInfo | None]] = {}
         for prefix in prefixes:
             name = prefix[len(node.key):-1]
@@ -542,6 +546,14 @@ class Vfs:
                 self._warn_skip(info.key, "a directory of the same name hides it")
             else:
                 entries[name] = (kind_of(info.key, info.metadata), info)
+        if raced:
+            for name, child in node.children.items():
+                if child.etag is not None and not child.unlinked and name not in entries:
+                    entries[name] = (child.kind, None if child.kind == DIR else ObjectInfo(
+                        key=child.key, size=child.attrs.size, mtime=child.attrs.mtime_ns / 1e9,
+                        etag=child.etag, metadata=metadata_of(child.attrs)))
+            listing = node.listing = Listing(entries=entries, at=-math.inf)  # list again
+            return listing
         listing = node.listing = Listing(entries=entries, at=trio.current_time())
         if self.meta is not None:
             self.meta.put_listing(node.key, entries)
@@ -582,7 +594,8 @@ class Vfs:
         for name, (kind, listed) in listing.entries.items():
             known = node.children.get(name)
             if known is not None and known.kind == kind and (
-                    known.staging is not None or listed is None or known.etag == listed.etag):
+                    known.staging is not None or listed is None or known.etag == listed.etag
+                    or known.checked_at > listing.at):  # newer than the listing: keep it
                 result[name] = known
             else:
                 result[name] = self._child_from_object(
@@ -895,9 +908,11 @@ class Vfs:
         path = path.strip("/")
         node: Node | None = self.inodes.root
         for name in path.split("/") if path else []:
-            assert node is not None
+            if node is None:
+                break  # nothing of it in memory: the persistent caches are dropped below
             parent, node = node, node.children.get(name)
             parent.negative.pop(name, None)
+            parent.changes += 1  # a listing in flight must not bring the old view back
             if parent.listing is not None and node is None:
                 parent.listing.at = -math.inf  # it may not know the name yet
         if self.meta is not None:
@@ -925,6 +940,7 @@ class Vfs:
                 current.complete = False
             if current.listing is not None:
                 current.listing.at = -math.inf
+            current.changes += 1
             current.negative.clear()
             if current.parent is not None and current.parent.listing is not None:
                 current.parent.listing.at = -math.inf

@@ -12,6 +12,7 @@ GET and its write to the cache, and at most `prefetch_parallel` prefetches run a
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import trio
 
 from stormount.backends.base import Backend
 from stormount.cache.blocks import BlockCache
+from stormount.errors import FsError
 
 log = logging.getLogger(__name__)
 MiB = 1024 * 1024
@@ -72,6 +74,10 @@ class Reader:
                     data = block[lo:hi]
                 else:
                     data = await self.backend.get_range(key, base + lo, hi - lo)
+                if len(data) < hi - lo:
+                    # the object shrank under us: a short read would look like the end of
+                    # the file to the kernel; the caller must look the file up again
+                    raise FsError(errno.ESTALE, f"{key} changed while being read")
             parts.append(data)
         self._read_ahead(key, version, object_size, offset, end, state)
         return b"".join(parts)

@@ -151,3 +151,74 @@ async def test_a_listing_racing_an_own_change_does_not_undo_it(make, nursery):
     await vfs.release(fh)
     await trio.sleep(0.3)
     assert await names(vfs) == ["mine"]
+
+
+async def test_a_first_listing_racing_an_upload_keeps_the_new_file(make, nursery):
+    backend, vfs = make()
+    inner_list = backend.inner.list
+    slow = [True]
+
+    async def slow_list(*args, **kwargs):  # answered before the upload, delivered after
+        page = await inner_list(*args, **kwargs)
+        if slow.pop() if slow else False:
+            await trio.sleep(0.2)
+        return page
+    backend.list = slow_list  # type: ignore[method-assign]
+
+    async def write_new() -> None:
+        await trio.sleep(0.05)
+        fh, _ = await vfs.create(ROOT_INO, "new", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
+        await vfs.write(fh, 0, b"data")
+        await vfs.flush(fh)
+        await vfs.release(fh)
+    nursery.start_soon(write_new)
+    await names(vfs)  # the first listing of the root, racing the upload
+    assert await names(vfs) == ["new"]
+    assert (await vfs.lookup(ROOT_INO, "new")).attrs.size == 4
+
+
+async def test_an_older_listing_does_not_undo_a_newer_stat(make):
+    backend, vfs = make(CacheConfig(metadata_ttl=0))
+    await backend.put_bytes("f", b"old", {})
+    assert await names(vfs) == ["f"]
+    f = await vfs.lookup(ROOT_INO, "f")
+    await backend.inner.put_bytes("f", b"newer", {})  # someone else
+    assert (await vfs.getattr(f.ino)).attrs.size == 5  # seen by a HEAD
+    await names(vfs)  # the cached listing still has the old version
+    assert (await vfs.getattr(f.ino)).attrs.size == 5
+
+
+async def test_invalidate_of_a_path_never_loaded_drops_what_is_on_disk(make):
+    backend, first = make()
+    await backend.put_bytes("a/b/c", b"x", {})
+    a = await first.lookup(ROOT_INO, "a")
+    b = await first.lookup(a.ino, "b")
+    await names(first, b.ino)
+    backend, second = make()  # restarted: nothing in memory
+    assert second.invalidate("a/b/c", recursive=True) == []
+    second.invalidate("a/b", recursive=True)
+    backend.fail("list", Transient("down"))
+    backend.fail("head", Transient("down"))
+    a = await second.lookup(ROOT_INO, "a")  # not invalidated: still known offline
+    with pytest.raises(Exception) as info:
+        await second.lookup(a.ino, "b")  # forgotten: only the store could answer
+    assert getattr(info.value, "errno", None) != errno.ENOENT
+
+
+async def test_subtree_invalidation_is_case_sensitive(tmp_path):
+    meta = MetaStore(str(tmp_path / "m.sqlite3"))
+    meta.put_listing("Docs/", {})
+    meta.put_listing("docs/", {})
+    meta.forget_prefix("Docs/")
+    assert meta.listing("Docs/") is None and meta.listing("docs/") is not None
+    meta.close()
+
+
+async def test_a_broken_metadata_cache_does_not_fail_operations(make):
+    backend, vfs = make()
+    await backend.put_bytes("f", b"x", {})
+    assert await names(vfs) == ["f"]
+    assert vfs.meta is not None
+    vfs.meta._db.close()  # the cache database becomes unusable
+    await vfs.unlink(ROOT_INO, "f")
+    assert await names(vfs) == []
