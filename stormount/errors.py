@@ -68,6 +68,13 @@ class Conflict(BackendError):
     errno = _errno.EEXIST
 
 
+class Changed(BackendError):
+    """The object is no longer the version the caller asked for (a conditional read
+    failed): what the caller knows of it is stale."""
+
+    errno = _errno.ESTALE
+
+
 class Permanent(BackendError):
     """A request the store refuses and will keep refusing (4xx other than 408/429)."""
 

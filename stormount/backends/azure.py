@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import requests
 import trio
+from azure.core import MatchConditions
 from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
 from azure.core.exceptions import (
     AzureError,
@@ -46,6 +47,7 @@ from stormount.backends.base import (
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
+    Changed,
     ConfigError,
     Conflict,
     ContainerMissing,
@@ -298,7 +300,8 @@ class AzureBackend:
         props = await self._call("head", key, self._blob(key).get_blob_properties)
         return self._info(key, props)
 
-    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+    async def get_range(self, key: str, offset: int, length: int,
+                        version: str | None = None) -> bytes:
         if length <= 0:
             await trio.lowlevel.checkpoint()
             return b""
@@ -307,12 +310,19 @@ class AzureBackend:
         blob = self._blob(key)
 
         def _get() -> bytes:
+            condition: dict[str, object] = {} if version is None else {
+                "etag": f'"{version}"', "match_condition": MatchConditions.IfNotModified}
             try:
-                data: bytes = blob.download_blob(offset=offset, length=length).readall()
+                data: bytes = blob.download_blob(offset=offset, length=length,
+                                                 **condition).readall()
             except HttpResponseError as e:
                 # a range at or past the end, or any range of a 0-byte blob
                 if _status(e) == 416 or _code(e) == "InvalidRange":
                     return b""
+                if version is not None and (_status(e) == 412
+                                            or _code(e) == "ConditionNotMet"):
+                    raise Changed(f"Azure get {self._where(key)}: no longer version "
+                                  f"{version}", backend=self.url, key=key) from None
                 raise
             return data
         return await self._call("get", key, _get)

@@ -48,8 +48,10 @@ class Backend(Protocol):
     async def head(self, key: str) -> ObjectInfo:
         """Attributes and metadata of one object; NotFound when absent."""
 
-    async def get_range(self, key: str, offset: int, length: int) -> bytes:
-        """Up to `length` bytes from `offset`; shorter at the end of the object."""
+    async def get_range(self, key: str, offset: int, length: int,
+                        version: str | None = None) -> bytes:
+        """Up to `length` bytes from `offset`; shorter at the end of the object. With
+        `version` (an ETag), Changed when the object is no longer that version."""
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
         """Upload a local file as the object (multipart/staged for big files)."""

@@ -24,6 +24,7 @@ from stormount.backends.base import ListPage, ObjectInfo, run_blocking
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
+    Changed,
     Conflict,
     ContainerMissing,
     NotFound,
@@ -111,11 +112,15 @@ class LocalBackend:
         except OSError:
             return False
 
+    @staticmethod
+    def _etag(st: os.stat_result, size: int | None = None) -> str:
+        size = st.st_size if size is None else size
+        return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}"
+
     def _info(self, key: str, path: str, st: os.stat_result | None = None) -> ObjectInfo:
         st = st or os.stat(path)
         size = 0 if key.endswith("/") else st.st_size
-        return ObjectInfo(key=key, size=size, mtime=st.st_mtime,
-                          etag=f"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}",
+        return ObjectInfo(key=key, size=size, mtime=st.st_mtime, etag=self._etag(st, size),
                           metadata=self._read_meta(path))
 
     # --- protocol -------------------------------------------------------------------
@@ -140,7 +145,8 @@ class LocalBackend:
             return self._info(key, path, st)
         return await self._run(_head, key=key)
 
-    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+    async def get_range(self, key: str, offset: int, length: int,
+                        version: str | None = None) -> bytes:
         def _get() -> bytes:
             path = self._path(key)
             try:
@@ -148,6 +154,11 @@ class LocalBackend:
             except IsADirectoryError:
                 raise NotFound(f"no such object: {key}", backend=self.url, key=key) from None
             try:
+                # objects are replaced by rename, never rewritten: the open file is one
+                # version throughout, so checking it once is enough
+                if version is not None and self._etag(os.fstat(fd)) != version:
+                    raise Changed(f"{key} is no longer version {version}", backend=self.url,
+                                  key=key)
                 return os.pread(fd, length, offset)
             finally:
                 os.close(fd)

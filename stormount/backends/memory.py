@@ -12,7 +12,7 @@ import trio
 
 from stormount.backends.base import ListPage, ObjectInfo
 from stormount.config import TierConfig
-from stormount.errors import NotFound
+from stormount.errors import Changed, NotFound
 
 # memory://NAME stores are shared by name within a process, so two mounts or a test and
 # a mount can see the same data
@@ -44,9 +44,13 @@ class MemoryBackend:
         # the stored info carries the key as its writer saw it (maybe under another prefix)
         return replace(self._get(key)[1], key=key)
 
-    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+    async def get_range(self, key: str, offset: int, length: int,
+                        version: str | None = None) -> bytes:
         await trio.lowlevel.checkpoint()
-        return self._get(key)[0][offset:offset + length]
+        data, info = self._get(key)
+        if version is not None and info.etag != version:
+            raise Changed(f"{key} is no longer version {version}", backend=self.url, key=key)
+        return data[offset:offset + length]
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         await trio.lowlevel.checkpoint()

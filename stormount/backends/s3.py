@@ -36,6 +36,7 @@ from stormount.backends.base import (
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
+    Changed,
     ConfigError,
     Conflict,
     ContainerMissing,
@@ -265,7 +266,8 @@ class S3Backend:
                           mtime=_epoch(resp.get("LastModified")), etag=strip_etag(resp.get("ETag")),
                           metadata=lower_keys(resp.get("Metadata")))
 
-    async def get_range(self, key: str, offset: int, length: int) -> bytes:
+    async def get_range(self, key: str, offset: int, length: int,
+                        version: str | None = None) -> bytes:
         if length <= 0:
             await trio.lowlevel.checkpoint()
             return b""
@@ -274,14 +276,19 @@ class S3Backend:
         full = self._full(key)
 
         def _get() -> bytes:
+            condition = {} if version is None else {"IfMatch": f'"{version}"'}
             try:
                 resp = self._client.get_object(Bucket=self.bucket, Key=full,
-                                               Range=f"bytes={offset}-{offset + length - 1}")
+                                               Range=f"bytes={offset}-{offset + length - 1}",
+                                               **condition)
             except botocore.exceptions.ClientError as e:
                 code = str(e.response.get("Error", {}).get("Code", ""))
                 status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
                 if code == "InvalidRange" or status == 416:
                     return b""  # offset at or past the end (or an empty object)
+                if version is not None and (status == 412 or code == "PreconditionFailed"):
+                    raise Changed(f"S3 get {self._where(key)}: no longer version {version}",
+                                  backend=self.url, key=key) from None
                 raise
             body = resp["Body"]
             try:

@@ -21,7 +21,7 @@ from stormount.backends.base import Backend, ObjectInfo, list_all
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig
-from stormount.errors import FsError, NotFound, Transient, first_error
+from stormount.errors import Changed, FsError, NotFound, Transient, first_error
 from stormount.vfs.attrs import (
     DIR,
     FILE,
@@ -370,7 +370,9 @@ class Vfs:
             if load and node.etag is not None:
                 offset = 0
                 while True:
-                    data = await self.backend.get_range(node.key, offset, DOWNLOAD_CHUNK)
+                    # one version throughout, or Changed: never a copy torn across two
+                    data = await self.backend.get_range(node.key, offset, DOWNLOAD_CHUNK,
+                                                        node.etag or None)
                     if data:
                         os.pwrite(staging.fd, data, offset)
                         offset += len(data)
@@ -737,9 +739,12 @@ class Vfs:
             if self.reader is not None and node.etag:
                 return await self.reader.read(node.key, node.etag, node.attrs.size, offset, size,
                                               self.handle(fh).read_state)
-            return await self.backend.get_range(node.key, offset, size)
+            return await self.backend.get_range(node.key, offset, size, node.etag or None)
         except NotFound:
             raise FsError(errno.ESTALE, f"{node.path} was removed from the store") from None
+        except Changed:
+            node.checked_at = -math.inf  # the next stat or open looks it up again
+            raise FsError(errno.ESTALE, f"{node.path} was replaced in the store") from None
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self.handle(fh)

@@ -73,7 +73,7 @@ class Reader:
                     block = await self._fetch(key, version, index, object_size)
                     data = block[lo:hi]
                 else:
-                    data = await self.backend.get_range(key, base + lo, hi - lo)
+                    data = await self.backend.get_range(key, base + lo, hi - lo, version)
                 if len(data) < hi - lo:
                     # the object shrank under us: a short read would look like the end of
                     # the file to the kernel; the caller must look the file up again
@@ -104,7 +104,9 @@ class Reader:
         try:
             bs = self.blocks.block_size
             length = min(bs, object_size - index * bs)
-            data = await self.backend.get_range(key, index * bs, length)
+            # conditional on the version: bytes of another version never land under
+            # this version's name (the store answers Changed instead)
+            data = await self.backend.get_range(key, index * bs, length, version)
             fetch.data = data
             fetch.done.set()  # readers waiting for it go on; the cache write follows
             if len(data) == length:  # shorter: the object changed under us; do not cache

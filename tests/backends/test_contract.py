@@ -20,6 +20,7 @@ from stormount.backends import Backend, ObjectInfo, list_all, open_backend
 from stormount.config import parse_tier_url
 from stormount.errors import (
     BackendError,
+    Changed,
     ConfigError,
     Conflict,
     ContainerMissing,
@@ -112,6 +113,17 @@ async def test_get_range_past_end_and_empty_object(backend: Backend) -> None:
     assert (await backend.head("empty")).size == 0
     assert await backend.get_range("empty", 0, 10) == b""
     assert await backend.get_range("empty", 5, 10) == b""
+
+
+async def test_conditional_range_read(backend: Backend) -> None:
+    first = await backend.put_bytes("v", b"version one", {})
+    assert await backend.get_range("v", 0, 7, first.etag) == b"version"
+    assert (await backend.head("v")).etag == first.etag  # the version reads and HEADs agree
+    second = await backend.put_bytes("v", b"version two", {})
+    assert second.etag != first.etag
+    with pytest.raises(Changed):
+        await backend.get_range("v", 0, 7, first.etag)
+    assert await backend.get_range("v", 8, 3, second.etag) == b"two"
 
 
 async def test_missing_objects(backend: Backend) -> None:

@@ -14,7 +14,7 @@ import trio.testing
 from stormount.backends import open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.config import parse_tier_url
-from stormount.errors import Transient
+from stormount.errors import Changed, Transient
 from stormount.vfs.reader import Reader, ReadState
 from tests.helpers.faults import FaultyBackend
 
@@ -31,13 +31,13 @@ class Metered(FaultyBackend):
         self.in_flight = 0
         self.peak_in_flight = 0
 
-    async def get_range(self, key, offset, length):
+    async def get_range(self, key, offset, length, version=None):
         await self._fault("get_range", key)
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             await trio.sleep(0.001)
-            data = await self.inner.get_range(key, offset, length)
+            data = await self.inner.get_range(key, offset, length, version)
         finally:
             self.in_flight -= 1
         self.bytes_sent += len(data)
@@ -120,3 +120,14 @@ async def test_memory_stays_bounded_on_a_large_sequential_read(setup):
         assert await sequential(reader, "huge", version, data, chunk=128 * 1024) == data
     # at most the prefetch slots plus the reader's own block are in memory at once
     assert backend.peak_in_flight <= 3
+
+
+async def test_an_object_replaced_during_reading_is_never_read_torn(setup):
+    backend, blocks, reader = setup
+    old, v1 = await put(backend, "f", 3 * BS)
+    state = ReadState()
+    assert await reader.read("f", v1, len(old), 0, 64 * 1024, state) == old[:64 * 1024]
+    await put(backend, "f", 3 * BS)  # replaced by someone else, same size
+    with pytest.raises(Changed):
+        await reader.read("f", v1, len(old), 2 * BS, 4096, ReadState())
+    assert not blocks.has("f", v1, 2)  # nothing of the new version under the old name
