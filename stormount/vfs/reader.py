@@ -45,7 +45,7 @@ class _Fetch:
 
 class Reader:
     def __init__(self, backend: Backend, blocks: BlockCache, *, min_window: int = 4 * MiB,
-                 max_window: int = 64 * MiB, prefetch_parallel: int = 12) -> None:
+                 max_window: int = 64 * MiB, prefetch_parallel: int = 8) -> None:
         self.backend = backend
         self.blocks = blocks
         self.min_window = min_window
