@@ -37,6 +37,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from stormount.backends.base import (
+    ExactFile,
     ListPage,
     ObjectInfo,
     checked_metadata,
@@ -335,19 +336,33 @@ class AzureBackend:
         return ObjectInfo(key=key, size=len(body), mtime=_epoch(resp.get("last_modified")),
                           etag=strip_etag(resp.get("etag")), metadata=meta)
 
-    async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
+                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
         meta = checked_metadata(metadata, "Azure", self._where(key), self.url, key)
         blob = self._blob(key)
+        cond: dict[str, Any] = {}
+        if if_match is not None:
+            cond = {"etag": f'"{if_match}"', "match_condition": MatchConditions.IfNotModified}
+        elif if_absent:
+            cond = {"match_condition": MatchConditions.IfMissing}
 
         def _put() -> tuple[int, dict[str, Any]]:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 # above max_single_put_size the SDK stages blocks of max_block_size, reading
-                # each from the file in its own worker, then commits the block list
-                resp = blob.upload_blob(f, length=size, overwrite=True, metadata=meta,
-                                        max_concurrency=4)
+                # each from the file in its own worker, then commits the block list (the
+                # condition applies to that commit)
+                resp = blob.upload_blob(ExactFile(f, size, f"Azure put {self._where(key)}"),
+                                        length=size, overwrite=True, metadata=meta,
+                                        max_concurrency=4, **cond)
                 return size, resp
-        size, resp = await self._call("put", key, _put)
+        try:
+            size, resp = await self._call("put", key, _put)
+        except (Conflict, NotFound) as e:
+            if not cond:
+                raise
+            raise Changed(f"Azure put {self._where(key)}: the object is not the version this "
+                          f"upload was based on ({e})", backend=self.url, key=key) from None
         return ObjectInfo(key=key, size=size, mtime=_epoch(resp.get("last_modified")),
                           etag=strip_etag(resp.get("etag")), metadata=meta)
 

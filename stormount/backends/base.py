@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import BinaryIO, Protocol, TypeVar
 
 import trio
 
-from stormount.errors import Permanent
+from stormount.errors import Permanent, Transient
 
 T = TypeVar("T")
 
@@ -53,8 +54,11 @@ class Backend(Protocol):
         """Up to `length` bytes from `offset`; shorter at the end of the object. With
         `version` (an ETag), Changed when the object is no longer that version."""
 
-    async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
-        """Upload a local file as the object (multipart/staged for big files)."""
+    async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
+                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+        """Upload a local file as the object (multipart/staged for big files). With
+        `if_match`, only while the object is still that version; with `if_absent`, only
+        if there is no such object: otherwise Changed, and the store is left as it was."""
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         """Upload a small object from memory (markers, symlinks)."""
@@ -103,6 +107,49 @@ async def run_blocking(limiter: trio.CapacityLimiter, fn: Callable[..., T], *arg
 
 
 # --- helpers shared by the SDK backends ---------------------------------------------
+
+
+class ExactFile:
+    """An open local file read as exactly `length` bytes from where it stood at open.
+    A file that shrinks while it is uploaded fails the upload at once (Transient) where
+    the request would otherwise wait for bytes that never come; one that grows is cut at
+    `length`. Either way its writer hands it over again and it is uploaded again."""
+
+    def __init__(self, f: BinaryIO, length: int, what: str) -> None:
+        self._f = f
+        self._length = length
+        self._pos = 0
+        self._what = what
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        data = self._f.read(size)
+        if not data:
+            raise Transient(f"{self._what}: the file shrank while it was uploaded")
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
+        self._pos = max(0, min(base + offset, self._length))
+        self._f.seek(self._pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def __len__(self) -> int:
+        return self._length
 
 
 def strip_etag(value: object) -> str:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
@@ -45,6 +46,7 @@ class LocalBackend:
         self.root = tier.container
         self._limiter = trio.CapacityLimiter(tier.max_connections)
         self._xattr_ok = True
+        self._install_lock = threading.Lock()  # a condition's check and its rename as one
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -169,9 +171,11 @@ class LocalBackend:
         os.makedirs(tmp, exist_ok=True)
         return tmp
 
-    def _install(self, key: str, fill: Callable[[int], None],
-                 metadata: Mapping[str, str]) -> ObjectInfo:
-        """Write a temp file with `fill(fd)`, then rename it over the key's path."""
+    def _install(self, key: str, fill: Callable[[int], None], metadata: Mapping[str, str],
+                 if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+        """Write a temp file with `fill(fd)`, then rename it over the key's path (if the
+        condition holds at that moment: the check and the rename happen under one lock,
+        which excludes other writers through this backend, not other processes)."""
         path = self._path(key)
         if key.endswith("/"):
             os.makedirs(path, exist_ok=True)
@@ -196,19 +200,31 @@ class LocalBackend:
             except ValueError:
                 perms = 0o644
             os.chmod(tmp, perms)
-            os.rename(tmp, path)
+            with self._install_lock:
+                if if_absent or if_match is not None:
+                    try:
+                        current: str | None = self._etag(os.stat(path))
+                    except FileNotFoundError:
+                        current = None
+                    if (if_absent and current is not None) or (
+                            if_match is not None and current != if_match):
+                        raise Changed(f"{self.url}: {key} is not the version expected",
+                                      backend=self.url, key=key)
+                os.rename(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
         return self._info(key, path)
 
-    async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
+                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
         def _fill(fd: int) -> None:
             with open(path, "rb") as src:
                 while chunk := src.read(1 << 20):
                     os.write(fd, chunk)
-        return await self._run(self._install, key, _fill, metadata, key=key)
+        return await self._run(self._install, key, _fill, metadata, if_match, if_absent,
+                               key=key)
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         def _fill(fd: int) -> None:

@@ -58,9 +58,16 @@ class MemoryBackend:
         self._objects[self._prefix + key] = (bytes(data), info)
         return info
 
-    async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
+                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
         with open(path, "rb") as f:
             data = f.read()
+        current = self._objects.get(self._prefix + key)
+        if (if_absent and current is not None) or (
+                if_match is not None and (current is None or current[1].etag != if_match)):
+            await trio.lowlevel.checkpoint()
+            raise Changed(f"memory put {key}: the object is not the version expected",
+                          backend=self.url, key=key)
         return await self.put_bytes(key, data, metadata)
 
     async def delete(self, key: str) -> None:

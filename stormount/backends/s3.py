@@ -26,6 +26,7 @@ import trio
 from botocore.config import Config
 
 from stormount.backends.base import (
+    ExactFile,
     ListPage,
     ObjectInfo,
     checked_metadata,
@@ -320,22 +321,45 @@ class S3Backend:
         return ObjectInfo(key=key, size=len(body), mtime=_response_time(resp),
                           etag=strip_etag(resp.get("ETag")), metadata=meta)
 
-    async def put_file(self, key: str, path: str, metadata: Mapping[str, str]) -> ObjectInfo:
+    async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
+                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
         meta = checked_metadata(metadata, "S3", self._where(key), self.url, key)
         size = os.stat(path).st_size  # a local stat: cheaper than a thread hop
-        if size <= max(self._tier.multipart_threshold, 0) and size <= MAX_PART:
-            full = self._full(key)
+        cond: dict[str, str] = {}
+        if if_match is not None:
+            cond["IfMatch"] = f'"{if_match}"'
+        elif if_absent:
+            cond["IfNoneMatch"] = "*"
+        try:
+            if size <= max(self._tier.multipart_threshold, 0) and size <= MAX_PART:
+                full = self._full(key)
 
-            def _put() -> tuple[int, Any]:
-                with open(path, "rb") as f:
-                    length = os.fstat(f.fileno()).st_size
-                    return length, self._client.put_object(
-                        Bucket=self.bucket, Key=full, Body=f, ContentLength=length,
-                        Metadata=meta)
-            size, resp = await self._call("put", key, _put)
-            return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
-                              etag=strip_etag(resp.get("ETag")), metadata=meta)
-        return await self._put_multipart(key, path, size, meta)
+                def _put() -> tuple[int, Any]:
+                    with open(path, "rb") as f:
+                        length = os.fstat(f.fileno()).st_size
+                        body = ExactFile(f, length, f"S3 put {self._where(key)}")
+                        return length, self._client.put_object(
+                            Bucket=self.bucket, Key=full, Body=body, ContentLength=length,
+                            Metadata=meta, **cond)
+                size, resp = await self._call("put", key, _put)
+                return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
+                                  etag=strip_etag(resp.get("ETag")), metadata=meta)
+            if if_match is not None:
+                # checked first too: some S3-compatible stores ignore If-Match when
+                # completing a multipart upload, and a doomed upload is not worth sending
+                try:
+                    current = await self.head(key)
+                except NotFound:
+                    current = None
+                if current is None or current.etag != if_match:
+                    raise Conflict(f"S3 put {self._where(key)}: changed", backend=self.url,
+                                   key=key)
+            return await self._put_multipart(key, path, size, meta, cond)
+        except (Conflict, NotFound) as e:
+            if not cond:
+                raise
+            raise Changed(f"S3 put {self._where(key)}: the object is not the version this "
+                          f"upload was based on ({e})", backend=self.url, key=key) from None
 
     def _part_size(self, size: int, preferred: int) -> int:
         part = max(preferred, 5 * 1024 * 1024)
@@ -345,7 +369,8 @@ class S3Backend:
         return part
 
     async def _multipart(self, op: str, key: str, meta: Mapping[str, str], nparts: int,
-                         part: Callable[[str, int], Any], extra: Mapping[str, Any]) -> Any:
+                         part: Callable[[str, int], Any], extra: Mapping[str, Any],
+                         cond: Mapping[str, str] | None = None) -> Any:
         """Create a multipart upload, run `part(upload_id, n)` (blocking, returns the
         part's ETag) for parts 0..nparts-1 in a few concurrent tasks, complete it, and
         abort it on any failure or cancellation."""
@@ -373,7 +398,7 @@ class S3Backend:
             parts = [{"ETag": etag, "PartNumber": n + 1} for n, etag in enumerate(etags)]
             return await self._call(op, key, self._client.complete_multipart_upload,
                                     Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                    MultipartUpload={"Parts": parts})
+                                    MultipartUpload={"Parts": parts}, **(cond or {}))
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 try:
@@ -384,8 +409,8 @@ class S3Backend:
                                 self.url, upload_id, full, e)
             raise
 
-    async def _put_multipart(self, key: str, path: str, size: int,
-                             meta: Mapping[str, str]) -> ObjectInfo:
+    async def _put_multipart(self, key: str, path: str, size: int, meta: Mapping[str, str],
+                             cond: Mapping[str, str]) -> ObjectInfo:
         part_size = self._part_size(size, self._tier.part_size)
         nparts = math.ceil(size / part_size)
         full = self._full(key)
@@ -403,7 +428,7 @@ class S3Backend:
                                             PartNumber=n + 1, Body=data)
             return str(resp["ETag"])
 
-        resp = await self._multipart("put", key, meta, nparts, _part, {})
+        resp = await self._multipart("put", key, meta, nparts, _part, {}, cond)
         return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
                           etag=strip_etag(resp.get("ETag")), metadata=dict(meta))
 

@@ -310,6 +310,31 @@ async def test_put_file_multipart(any_store: Store, tmp_path: Path) -> None:
         assert [b.size for b in committed] == [5 * MiB, 5 * MiB, 2 * MiB]
 
 
+@pytest.mark.parametrize("size", ["small", "multipart"])
+async def test_conditional_put_file(any_store: Store, tmp_path: Path, size: str) -> None:
+    """A write-back upload is conditional on the version it was based on: a version that
+    moved on, or an object that appeared meanwhile, is Changed and stays as it was."""
+    n = 12 * MiB if size == "multipart" else 1000
+    mine, theirs = random_file(tmp_path / "mine", n), b"someone else's"
+    url = any_store.tier_url(multipart_threshold="5MiB", part_size="5MiB")
+    async with opened(url) as backend:
+        created = await backend.put_file("c.bin", str(tmp_path / "mine"), META,
+                                         if_absent=True)
+        assert any_store.get("c.bin") == mine
+        with pytest.raises(Changed):
+            await backend.put_file("c.bin", str(tmp_path / "mine"), META, if_absent=True)
+        again = await backend.put_file("c.bin", str(tmp_path / "mine"), META,
+                                       if_match=created.etag)
+        any_store.put("c.bin", theirs)  # another writer
+        with pytest.raises(Changed):
+            await backend.put_file("c.bin", str(tmp_path / "mine"), META, if_match=again.etag)
+        assert any_store.get("c.bin") == theirs
+        await backend.delete("c.bin")
+        with pytest.raises(Changed):
+            await backend.put_file("c.bin", str(tmp_path / "mine"), META, if_match=again.etag)
+        assert not any_store.exists("c.bin")
+
+
 async def test_get_range_of_big_object(backend: Backend, any_store: Store) -> None:
     data = os.urandom(12 * MiB)
     any_store.put("big", data)
