@@ -3,6 +3,7 @@ in one line on stderr and a non-zero exit, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -17,6 +18,7 @@ import trio
 from stormount import __version__, daemon, registry
 from stormount.config import MountConfig, build_config, mount_path
 from stormount.errors import StartupError, StormountError
+from stormount.writeback import read_pending
 
 READY_TIMEOUT = 120.0
 
@@ -159,14 +161,69 @@ def unmount(mountpoint: str, timeout: float) -> None:
         if result.returncode != 0:
             _fail(f"cannot unmount {mp}: {result.stderr.strip() or result.returncode}")
         return
-    os.kill(record.pid, signal.SIGTERM)
+    journal = os.path.join(record.cache_dir, "journal.sqlite3")
+    os.kill(record.pid, signal.SIGTERM)  # the daemon uploads its queue, then unmounts
+    progress = _Progress(sys.stderr.isatty())
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if registry.lookup(mp) is None and registry.mounted_fuse(mp) is None:
-            return
+    try:
+        while time.monotonic() < deadline:
+            if _gone(mp, record.pid):
+                return
+            progress.show(journal)
+            time.sleep(0.05)
+    finally:
+        progress.done()
+    # time is up: a second signal makes the daemon unmount now, keeping its queue
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(record.pid, signal.SIGTERM)
+    stop = time.monotonic() + 30
+    while time.monotonic() < stop and not _gone(mp, record.pid):
         time.sleep(0.05)
-    _fail(f"daemon {record.pid} of {mp} still busy after {timeout:g} s; "
-          "pending data stays in its cache directory")
+    pending = read_pending(journal)
+    if not _gone(mp, record.pid):
+        _fail(f"daemon {record.pid} of {mp} did not unmount after {timeout:g} s")
+    if pending:
+        names = "\n".join(f"  {p['path']} ({p['state']}"
+                          + (f": {p['last_error']}" if p["last_error"] else "") + ")"
+                          for p in pending[:50])
+        more = f"\n  ... and {len(pending) - 50} more" if len(pending) > 50 else ""
+        _fail(f"unmounted {mp} after {timeout:g} s with {len(pending)} file(s) still "
+              f"queued; they upload at the next mount with cache directory "
+              f"{record.cache_dir}:\n{names}{more}")
+
+
+def _gone(mountpoint: str, pid: int) -> bool:
+    if registry.mounted_fuse(mountpoint) is not None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return registry.lookup(mountpoint) is None
+
+
+class _Progress:
+    """"N uploads to go" on a terminal, redrawn in place about twice a second."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.shown = False
+        self.next = time.monotonic() + 0.5  # a quick unmount prints nothing
+
+    def show(self, journal: str) -> None:
+        if not self.tty or time.monotonic() < self.next:
+            return
+        self.next = time.monotonic() + 0.5
+        left = len(read_pending(journal))
+        sys.stderr.write(f"\rwaiting for {left} upload(s) to finish ...   ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def done(self) -> None:
+        if self.shown:
+            sys.stderr.write("\n")
 
 
 def main() -> None:

@@ -57,6 +57,17 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class WritebackConfig:
+    debounce: float = 2.0  # seconds a closed file is left alone before it uploads
+    parallel: int = 5  # uploads at once
+    retries: int = 4  # attempts with backoff before an upload is reported failing
+    retry_delay: float = 1.0  # first backoff; doubles per attempt
+    retry_max_delay: float = 10.0  # cap of the backoff
+    failing_retry_delay: float = 60.0  # how often a failing upload is tried again
+    fsync: str = "local"  # "local": fsync makes data durable on local disk; "upload": in the store
+
+
+@dataclass(frozen=True)
 class FuseConfig:
     entry_timeout: float = 1.0  # kernel dentry cache
     attr_timeout: float = 1.0  # kernel attribute cache
@@ -78,6 +89,7 @@ class MountConfig:
     tiers: tuple[TierConfig, ...]
     cache: CacheConfig = CacheConfig()
     fuse: FuseConfig = field(default_factory=FuseConfig)
+    writeback: WritebackConfig = WritebackConfig()
     socket: str | None = None
     log_level: str = "info"
 
@@ -216,6 +228,18 @@ _CACHE_CONVERT = {"dir": lambda raw, what: str(raw), "metadata_ttl": _to_float,
                   "listing_ttl": _to_float, "negative_ttl": _to_float,
                   "block_size": parse_size, "max_size": parse_size, "min_free": parse_size,
                   "read_ahead_max": parse_size}
+
+
+def _to_fsync(raw: object, what: str) -> str:
+    value = str(raw).lower()
+    if value not in ("local", "upload"):
+        raise ConfigError(f"{what}: expected local or upload, got {raw!r}")
+    return value
+
+
+_WRITEBACK_CONVERT = {"debounce": _to_float, "parallel": _to_int, "retries": _to_int,
+                      "retry_delay": _to_float, "retry_max_delay": _to_float,
+                      "failing_retry_delay": _to_float, "fsync": _to_fsync}
 # -o spellings that mount(8) users expect, mapped onto config keys
 _O_ALIASES = {"ro": "read_only", "rw": "read_only", "cache_dir": "cache.dir"}
 
@@ -292,7 +316,7 @@ def build_config(
             raise ConfigError("give the config file either as SOURCE or with --config, not both")
         config_file, source_url = source, None
     data: dict[str, Any] = load_toml(config_file) if config_file else {}
-    known_top = {"tier", "cache", "fuse", "socket", "log_level"}
+    known_top = {"tier", "cache", "fuse", "writeback", "socket", "log_level"}
     for key in data:
         if key not in known_top:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known_top))})")
@@ -314,6 +338,8 @@ def build_config(
 
     cache = _apply(CacheConfig(), _CACHE_CONVERT, _section(data, "cache"), "cache")
     fuse = _apply(FuseConfig(), _FUSE_CONVERT, _section(data, "fuse"), "fuse")
+    writeback = _apply(WritebackConfig(), _WRITEBACK_CONVERT, _section(data, "writeback"),
+                       "writeback")
     sock = data.get("socket")
     log_level = str(data.get("log_level", "info"))
 
@@ -331,6 +357,8 @@ def build_config(
             cache = _apply(cache, _CACHE_CONVERT, {key: value}, "cache")
         elif key in _FUSE_CONVERT:
             fuse_o[key] = value
+        elif key in _WRITEBACK_CONVERT:
+            writeback = _apply(writeback, _WRITEBACK_CONVERT, {key: value}, "writeback")
         elif key in ("auto_unmount", "_netdev", "nofail", "noauto", "user", "nouser", "auto",
                      "defaults", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "noatime",
                      "relatime", "atime") or key.startswith("x-"):
@@ -345,10 +373,14 @@ def build_config(
     cache = replace(cache, dir=os.path.abspath(os.path.expanduser(cache.dir)))
     if not 64 * 1024 <= cache.block_size <= 64 * MiB:
         raise ConfigError("block_size must be between 64KiB and 64MiB")
+    if writeback.parallel < 1:
+        raise ConfigError("writeback parallel must be at least 1")
+    if writeback.retries < 1:
+        raise ConfigError("writeback retries must be at least 1")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {log_level!r}")
     return MountConfig(source=source, mountpoint=mountpoint, tiers=tuple(tiers), cache=cache,
-                       fuse=fuse, socket=None if sock is None else str(sock),
+                       fuse=fuse, writeback=writeback, socket=None if sock is None else str(sock),
                        log_level=log_level.lower())
 
 

@@ -7,7 +7,6 @@ what is still pending before it exits.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -28,6 +27,7 @@ from stormount.config import MountConfig
 from stormount.errors import BackendError, StartupError, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
+from stormount.writeback import Journal, Writeback
 
 log = logging.getLogger(__name__)
 CHECK_TIMEOUT = 30.0
@@ -76,19 +76,25 @@ def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
     staging = os.path.join(cache, "staging")
     try:
         os.makedirs(staging, mode=0o700, exist_ok=True)
-        leftovers = os.listdir(staging)
-        if leftovers:
-            # files that were being written when an earlier daemon died: never delete them
-            keep = os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
-            os.makedirs(keep, exist_ok=True)
-            for name in leftovers:
-                os.rename(os.path.join(staging, name), os.path.join(keep, name))
-            log.warning("%d unfinished file(s) from an earlier run moved to %s",
-                        len(leftovers), keep)
     except OSError as e:
         os.close(lock_fd)
         raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
     return lock_fd, staging
+
+
+def keep_unqueued(cache: str, staging: str, queued: set[str]) -> None:
+    """Staging files no journal row names were still being written (never closed) when
+    an earlier daemon died: not acknowledged, but never deleted either."""
+    leftovers = [name for name in os.listdir(staging)
+                 if os.path.join(staging, name) not in queued]
+    if not leftovers:
+        return
+    keep = os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+    os.makedirs(keep, exist_ok=True)
+    for name in leftovers:
+        os.rename(os.path.join(staging, name), os.path.join(keep, name))
+    log.warning("%d file(s) that were still open when an earlier run ended moved to %s",
+                len(leftovers), keep)
 
 
 def fuse_options(cfg: MountConfig) -> set[str]:
@@ -151,6 +157,7 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
     backend = open_backend(cfg.tiers[0])
     try:
         try:
+            journal = Journal(os.path.join(cfg.cache.dir, "journal.sqlite3"))
             meta = MetaStore(os.path.join(cfg.cache.dir, "meta.sqlite3"))
             blocks = BlockCache(os.path.join(cfg.cache.dir, "blocks"),
                                 block_size=cfg.cache.block_size, max_bytes=cfg.cache.max_size,
@@ -158,25 +165,31 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
         except (OSError, sqlite3.Error) as e:
             raise StartupError(f"cannot open the caches in {cfg.cache.dir}: {e}") from None
         try:
-            await check_backend(backend, warm_cache=not meta.is_empty())
-            vfs = Vfs(backend, cfg.fuse, cfg.cache, staging, blocks, meta)
+            writeback = Writeback(backend, journal, cfg.writeback)
+            vfs = Vfs(backend, cfg.fuse, cfg.cache, staging, writeback, blocks, meta)
+            restored = vfs.restore()
+            try:
+                keep_unqueued(cfg.cache.dir, staging, {up.staging for up in restored})
+            except OSError as e:
+                raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e}") from None
+            await check_backend(backend, warm_cache=not meta.is_empty() or bool(restored))
             try:
                 pyfuse3.init(Operations(vfs, cfg.fuse), cfg.mountpoint, fuse_options(cfg))
             except RuntimeError as e:
                 raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
             try:
-                await _serve(cfg, vfs, on_ready)
+                pending = await _serve(cfg, vfs, on_ready)
             finally:
-                with trio.CancelScope(shield=True):
-                    failed = await vfs.shutdown()
                 pyfuse3.close(unmount=True)
                 registry.unregister(cfg.mountpoint)
         finally:
             blocks.close()
             meta.close()
-        if failed:
-            log.error("%d file(s) could not be uploaded; their data is kept in %s: %s",
-                      len(failed), staging, ", ".join(failed))
+            journal.close()
+        if pending:
+            log.error("unmounted with %d file(s) not uploaded yet; they stay queued in %s "
+                      "and upload at the next mount: %s", len(pending), cfg.cache.dir,
+                      ", ".join(pending[:20]) + (" ..." if len(pending) > 20 else ""))
             return 1
         log.info("unmounted %s", cfg.mountpoint)
         return 0
@@ -186,7 +199,18 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
         os.close(lock_fd)
 
 
-async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> None:
+async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> list[str]:
+    """Serve until unmounted, then upload what is queued: a signal starts that at once
+    and unmounts after it; a second signal stops waiting (the queue stays journaled).
+    Returns the paths still pending."""
+    draining: list[trio.CancelScope] = []  # the wait for the queue, once it began
+
+    async def drain() -> None:
+        scope = trio.CancelScope()
+        draining.append(scope)
+        with scope:
+            await vfs.shutdown()
+
     async with trio.open_nursery() as nursery:
 
         async def when_ready() -> None:
@@ -201,25 +225,38 @@ async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> No
             log.info("mounted %s at %s", redact(cfg.tiers[0].url), cfg.mountpoint)
             on_ready()
 
+        async def drain_then_unmount() -> None:
+            await drain()
+            pyfuse3.terminate()
+
         async def on_signals() -> None:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
-                    log.info("%s: uploading pending files, then unmounting",
-                             signal.Signals(signum).name)
-                    with contextlib.suppress(Exception):
-                        await vfs.shutdown()
-                    pyfuse3.terminate()
-                    return
+                    name = signal.Signals(signum).name
+                    if not draining:
+                        log.info("%s: uploading %d queued file(s), then unmounting (signal "
+                                 "again to unmount at once: they stay queued)", name,
+                                 len(vfs.writeback.pending()))
+                        nursery.start_soon(drain_then_unmount)
+                    else:
+                        log.info("%s: unmounting now", name)
+                        draining[-1].cancel()
 
         vfs.background = nursery  # listing refreshes run beside the requests
         if vfs.reader is not None:
             vfs.reader.background = nursery  # and so does read-ahead
         nursery.start_soon(when_ready)
         nursery.start_soon(on_signals)
+        nursery.start_soon(vfs.writeback.run)
         try:
             await pyfuse3.main()
+            if not draining:
+                # unmounted from outside (`fusermount3 -u`, `umount`): the uploader goes
+                # on until the queue is empty or a signal says stop
+                await drain()
         finally:
             vfs.background = None  # the nursery closes with this block
             if vfs.reader is not None:
                 vfs.reader.background = None
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    return [up.path for up in vfs.writeback.pending()]

@@ -293,6 +293,26 @@ class BlockCache:
 
     # --- index ------------------------------------------------------------------------
 
+    def release_space(self, nbytes: int) -> int:
+        """Evict least-recently-used unpinned blocks worth at least `nbytes` (the disk is
+        full and something that cannot be refetched needs the room); the bytes freed."""
+        with self._lock:
+            victims: list[Key] = []
+            freed = 0
+            for k, blk in self._entries.items():
+                if freed >= nbytes:
+                    break
+                if k[0] not in self._pinned:
+                    victims.append(k)
+                    freed += blk.size
+            self._evictions += len(victims)
+            gone = [self._remove_locked(k) for k in victims]
+        self._finish(gone)
+        if freed:
+            log.warning("block cache: evicted %d block(s) (%d bytes) to make room on a full "
+                        "disk", len(gone), freed)
+        return freed
+
     def _make_room_locked(self, key: Key, size: int) -> list[tuple[str, int]]:
         """Remove the block being replaced, other versions of its ident, and as many
         least-recently-used unpinned blocks as the limits require; all or nothing."""

@@ -35,6 +35,7 @@ from stormount.vfs.attrs import (
 )
 from stormount.vfs.nodes import InodeTable, Listing, Node, Staging
 from stormount.vfs.reader import Reader, ReadState
+from stormount.writeback import Upload, Writeback
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,13 @@ def _join(parent: Node, name: str) -> str:
 
 class Vfs:
     def __init__(self, backend: Backend, fuse: FuseConfig, cache: CacheConfig,
-                 staging_dir: str, blocks: BlockCache | None = None,
+                 staging_dir: str, writeback: Writeback, blocks: BlockCache | None = None,
                  meta: MetaStore | None = None) -> None:
         self.backend = backend
+        self.writeback = writeback  # the upload queue; it reports back to us
+        writeback.on_uploaded = self._uploaded
+        writeback.on_conflict = self._conflicted
+        self.fsync_upload = writeback.cfg.fsync == "upload"
         self.meta = meta  # persisted listings and attributes; None: memory only
         self.background: trio.Nursery | None = None  # set by the daemon: stale listings
         # are then served at once and refreshed beside the requests
@@ -385,21 +390,75 @@ class Vfs:
         node.staging = staging
         return staging
 
-    async def _commit(self, node: Node) -> None:
-        """Upload a file's staged content if it changed (synchronously, for now)."""
-        async with node.lock:
-            staging = node.staging
-            if staging is None or not staging.dirty or node.unlinked:
-                return
-            generation = staging.generation
-            info = await self.backend.put_file(node.key, staging.path, metadata_of(node.attrs))
-            if staging.generation == generation:
-                staging.dirty = False
-            node.etag = node.page_cache_etag = info.etag
-            node.checked_at = trio.current_time()
-            node.complete = True
-            if node.parent is not None:
-                self._listing_put(node.parent, node.name, node.kind, info)
+    def _submit(self, node: Node, *, durable: bool = False) -> None:
+        """Hand a file's staged content to the write-back queue: journaled when this
+        returns (durably with `durable`), uploaded in the background."""
+        staging = node.staging
+        if staging is None or not staging.dirty or node.unlinked:
+            return
+        metadata = metadata_of(node.attrs)
+        state = (staging.generation, metadata)
+        if staging.queued == state and not durable:
+            return  # journaled as it is
+        args = (node.key, staging.path, node.etag, metadata)
+        try:
+            self.writeback.submit(*args, durable=durable)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not self._make_room(1 << 20):
+                raise
+            self.writeback.submit(*args, durable=durable)
+        staging.queued = state
+
+    def _make_room(self, nbytes: int) -> bool:
+        """A full cache disk: evict clean cached blocks (they can be fetched again,
+        written data cannot). False if there were none."""
+        return self.reader is not None and self.reader.blocks.release_space(nbytes) > 0
+
+    def _at(self, path: str) -> Node | None:
+        """The node at a path, if it is in memory."""
+        node: Node | None = self.inodes.root
+        for name in path.split("/") if path else []:
+            if node is None:
+                return None
+            node = node.children.get(name)
+        return node
+
+    def _uploaded(self, path: str, info: ObjectInfo, done: bool) -> None:
+        """The write-back queue stored a file (`done`: what it queued last; otherwise
+        a newer hand-over follows)."""
+        node = self._at(path)
+        if node is None or node.staging is None or node.kind == DIR:
+            return
+        node.etag = node.page_cache_etag = info.etag
+        node.checked_at = trio.current_time()
+        node.complete = True
+        if done and node.staging.queued is not None and (
+                node.staging.queued[0] == node.staging.generation):
+            node.staging.dirty = False  # unless written since (not handed over yet)
+            node.staging.queued = None
+        if node.parent is not None:
+            self._listing_put(node.parent, node.name, node.kind, info)
+        self._drop_staging_if_clean(node)
+        self.inodes.maybe_drop(node)
+
+    def _conflicted(self, path: str, conflict: str, info: ObjectInfo) -> None:
+        """Someone else changed the object while our version waited: ours went to
+        `conflict`; the name shows the store's version again."""
+        node = self._at(path)
+        if node is not None and node.parent is not None:
+            parent = node.parent
+            self.inodes.detach(node)
+            if parent.listing is not None:
+                parent.listing.at = -math.inf
+            parent.changes += 1
+            self._persist_change(parent, node.name, node.kind, None)
+            if node.staging is not None:
+                node.staging.dirty = False
+            self._drop_staging_if_clean(node)
+        parent_path, _, name = conflict.rpartition("/")
+        beside = self._at(parent_path)
+        if beside is not None and beside.kind == DIR:
+            self._listing_put(beside, name, FILE, info)
 
     def _drop_staging_if_clean(self, node: Node) -> None:
         if node.opens == 0 and node.staging is not None and (
@@ -486,7 +545,7 @@ class Vfs:
                 node.etag = info.etag
             node.checked_at = trio.current_time()
         if node.opens == 0:
-            await self._commit(node)  # a path truncate: nobody will flush it
+            self._submit(node)  # a path truncate, or new attributes of a queued file
             self._drop_staging_if_clean(node)
         return node
 
@@ -755,7 +814,13 @@ class Vfs:
         if staging is None:
             async with node.lock:
                 staging = await self._stage(node)
-        written = os.pwrite(staging.fd, data, offset)
+        try:
+            written = os.pwrite(staging.fd, data, offset)
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not await trio.to_thread.run_sync(
+                    self._make_room, max(len(data), 64 << 20)):
+                raise
+            written = os.pwrite(staging.fd, data, offset)
         staging.dirty = True
         staging.generation += 1
         node.attrs.size = max(node.attrs.size, offset + written)
@@ -765,10 +830,17 @@ class Vfs:
     async def flush(self, fh: int) -> None:
         handle = self.handle(fh)
         if handle.writable:
-            await self._commit(handle.node)
+            self._submit(handle.node)
 
     async def fsync(self, fh: int) -> None:
-        await self._commit(self.handle(fh).node)
+        node = self.handle(fh).node
+        staging = node.staging
+        if staging is None or not staging.dirty or node.unlinked:
+            return
+        await trio.to_thread.run_sync(os.fsync, staging.fd)
+        self._submit(node, durable=True)
+        if self.fsync_upload:
+            await self.writeback.wait_uploaded(node.key)
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
@@ -776,11 +848,13 @@ class Vfs:
             return
         node = handle.node
         node.opens -= 1
-        if node.opens == 0 and node.staging is not None and node.staging.dirty:
+        if node.opens == 0:
             try:
-                await self._commit(node)  # flush failed earlier: one more try
-            except Exception as e:
-                log.error("upload of %s failed, kept locally: %s", node.path, e)
+                self._submit(node)  # a writer that never flushed (or a failed flush)
+            except OSError as e:  # nobody hears a release's error: say it in the log
+                log.error("%s: closed with changes that cannot be queued for upload (kept "
+                          "in %s until the next close or unmount): %s", node.path,
+                          node.staging.path if node.staging else "?", e)
         self._drop_staging_if_clean(node)
         self.inodes.maybe_drop(node)
 
@@ -792,6 +866,7 @@ class Vfs:
         async with node.lock:
             if node.opens > 0 and node.etag is not None:
                 await self._stage(node)  # open files stay readable until closed
+            await self.writeback.discard(node.key)  # after an upload in flight, if any
             if node.etag is not None:
                 await self.backend.delete(node.key)
             node.unlinked = True
@@ -841,14 +916,23 @@ class Vfs:
                 if not await self._is_empty(dst):
                     raise FsError(errno.ENOTEMPTY, f"{dst.path} is not empty")
                 await self.backend.delete(dst.key)  # before the move brings src's marker
-            await self._move_tree(src.key, new_path + "/")
+            await self._upload_now(src.key)  # queued files move as stored objects
+            moved = await self._move_tree(src.key, new_path + "/")
+            for node in self._subtree(src):
+                if node.kind != DIR and node.etag is not None:
+                    info = moved.get(node.key)
+                    node.etag = info.etag if info is not None else None
         else:
             if dst is not None and dst.kind == DIR:
                 raise FsError(errno.EISDIR, f"{dst.path} is a directory")
-            if dst is not None and dst.opens > 0 and dst.etag is not None:
+            replaced: str | None = None
+            if dst is not None:
                 async with dst.lock:
-                    await self._stage(dst)  # it is about to be overwritten in the store
-            await self._move_file(src, new_path)
+                    if dst.opens > 0 and dst.etag is not None:
+                        await self._stage(dst)  # it is about to be overwritten in the store
+                    await self.writeback.discard(dst.key)  # its queued content is replaced
+                    replaced = dst.etag
+            await self._move_file(src, new_path, replaced)
         if dst is not None:
             dst.unlinked = True
             self.inodes.detach(dst)
@@ -864,33 +948,53 @@ class Vfs:
         self._listing_put(new_parent, new_name, kind, info)
         self.inodes.maybe_drop(old_parent)
 
-    async def _move_file(self, src: Node, new_key: str) -> None:
+    async def _move_file(self, src: Node, new_key: str, replaced: str | None) -> None:
+        """Move a file's object; `replaced` is the version of the object it replaces at
+        `new_key` (None: nothing is there)."""
         async with src.lock:
-            old_key, stored = src.key, src.etag is not None
-            staging = src.staging
-            if staging is not None and staging.dirty:
-                generation = staging.generation
-                info = await self.backend.put_file(new_key, staging.path,
-                                                   metadata_of(src.attrs))
-                if staging.generation == generation:
-                    staging.dirty = False
-            elif stored:
-                info = await self.backend.copy(old_key, new_key)
-            else:
+            old_key = src.key
+            await self.writeback.settle(old_key)  # an upload in flight lands first
+            stored = src.etag is not None
+            if await self.writeback.rename(old_key, new_key, replaced):
+                # its content is still to be uploaded: it will be, under the new name (the
+                # journal says so first, so a crash now cannot bring the old name back)
+                if stored:
+                    await self.backend.delete(old_key)
+                src.etag = replaced
                 return
-            if stored:
-                await self.backend.delete(old_key)
+            if not stored:
+                src.etag = replaced  # created here, not flushed yet: nothing to move
+                return
+            info = await self.backend.copy(old_key, new_key)
+            await self.backend.delete(old_key)
             src.etag = info.etag
 
-    async def _move_tree(self, old_prefix: str, new_prefix: str) -> None:
+    async def _upload_now(self, prefix: str) -> None:
+        """Upload the queued files under a directory and wait (before it moves)."""
+        failing = await self.writeback.flush(up.path for up in self.writeback.under(prefix))
+        if failing:
+            raise FsError(errno.EIO, f"{len(failing)} file(s) under /{prefix} cannot be "
+                          f"uploaded yet ({failing[0].path}: {failing[0].last_error})")
+
+    def _subtree(self, top: Node) -> list[Node]:
+        out, todo = [], [top]
+        while todo:
+            node = todo.pop()
+            out.append(node)
+            todo.extend(node.children.values())
+        return out
+
+    async def _move_tree(self, old_prefix: str, new_prefix: str) -> dict[str, ObjectInfo]:
         """Copy every key under a directory to its new name, then delete the old keys:
-        a failure part-way leaves both copies, never neither."""
+        a failure part-way leaves both copies, never neither. Returns the copies by the
+        old keys."""
         objects, _ = await list_all(self.backend, old_prefix, "")
         limiter = trio.CapacityLimiter(COPY_PARALLEL)
+        moved: dict[str, ObjectInfo] = {}
 
         async def _copy(key: str) -> None:
             async with limiter:
-                await self.backend.copy(key, new_prefix + key[len(old_prefix):])
+                moved[key] = await self.backend.copy(key, new_prefix + key[len(old_prefix):])
 
         async def _delete(key: str) -> None:
             async with limiter:
@@ -902,6 +1006,7 @@ class Vfs:
         async with trio.open_nursery() as nursery:
             for info in objects:
                 nursery.start_soon(_delete, info.key)
+        return moved
 
     # --- invalidation ---------------------------------------------------------------
 
@@ -955,18 +1060,47 @@ class Vfs:
 
     # --- lifecycle ------------------------------------------------------------------
 
-    def pending(self) -> list[Node]:
-        """Files whose latest content is not in the store yet."""
-        return [n for n in self.inodes.all()
-                if n.staging is not None and n.staging.dirty and not n.unlinked]
+    def restore(self) -> list[Upload]:
+        """Put the files an earlier run left queued back in the tree (listed, readable,
+        from their staging files) and queue their uploads again."""
+        restored = []
+        for up in self.writeback.restore():
+            try:
+                fd = os.open(up.staging, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                log.error("queued file %s lost its staging file %s (%s): dropped from the "
+                          "queue", up.path, up.staging, e.strerror)
+                self.writeback.forget(up.path)
+                continue
+            parent = self.inodes.root
+            *dirs, name = up.path.split("/")
+            for part in dirs:
+                child = parent.children.get(part)
+                if child is None or child.kind != DIR:
+                    child = self._child_from_object(
+                        parent, part, DIR, self._implied_dir(_join(parent, part) + "/"),
+                        complete=False)
+                    child.checked_at = -math.inf
+                parent = child
+            size = os.fstat(fd).st_size
+            info = ObjectInfo(key=up.path, size=size, mtime=0.0, etag=up.base or "",
+                              metadata=up.metadata)
+            old = parent.children.get(name)
+            if old is not None:
+                self.inodes.detach(old)
+            node = self.inodes.add(parent, name, attrs_from_object(info, FILE, self.fuse))
+            node.etag, node.complete, node.checked_at = up.base, True, trio.current_time()
+            node.staging = Staging(path=up.staging, fd=fd, dirty=True,
+                                   queued=(0, dict(up.metadata)))
+            restored.append(up)
+        if restored:
+            log.info("%d file(s) from an earlier run are queued for upload", len(restored))
+        return restored
 
     async def shutdown(self) -> list[str]:
-        """Upload everything still pending; return the paths that could not be."""
-        failed = []
-        for node in self.pending():
-            try:
-                await self._commit(node)
-            except Exception as e:
-                log.error("could not upload %s at shutdown: %s", node.path, e)
-                failed.append(node.path)
-        return failed
+        """Queue what is still open and changed, then upload the whole queue (the caller
+        bounds the wait); the paths still pending."""
+        for node in self.inodes.all():
+            self._submit(node)
+        await self.writeback.drain()
+        return [up.path for up in self.writeback.pending()]

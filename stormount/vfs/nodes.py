@@ -25,8 +25,9 @@ class Staging:
 
     path: str
     fd: int
-    dirty: bool = False
+    dirty: bool = False  # the store does not have this content (yet)
     generation: int = 0  # bumped by every change; an upload is clean only if unchanged
+    queued: tuple[int, dict[str, str]] | None = None  # (generation, metadata) journaled
 
     def close(self) -> None:
         try:

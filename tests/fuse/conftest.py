@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,11 +29,31 @@ def make_mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
         print(f"--- daemon log of {m.path} ---\n{m.log()}")
 
 
+class SettledStore:
+    """A store seen through a mount's uploads: every read of it first waits until the
+    mount has uploaded what it queued (write-back), so tests see the final state."""
+
+    def __init__(self, store: Any, mount: Mount) -> None:
+        self._store = store
+        self._mount = mount
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name not in ("get", "keys", "metadata", "exists"):
+            return attr
+
+        def settled(*args: Any, **kwargs: Any) -> Any:
+            self._mount.settle()
+            return attr(*args, **kwargs)
+        return settled
+
+
 @pytest.fixture
 def mount(store, make_mount) -> Mount:
-    """The parametrized store mounted at a fresh mountpoint."""
-    m = make_mount(store.url, env=store.env)
-    m.store = store  # type: ignore[attr-defined]
+    """The parametrized store mounted at a fresh mountpoint; `mount.store` reads the
+    store once the mount's uploads are done."""
+    m = make_mount(store.url, env=store.env, args=("-o", "debounce=0"))
+    m.store = SettledStore(store, m)  # type: ignore[attr-defined]
     return m
 
 

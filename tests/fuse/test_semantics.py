@@ -35,25 +35,31 @@ def test_statfs_and_times(local):
     assert t.st_atime_ns == t.st_mtime_ns  # atime is not kept (noatime)
 
 
-def test_fsync_puts_the_data_in_the_store_before_close(local):
-    fd = os.open(local.path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+def test_fsync_upload_puts_the_data_in_the_store_before_close(tmp_path, make_mount):
+    store = tmp_path / "store"
+    store.mkdir()
+    m = make_mount(f"file://{store}", args=("-o", "fsync=upload"))
+    fd = os.open(m.path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         os.write(fd, b"synced")
-        assert not (local.store_dir / "f").exists()  # not before fsync or close
+        assert not (store / "f").exists()  # not before fsync or close
         os.fsync(fd)
-        assert (local.store_dir / "f").read_bytes() == b"synced"
+        assert (store / "f").read_bytes() == b"synced"
     finally:
         os.close(fd)
 
 
-def test_close_returns_after_the_upload(local):
+def test_close_journals_and_the_upload_follows(local):
     with open(local.path / "c", "wb") as f:
         f.write(b"closed")
+    assert [p["path"] for p in local.pending()] == ["c"]  # the default debounce: 2 s
+    local.settle()
     assert (local.store_dir / "c").read_bytes() == b"closed"
 
 
-def test_mknod_regular_file_is_stored_at_once(local):
+def test_mknod_makes_an_empty_file(local):
     os.mknod(local.path / "node", 0o600 | stat.S_IFREG)
+    local.settle()
     assert (local.store_dir / "node").read_bytes() == b""
 
 

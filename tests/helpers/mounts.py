@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stormount.registry import mounted_fuse
+from stormount.writeback import read_pending
 
 # mountpoints this test process mounted and has not unmounted yet
 LIVE: set[Path] = set()
@@ -67,6 +68,15 @@ class Mount:
             return mounted_fuse(str(self.path)) == "fuse.stormount"
         wait_for(ready, what=f"mount at {self.path}")
         return self
+
+    def pending(self) -> list[dict[str, object]]:
+        """The daemon's upload queue, as its journal holds it."""
+        return read_pending(str(self.cache_dir / "journal.sqlite3"))
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Until every file handed to the daemon is in the store."""
+        wait_for(lambda: not self.pending(), timeout=timeout,
+                 what=f"uploads of {self.path} to finish")
 
     def log(self) -> str:
         try:

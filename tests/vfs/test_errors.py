@@ -14,9 +14,9 @@ from stormount.backends import open_backend
 from stormount.config import CacheConfig, FuseConfig, parse_tier_url
 from stormount.errors import Conflict, Permanent, PermissionDenied, Throttled, Transient
 from stormount.fuse.ops import Operations
-from stormount.vfs.fs import Vfs
 from stormount.vfs.nodes import ROOT_INO
 from tests.helpers.faults import FaultyBackend
+from tests.helpers.vfs import VfsFactory
 
 
 class Ctx:
@@ -27,10 +27,16 @@ class Ctx:
 
 
 @pytest.fixture
-def setup(tmp_path):
+def factory(tmp_path, nursery):
+    made = VfsFactory(tmp_path, nursery)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def setup(factory):
     backend = FaultyBackend(open_backend(parse_tier_url(f"memory://err-{uuid.uuid4().hex}")))
-    vfs = Vfs(backend, FuseConfig(), CacheConfig(), staging_dir=str(tmp_path))
-    return backend, Operations(vfs, FuseConfig())
+    return backend, Operations(factory(backend), FuseConfig())
 
 
 async def fuse_errno(coro) -> int:
@@ -73,17 +79,6 @@ async def test_object_removed_by_someone_else_while_open_is_estale(setup):
     assert await fuse_errno(ops.read(info.fh, 0, 4)) == errno.ESTALE
 
 
-async def test_failed_upload_reaches_close_and_keeps_data(setup):
-    backend, ops = setup
-    fi, _ = await ops.create(ROOT_INO, b"new", 0o644, os.O_WRONLY | os.O_CREAT, Ctx())
-    await ops.write(fi.fh, 0, b"precious")
-    backend.fail("put_file", Transient("connection reset"))
-    assert await fuse_errno(ops.flush(fi.fh)) == errno.EIO
-    backend.heal()
-    await ops.flush(fi.fh)  # the next flush uploads what was kept
-    assert await backend.get_range("new", 0, 100) == b"precious"
-
-
 async def test_conflict_is_eexist(setup):
     backend, ops = setup
     backend.fail("put_bytes", Conflict("name clash"))
@@ -114,9 +109,9 @@ async def test_failed_directory_rename_leaves_both_copies_never_neither(setup):
         assert (await backend.head(key)).size == 1
 
 
-async def test_kernel_page_cache_kept_only_while_the_version_is_unchanged(tmp_path):
+async def test_kernel_page_cache_kept_only_while_the_version_is_unchanged(factory):
     backend = FaultyBackend(open_backend(parse_tier_url(f"memory://pc-{uuid.uuid4().hex}")))
-    vfs = Vfs(backend, FuseConfig(), CacheConfig(metadata_ttl=0), staging_dir=str(tmp_path))
+    vfs = factory(backend, cache=CacheConfig(metadata_ttl=0))
     ops = Operations(vfs, FuseConfig())
     await backend.put_bytes("f", b"v1", {})
     entry = await ops.lookup(ROOT_INO, b"f", Ctx())

@@ -14,29 +14,30 @@ import trio.testing
 
 from stormount.backends import open_backend
 from stormount.cache.meta import MetaStore
-from stormount.config import CacheConfig, FuseConfig, parse_tier_url
+from stormount.config import CacheConfig, parse_tier_url
 from stormount.errors import FsError, Transient
 from stormount.vfs.fs import Vfs
 from stormount.vfs.nodes import ROOT_INO
 from tests.helpers.faults import FaultyBackend
+from tests.helpers.vfs import VfsFactory
 
 
 @pytest.fixture
-def make(tmp_path):
+def make(tmp_path, nursery):
     url = f"memory://meta-{uuid.uuid4().hex}"
-    staging = tmp_path / "staging"
-    staging.mkdir()
+    factory = VfsFactory(tmp_path, nursery)
     opened = []
 
     def _make(cache: CacheConfig | None = None) -> tuple[FaultyBackend, Vfs]:
         backend = FaultyBackend(open_backend(parse_tier_url(url)))
         meta = MetaStore(str(tmp_path / "meta.sqlite3"))
         opened.append(meta)
-        return backend, Vfs(backend, FuseConfig(), cache or CacheConfig(), str(staging),
-                            meta=meta)
+        return backend, factory(backend, cache=cache, meta=meta)
+    _make.settle = factory.settle  # type: ignore[attr-defined]
     yield _make
     for meta in opened:
         meta.close()
+    factory.close()
 
 
 async def names(vfs: Vfs, ino: int = ROOT_INO) -> list[str]:
@@ -93,6 +94,7 @@ async def test_own_changes_invalidate_the_persisted_listing(make):
     fh, _ = await first.create(ROOT_INO, "y", 0o644, os.O_WRONLY | os.O_CREAT, 0, 0)
     await first.flush(fh)
     await first.release(fh)
+    await make.settle()
 
     backend, second = make()
     assert await names(second) == ["y"]

@@ -1,0 +1,493 @@
+"""Write-back: the durable journal of files waiting for their upload, and the uploader.
+
+`close` returns once the file's row is committed to the journal (sqlite in WAL mode,
+beside the staging files): a crash of the daemon, even `kill -9`, loses nothing that was
+acknowledged, because the kernel keeps both the staging file's pages and the journal's
+log. `fsync` also forces both to the disk, so they survive a power cut.
+
+The uploader sends each file once it has been left alone for `debounce` seconds, at most
+`parallel` at a time, conditional on the version the content was based on. Transient
+failures are retried with exponential backoff and jitter (1, 2, 4, 8 s, capped at
+`retry_max_delay`); after `retries` attempts, and after any other failure, the upload
+stays queued as `failing` with its last error and is retried every
+`failing_retry_delay` seconds: never dropped, never retried in a tight loop.
+
+An object that changed in the store since the version a file was based on is not
+overwritten: the local content is uploaded beside it as
+`NAME.conflict-<host>-<UTC timestamp>`. A conditional upload that fails because our own
+earlier attempt landed (a crash between the upload and the journal update) is recognised
+by the object's size and metadata, which carry the file's mtime in nanoseconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from stormount.backends.base import Backend, ObjectInfo
+from stormount.config import WritebackConfig
+from stormount.errors import BackendError, Changed, NotFound, Transient
+
+log = logging.getLogger(__name__)
+
+QUEUED, UPLOADING, FAILING = "queued", "uploading", "failing"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS pending (
+    path TEXT PRIMARY KEY,      -- the object key the file uploads to
+    staging TEXT NOT NULL,      -- the local file holding its content
+    base TEXT,                  -- version it was based on; NULL: a new object
+    metadata TEXT NOT NULL,     -- JSON: the object's metadata (mode, uid, gid, mtime)
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    state TEXT NOT NULL,
+    queued_at REAL NOT NULL     -- wall-clock time of the close that queued it
+);
+"""
+
+
+@dataclass(eq=False)
+class Upload:
+    """One file waiting for its upload (a row of the journal)."""
+
+    path: str
+    staging: str
+    base: str | None
+    metadata: dict[str, str]
+    revision: int = 0  # bumped by every hand-over (content or metadata)
+    attempts: int = 0
+    last_error: str | None = None
+    state: str = QUEUED
+    queued_at: float = field(default_factory=time.time)
+    due: float = 0.0  # trio time of the next attempt
+    finished: trio.Event = field(default_factory=trio.Event)  # the attempt in flight ended
+    uploaded: trio.Event = field(default_factory=trio.Event)  # this content is stored
+
+    def describe(self) -> dict[str, object]:
+        return {"path": self.path, "state": self.state, "attempts": self.attempts,
+                "last_error": self.last_error, "queued_at": self.queued_at,
+                "size": _size(self.staging)}
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+class Journal:
+    """The rows behind the upload queue. Every change is committed before the call
+    returns; `durable=True` also syncs the log to the disk."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def load(self) -> list[Upload]:
+        rows = self._db.execute(
+            "SELECT path, staging, base, metadata, attempts, last_error, state, queued_at"
+            " FROM pending ORDER BY queued_at").fetchall()
+        return [Upload(path=p, staging=s, base=b, metadata=json.loads(m), attempts=a,
+                       last_error=e, state=FAILING if st == FAILING else QUEUED, queued_at=q)
+                for p, s, b, m, a, e, st, q in rows]
+
+    def put(self, up: Upload, *, durable: bool = False) -> None:
+        self._write(durable, (
+            "INSERT OR REPLACE INTO pending (path, staging, base, metadata, attempts,"
+            " last_error, state, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (up.path, up.staging, up.base, json.dumps(up.metadata, sort_keys=True),
+             up.attempts, up.last_error, up.state, up.queued_at)))
+
+    def remove(self, path: str) -> None:
+        self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)))
+
+    def rename(self, old: str, new: str, base: str | None) -> None:
+        self._write(False, ("DELETE FROM pending WHERE path = ?", (new,)),
+                    ("UPDATE pending SET path = ?, base = ? WHERE path = ?", (new, base, old)))
+
+    def _write(self, durable: bool, *statements: tuple[str, tuple[object, ...]]) -> None:
+        """Commit the statements as one transaction; OSError (ENOSPC on a full disk,
+        else EIO) when the journal cannot take them."""
+        try:
+            self._commit(durable, statements)
+        except sqlite3.Error as e:
+            full = isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
+            raise OSError(errno.ENOSPC if full else errno.EIO,
+                          f"write-back journal {self.path}: {e}") from None
+
+    def _commit(self, durable: bool,
+                statements: tuple[tuple[str, tuple[object, ...]], ...]) -> None:
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")  # WAL: sync the log at commit
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, args in statements:
+                    self._db.execute(sql, args)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def read_pending(path: str) -> list[dict[str, object]]:
+    """The queue as another process (the CLI waiting for an unmount) sees it."""
+    if not os.path.exists(path):
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        rows = db.execute("SELECT path, state, attempts, last_error FROM pending"
+                          " ORDER BY queued_at").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+    return [{"path": p, "state": s, "attempts": a, "last_error": e} for p, s, a, e in rows]
+
+
+def conflict_name(path: str, host: str, when: float, n: int = 0) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+    return f"{path}.conflict-{host}-{stamp}" + (f"-{n}" if n else "")
+
+
+def backoff(attempt: int, cfg: WritebackConfig, rng: random.Random) -> float:
+    """Delay before retry number `attempt` (1-based): 1, 2, 4, 8 ... s, capped, with up
+    to 20% jitter so many failed uploads do not retry in step."""
+    if attempt > cfg.retries:
+        base = cfg.failing_retry_delay
+    else:
+        base = min(cfg.retry_delay * 2 ** (attempt - 1), cfg.retry_max_delay)
+    return base * (1 + 0.2 * rng.random())
+
+
+class Writeback:
+    """The upload queue. The filesystem hands files over with `submit` and tells it of
+    renames and unlinks; `run` uploads in the background."""
+
+    def __init__(self, backend: Backend, journal: Journal, cfg: WritebackConfig, *,
+                 on_uploaded: Callable[[str, ObjectInfo, bool], None] = lambda *a: None,
+                 on_conflict: Callable[[str, str, ObjectInfo], None] = lambda *a: None,
+                 host: str | None = None, seed: int | None = None) -> None:
+        self.backend = backend
+        self.journal = journal
+        self.cfg = cfg
+        self.on_uploaded = on_uploaded
+        self.on_conflict = on_conflict
+        self.host = (host or socket.gethostname()).split(".")[0] or "host"
+        self._uploads: dict[str, Upload] = {}
+        # (due, n, upload): the next attempts in time order; an entry whose due time is
+        # no longer its upload's is stale and skipped
+        self._due: list[tuple[float, int, Upload]] = []
+        self._seq = itertools.count()
+        self._active = 0
+        self._wake = trio.Event()
+        self._attempt_ended = trio.Event()
+        self._draining = False
+        self._rng = random.Random(seed)
+        self.uploaded = 0  # counters for stats
+        self.failures = 0
+        self.conflicts = 0
+
+    # --- what the filesystem tells us ---------------------------------------------
+
+    def restore(self) -> list[Upload]:
+        """The journal's rows from an earlier run, queued again (due at once)."""
+        for up in self.journal.load():
+            self._uploads[up.path] = up
+            self._schedule(up, trio.current_time())
+        return list(self._uploads.values())
+
+    def submit(self, path: str, staging: str, base: str | None, metadata: dict[str, str],
+               *, durable: bool = False) -> Upload:
+        """A file's content is final for now (closed, flushed or synced): journal it and
+        upload it after the debounce. A file already queued keeps its place in the
+        journal and the version it was based on; an upload in flight finishes first."""
+        up = self._uploads.get(path)
+        if up is None:
+            up = self._uploads[path] = Upload(path=path, staging=staging, base=base,
+                                              metadata=metadata)
+        else:
+            up.staging, up.metadata = staging, metadata
+            if up.uploaded.is_set():
+                up.uploaded = trio.Event()
+            if up.state != UPLOADING:
+                up.state, up.attempts, up.last_error = QUEUED, 0, None
+        up.revision += 1
+        log.debug("queued %s (revision %d, %s)", path, up.revision, up.state)
+        self.journal.put(up, durable=durable)
+        self._schedule(up, trio.current_time() + (0 if self._draining else self.cfg.debounce))
+        return up
+
+    def _schedule(self, up: Upload, due: float) -> None:
+        up.due = due
+        heapq.heappush(self._due, (due, next(self._seq), up))
+        self._wake.set()
+
+    def get(self, path: str) -> Upload | None:
+        return self._uploads.get(path)
+
+    async def settle(self, path: str) -> Upload | None:
+        """Wait until no upload of `path` is in flight; its queue entry, if any."""
+        while (up := self._uploads.get(path)) is not None and up.state == UPLOADING:
+            await up.finished.wait()
+        return up
+
+    async def discard(self, path: str) -> bool:
+        """The file is gone (unlinked or replaced): nothing uploads under its name any
+        more. True if something was queued."""
+        if await self.settle(path) is None:
+            return False
+        self.forget(path)
+        return True
+
+    def forget(self, path: str) -> None:
+        """Drop a queue entry at once (the caller knows no upload of it is in flight)."""
+        up = self._uploads.pop(path, None)
+        self.journal.remove(path)
+        if up is not None:
+            up.uploaded.set()  # nobody waits for it any more
+
+    async def rename(self, old: str, new: str, base: str | None) -> bool:
+        """A queued file moved: it uploads under its new name, replacing the version
+        `base` there (None: nothing is there). True if something was queued."""
+        up = await self.settle(old)
+        if up is None:
+            return False
+        replaced = self._uploads.pop(new, None)
+        if replaced is not None:
+            replaced.uploaded.set()
+        del self._uploads[old]
+        up.path, up.base = new, base
+        self._uploads[new] = up
+        self.journal.rename(old, new, base)
+        return True
+
+    def under(self, prefix: str) -> list[Upload]:
+        return [up for path, up in self._uploads.items() if path.startswith(prefix)]
+
+    def pending(self) -> list[Upload]:
+        return sorted(self._uploads.values(), key=lambda up: up.queued_at)
+
+    # --- waiting ------------------------------------------------------------------
+
+    async def _progress(self) -> None:
+        """Until some upload attempt ends."""
+        await self._attempt_ended.wait()
+
+    def _hurry(self, ups: Iterable[Upload]) -> None:
+        now = trio.current_time()
+        for up in list(ups):
+            if up.due > now:
+                self._schedule(up, now)
+
+    async def wait_uploaded(self, path: str) -> None:
+        """Until the content queued for `path` is in the store (fsync=upload); raises the
+        error once the upload is failing. No debounce for a waiting writer."""
+        up = self._uploads.get(path)
+        if up is None:
+            return
+        self._hurry([up])
+        attempts = up.attempts
+        while not up.uploaded.is_set():
+            if up.state == FAILING and up.attempts > attempts:
+                raise _failure(up)
+            await self._progress()
+
+    async def flush(self, paths: Iterable[str] | None = None) -> list[Upload]:
+        """Upload now (no debounce) and wait: everything, or the given paths. Returns
+        what is still pending because it is failing."""
+        wanted = None if paths is None else set(paths)
+        chosen = [(up, up.attempts) for up in self._uploads.values()
+                  if wanted is None or up.path in wanted]
+        self._hurry(up for up, _ in chosen)
+        while any(not up.uploaded.is_set() and not (up.state == FAILING and up.attempts > n)
+                  for up, n in chosen):
+            await self._progress()
+        return [up for up, _ in chosen if not up.uploaded.is_set()]
+
+    async def drain(self) -> None:
+        """Upload everything now and keep retrying until the queue is empty (shutdown);
+        the caller bounds the wait."""
+        self._draining = True
+        self._hurry(self._uploads.values())
+        while self._uploads:
+            await self._progress()
+
+    # --- the uploader -------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Start uploads as they fall due, at most `parallel` at once; runs until
+        cancelled. Uploads in flight at cancellation are abandoned (they stay queued)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                self._wake = trio.Event()
+                now = trio.current_time()
+                next_due = math.inf
+                while self._due and self._active < self.cfg.parallel:
+                    due, _, up = self._due[0]
+                    if (self._uploads.get(up.path) is not up or up.state == UPLOADING
+                            or due != up.due):
+                        heapq.heappop(self._due)  # stale: rescheduled, running or gone
+                    elif due > now:
+                        next_due = due
+                        break
+                    else:
+                        heapq.heappop(self._due)
+                        self._start(nursery, up)
+                with trio.move_on_at(next_due):
+                    await self._wake.wait()
+
+    def _start(self, nursery: trio.Nursery, up: Upload) -> None:
+        log.debug("uploading %s (revision %d)", up.path, up.revision)
+        up.state = UPLOADING
+        up.finished = trio.Event()
+        self._active += 1
+        nursery.start_soon(self._upload, up)
+
+    async def _upload(self, up: Upload) -> None:
+        revision, path = up.revision, up.path
+        try:
+            try:
+                info, conflict = await self._send(up)
+            except (BackendError, OSError) as e:
+                self._failed(up, e)
+                return
+            except Exception as e:  # a bug must not stop the uploader: keep the file queued
+                log.exception("upload of %s failed unexpectedly", up.path)
+                self._failed(up, e)
+                return
+            self._succeeded(up, path, revision, info, conflict)
+        finally:
+            self._active -= 1
+            if up.state == UPLOADING:
+                up.state = QUEUED  # cancelled: it stays queued for the next run
+            if self._uploads.get(up.path) is up:
+                # handed over again while uploading, or failed: its next attempt
+                self._schedule(up, max(up.due, trio.current_time()))
+            up.finished.set()
+            self._attempt_ended.set()
+            self._attempt_ended = trio.Event()
+            self._wake.set()
+
+    async def _send(self, up: Upload) -> tuple[ObjectInfo, str | None]:
+        try:
+            return await self.backend.put_file(up.path, up.staging, up.metadata,
+                                               if_match=up.base,
+                                               if_absent=up.base is None), None
+        except Changed:
+            mine = await self._landed(up)
+            if mine is not None:
+                return mine, None
+        # someone else changed the object: keep theirs, put ours beside it
+        when = time.time()
+        for n in range(100):
+            name = conflict_name(up.path, self.host, when, n)
+            try:
+                info = await self.backend.put_file(name, up.staging, up.metadata,
+                                                   if_absent=True)
+            except Changed:
+                continue
+            return info, name
+        raise Changed(f"no free conflict name for {up.path}", key=up.path)
+
+    async def _landed(self, up: Upload) -> ObjectInfo | None:
+        """The object, if it is this very content (our own earlier attempt landed)."""
+        try:
+            info = await self.backend.head(up.path)
+        except NotFound:
+            return None
+        size = _size(up.staging)
+        if info.metadata is not None and dict(info.metadata) == up.metadata and (
+                info.size == size):
+            return info
+        return None
+
+    def _succeeded(self, up: Upload, path: str, revision: int, info: ObjectInfo,
+                   conflict: str | None) -> None:
+        current = self._uploads.get(up.path)
+        if conflict is not None:
+            self.conflicts += 1
+            log.warning("%s changed in the store since it was opened here: kept the store's "
+                        "version, uploaded this one as %s", path, conflict)
+            if current is up:
+                del self._uploads[up.path]
+                self._unjournal(up.path)
+            up.state = QUEUED
+            up.uploaded.set()
+            self.on_conflict(path, conflict, info)
+            return
+        self.uploaded += 1
+        log.debug("uploaded %s (revision %d of %d)", path, revision, up.revision)
+        if current is up and up.path == path and up.revision == revision:
+            del self._uploads[up.path]
+            self._unjournal(up.path)
+            up.state = QUEUED
+            up.uploaded.set()
+        elif current is up:
+            # changed (or renamed) while uploading: upload again, based on what we just
+            # stored (under the old name, a rename deletes it)
+            up.state, up.attempts, up.last_error = QUEUED, 0, None
+            if up.path == path:
+                up.base = info.etag
+            try:
+                self.journal.put(up)
+            except OSError as e:  # the old row stands; a restart re-sends, harmlessly
+                log.warning("cannot record the new base version of %s: %s", up.path, e)
+        self.on_uploaded(path, info, self._uploads.get(path) is None)
+
+    def _unjournal(self, path: str) -> None:
+        try:
+            self.journal.remove(path)
+        except OSError as e:
+            # the upload is done; a restart would send it again and see it is ours
+            log.warning("cannot remove %s from the journal: %s", path, e)
+
+    def _failed(self, up: Upload, error: Exception) -> None:
+        self.failures += 1
+        up.attempts += 1
+        up.last_error = str(error) or type(error).__name__
+        retryable = isinstance(error, Transient)
+        if not retryable or up.attempts >= self.cfg.retries:
+            if up.state != FAILING:
+                log.error("upload of %s is failing (attempt %d), kept queued: %s",
+                          up.path, up.attempts, up.last_error)
+            up.state = FAILING
+            delay = backoff(self.cfg.retries + 1, self.cfg, self._rng)
+        else:
+            up.state = QUEUED
+            delay = backoff(up.attempts, self.cfg, self._rng)
+            log.info("upload of %s failed (attempt %d), retrying in %.1f s: %s",
+                     up.path, up.attempts, delay, up.last_error)
+        up.due = trio.current_time() + delay  # scheduled when the attempt has ended
+        if self._uploads.get(up.path) is up:
+            try:
+                self.journal.put(up)
+            except OSError as e:
+                log.warning("cannot record the failure of %s: %s", up.path, e)
+
+
+def _failure(up: Upload) -> BackendError:
+    return BackendError(f"upload of {up.path} is failing: {up.last_error}", key=up.path)
