@@ -377,6 +377,10 @@ def build_config(
         raise ConfigError("writeback parallel must be at least 1")
     if writeback.retries < 1:
         raise ConfigError("writeback retries must be at least 1")
+    for name in ("retry_delay", "retry_max_delay", "failing_retry_delay"):
+        if getattr(writeback, name) < 0.1:
+            raise ConfigError(f"writeback {name} must be at least 0.1 s (no retrying in a "
+                              "tight loop)")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {log_level!r}")
     return MountConfig(source=source, mountpoint=mountpoint, tiers=tuple(tiers), cache=cache,

@@ -204,12 +204,16 @@ async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> li
     and unmounts after it; a second signal stops waiting (the queue stays journaled).
     Returns the paths still pending."""
     draining: list[trio.CancelScope] = []  # the wait for the queue, once it began
+    drained = trio.Event()
 
     async def drain() -> None:
         scope = trio.CancelScope()
         draining.append(scope)
-        with scope:
-            await vfs.shutdown()
+        try:
+            with scope:
+                await vfs.shutdown()
+        finally:
+            drained.set()
 
     async with trio.open_nursery() as nursery:
 
@@ -254,6 +258,8 @@ async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> li
                 # unmounted from outside (`fusermount3 -u`, `umount`): the uploader goes
                 # on until the queue is empty or a signal says stop
                 await drain()
+            else:
+                await drained.wait()  # a signal's drain, also if the mount went meanwhile
         finally:
             vfs.background = None  # the nursery closes with this block
             if vfs.reader is not None:

@@ -21,6 +21,7 @@ by the object's size and metadata, which carry the file's mtime in nanoseconds.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import itertools
@@ -68,6 +69,7 @@ class Upload:
     base: str | None
     metadata: dict[str, str]
     revision: int = 0  # bumped by every hand-over (content or metadata)
+    tries: int = 0  # failed attempts ever (attempts restarts with each hand-over)
     attempts: int = 0
     last_error: str | None = None
     state: str = QUEUED
@@ -142,7 +144,8 @@ class Journal:
                 for sql, args in statements:
                     self._db.execute(sql, args)
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # sqlite may have rolled back
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
         finally:
@@ -204,7 +207,7 @@ class Writeback:
         self._seq = itertools.count()
         self._active = 0
         self._wake = trio.Event()
-        self._attempt_ended = trio.Event()
+        self._changed = trio.Event()
         self._draining = False
         self._rng = random.Random(seed)
         self.uploaded = 0  # counters for stats
@@ -269,6 +272,7 @@ class Writeback:
         self.journal.remove(path)
         if up is not None:
             up.uploaded.set()  # nobody waits for it any more
+            self._notify()
 
     async def rename(self, old: str, new: str, base: str | None) -> bool:
         """A queued file moved: it uploads under its new name, replacing the version
@@ -279,6 +283,7 @@ class Writeback:
         replaced = self._uploads.pop(new, None)
         if replaced is not None:
             replaced.uploaded.set()
+            self._notify()
         del self._uploads[old]
         up.path, up.base = new, base
         self._uploads[new] = up
@@ -294,8 +299,12 @@ class Writeback:
     # --- waiting ------------------------------------------------------------------
 
     async def _progress(self) -> None:
-        """Until some upload attempt ends."""
-        await self._attempt_ended.wait()
+        """Until the queue changes: an attempt ends or an entry goes."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     def _hurry(self, ups: Iterable[Upload]) -> None:
         now = trio.current_time()
@@ -310,9 +319,9 @@ class Writeback:
         if up is None:
             return
         self._hurry([up])
-        attempts = up.attempts
+        tries = up.tries
         while not up.uploaded.is_set():
-            if up.state == FAILING and up.attempts > attempts:
+            if up.state == FAILING and up.tries > tries:
                 raise _failure(up)
             await self._progress()
 
@@ -320,10 +329,10 @@ class Writeback:
         """Upload now (no debounce) and wait: everything, or the given paths. Returns
         what is still pending because it is failing."""
         wanted = None if paths is None else set(paths)
-        chosen = [(up, up.attempts) for up in self._uploads.values()
+        chosen = [(up, up.tries) for up in self._uploads.values()
                   if wanted is None or up.path in wanted]
         self._hurry(up for up, _ in chosen)
-        while any(not up.uploaded.is_set() and not (up.state == FAILING and up.attempts > n)
+        while any(not up.uploaded.is_set() and not (up.state == FAILING and up.tries > n)
                   for up, n in chosen):
             await self._progress()
         return [up for up, _ in chosen if not up.uploaded.is_set()]
@@ -388,8 +397,7 @@ class Writeback:
                 # handed over again while uploading, or failed: its next attempt
                 self._schedule(up, max(up.due, trio.current_time()))
             up.finished.set()
-            self._attempt_ended.set()
-            self._attempt_ended = trio.Event()
+            self._notify()
             self._wake.set()
 
     async def _send(self, up: Upload) -> tuple[ObjectInfo, str | None]:
@@ -432,11 +440,21 @@ class Writeback:
             self.conflicts += 1
             log.warning("%s changed in the store since it was opened here: kept the store's "
                         "version, uploaded this one as %s", path, conflict)
-            if current is up:
+            if current is up and up.revision != revision:
+                # handed over again while the copy went up: the newer content follows it
+                # to the conflict name, based on the copy just stored
+                del self._uploads[up.path]
+                up.path, up.base, up.state, up.attempts = conflict, info.etag, QUEUED, 0
+                self._uploads[conflict] = up
+                try:
+                    self.journal.rename(path, conflict, info.etag)
+                except OSError as e:  # the old row stands: a restart sends it again
+                    log.warning("cannot record %s as following %s: %s", path, conflict, e)
+            elif current is up:
                 del self._uploads[up.path]
                 self._unjournal(up.path)
-            up.state = QUEUED
-            up.uploaded.set()
+                up.state = QUEUED
+                up.uploaded.set()
             self.on_conflict(path, conflict, info)
             return
         self.uploaded += 1
@@ -468,6 +486,7 @@ class Writeback:
     def _failed(self, up: Upload, error: Exception) -> None:
         self.failures += 1
         up.attempts += 1
+        up.tries += 1
         up.last_error = str(error) or type(error).__name__
         retryable = isinstance(error, Transient)
         if not retryable or up.attempts >= self.cfg.retries:

@@ -62,12 +62,13 @@ _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchVersion"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
            "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AccountProblem",
            "AllAccessDisabled", "InvalidSecurity", "NotSignedUp"}
-_CONFLICT = {"412", "PreconditionFailed", "409", "OperationAborted",
-             "ConditionalRequestConflict"}
+_CONFLICT = {"412", "PreconditionFailed", "409"}
 _THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
               "RequestLimitExceeded", "RequestThrottled", "ProvisionedThroughputExceededException",
               "429", "503", "ServiceUnavailable"}
 _TRANSIENT = {"408", "RequestTimeout", "500", "502", "504", "InternalError",
+              # 409s that mean "a conflicting operation is in progress: try again"
+              "OperationAborted", "ConditionalRequestConflict",
               "RequestTimeoutException", "IncompleteBody", "BadDigest", "NoSuchUpload"}
 _TRANSIENT_SDK = (botocore.exceptions.EndpointConnectionError,
                   botocore.exceptions.ConnectTimeoutError,
@@ -215,7 +216,7 @@ class S3Backend:
                                 key=rel)
             if code in _DENIED or status == 403:
                 return PermissionDenied(msg, backend=self.url, key=rel)
-            if code in _CONFLICT or status in (409, 412):
+            if code in _CONFLICT or (status in (409, 412) and code not in _TRANSIENT):
                 return Conflict(msg, backend=self.url, key=rel)
             if code in _THROTTLED or status in (429, 503):
                 return Throttled(msg, backend=self.url, key=rel)

@@ -21,7 +21,7 @@ from stormount.backends.base import Backend, ObjectInfo, list_all
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig
-from stormount.errors import Changed, FsError, NotFound, Transient, first_error
+from stormount.errors import BackendError, Changed, FsError, NotFound, Transient, first_error
 from stormount.vfs.attrs import (
     DIR,
     FILE,
@@ -112,6 +112,7 @@ class Vfs:
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        self._moving: dict[Node, trio.Event] = {}  # nodes a rename is moving
         self._start_ns = now_ns()
         self._warned: set[str] = set()
 
@@ -206,6 +207,8 @@ class Vfs:
         attrs = attrs_from_object(info, kind, self.fuse)
         child = parent.children.get(name)
         if child is not None and child.kind != kind:
+            if child.staging is not None and child.staging.dirty and not child.unlinked:
+                return child  # not uploaded yet: what this mount wrote wins, as in _find
             self.inodes.detach(child)
             child = None
         if child is None:
@@ -414,6 +417,18 @@ class Vfs:
         written data cannot). False if there were none."""
         return self.reader is not None and self.reader.blocks.release_space(nbytes) > 0
 
+    async def _handover(self, node: Node, *, durable: bool = False) -> None:
+        """`_submit` once no rename is moving the file or a directory above it (the
+        queue entry would get the old name)."""
+        while self._moving:
+            above: Node | None = node
+            while above is not None and above not in self._moving:
+                above = above.parent
+            if above is None:
+                break
+            await self._moving[above].wait()
+        self._submit(node, durable=durable)
+
     def _at(self, path: str) -> Node | None:
         """The node at a path, if it is in memory."""
         node: Node | None = self.inodes.root
@@ -424,18 +439,21 @@ class Vfs:
         return node
 
     def _uploaded(self, path: str, info: ObjectInfo, done: bool) -> None:
-        """The write-back queue stored a file (`done`: what it queued last; otherwise
-        a newer hand-over follows)."""
+        """The write-back queue stored a file (`done`: nothing newer is queued)."""
         node = self._at(path)
         if node is None or node.staging is None or node.kind == DIR:
             return
+        self._stored_as(node, info)
+
+    def _stored_as(self, node: Node, info: ObjectInfo) -> None:
         node.etag = node.page_cache_etag = info.etag
         node.checked_at = trio.current_time()
         node.complete = True
-        if done and node.staging.queued is not None and (
-                node.staging.queued[0] == node.staging.generation):
-            node.staging.dirty = False  # unless written since (not handed over yet)
-            node.staging.queued = None
+        staging = node.staging
+        if staging is not None and self.writeback.get(node.key) is None and (
+                staging.queued == (staging.generation, metadata_of(node.attrs))):
+            staging.dirty = False  # unless changed since its last hand-over
+            staging.queued = None
         if node.parent is not None:
             self._listing_put(node.parent, node.name, node.kind, info)
         self._drop_staging_if_clean(node)
@@ -443,22 +461,24 @@ class Vfs:
 
     def _conflicted(self, path: str, conflict: str, info: ObjectInfo) -> None:
         """Someone else changed the object while our version waited: ours went to
-        `conflict`; the name shows the store's version again."""
+        `conflict` (beside it), and the file as this mount has it, open descriptors
+        included, lives on under that name; the old name shows the store's version."""
         node = self._at(path)
-        if node is not None and node.parent is not None:
-            parent = node.parent
-            self.inodes.detach(node)
-            if parent.listing is not None:
-                parent.listing.at = -math.inf
-            parent.changes += 1
-            self._persist_change(parent, node.name, node.kind, None)
-            if node.staging is not None:
-                node.staging.dirty = False
-            self._drop_staging_if_clean(node)
-        parent_path, _, name = conflict.rpartition("/")
-        beside = self._at(parent_path)
-        if beside is not None and beside.kind == DIR:
-            self._listing_put(beside, name, FILE, info)
+        if node is None or node.parent is None or node.kind == DIR:
+            return
+        parent = node.parent
+        if parent.children.get(node.name) is node:
+            del parent.children[node.name]
+        parent.changes += 1
+        if parent.listing is not None:
+            parent.listing.at = -math.inf  # list again: the old name is theirs now
+        self._persist_change(parent, node.name, node.kind, None)
+        node.name = conflict.rpartition("/")[2]
+        old = parent.children.get(node.name)
+        if old is not None:
+            self.inodes.detach(old)
+        parent.children[node.name] = node
+        self._stored_as(node, info)
 
     def _drop_staging_if_clean(self, node: Node) -> None:
         if node.opens == 0 and node.staging is not None and (
@@ -545,7 +565,7 @@ class Vfs:
                 node.etag = info.etag
             node.checked_at = trio.current_time()
         if node.opens == 0:
-            self._submit(node)  # a path truncate, or new attributes of a queued file
+            await self._handover(node)  # a path truncate, or new attributes of a queued file
             self._drop_staging_if_clean(node)
         return node
 
@@ -830,7 +850,7 @@ class Vfs:
     async def flush(self, fh: int) -> None:
         handle = self.handle(fh)
         if handle.writable:
-            self._submit(handle.node)
+            await self._handover(handle.node)
 
     async def fsync(self, fh: int) -> None:
         node = self.handle(fh).node
@@ -838,7 +858,7 @@ class Vfs:
         if staging is None or not staging.dirty or node.unlinked:
             return
         await trio.to_thread.run_sync(os.fsync, staging.fd)
-        self._submit(node, durable=True)
+        await self._handover(node, durable=True)
         if self.fsync_upload:
             await self.writeback.wait_uploaded(node.key)
 
@@ -850,7 +870,7 @@ class Vfs:
         node.opens -= 1
         if node.opens == 0:
             try:
-                self._submit(node)  # a writer that never flushed (or a failed flush)
+                await self._handover(node)  # a writer that never flushed (or a failed flush)
             except OSError as e:  # nobody hears a release's error: say it in the log
                 log.error("%s: closed with changes that cannot be queued for upload (kept "
                           "in %s until the next close or unmount): %s", node.path,
@@ -903,6 +923,17 @@ class Vfs:
         new_parent = self._dir_of(self.node(new_parent_ino))
         if old_parent is new_parent and old_name == new_name:
             return
+        while src in self._moving:  # one move of a node at a time
+            await self._moving[src].wait()
+        moved = self._moving[src] = trio.Event()  # closes below it wait for the new name
+        try:
+            await self._rename(old_parent, old_name, src, new_parent, new_name, flags)
+        finally:
+            del self._moving[src]
+            moved.set()
+
+    async def _rename(self, old_parent: Node, old_name: str, src: Node, new_parent: Node,
+                      new_name: str, flags: int) -> None:
         dst = await self._find(new_parent, new_name)
         if dst is not None and flags & RENAME_NOREPLACE:
             raise FsError(errno.EEXIST, f"{dst.path} exists")
@@ -958,9 +989,13 @@ class Vfs:
             if await self.writeback.rename(old_key, new_key, replaced):
                 # its content is still to be uploaded: it will be, under the new name (the
                 # journal says so first, so a crash now cannot bring the old name back)
-                if stored:
-                    await self.backend.delete(old_key)
                 src.etag = replaced
+                if stored:
+                    try:
+                        await self.backend.delete(old_key)
+                    except BackendError as e:  # the move stands; the old copy stays
+                        log.warning("renamed %s to %s, but its old object stays in the "
+                                    "store: %s", old_key, new_key, e)
                 return
             if not stored:
                 src.etag = replaced  # created here, not flushed yet: nothing to move

@@ -542,7 +542,7 @@ S3_CODES = [
     ("NoSuchKey", 404, NotFound), ("404", 404, NotFound), ("NoSuchBucket", 404, ContainerMissing),
     ("AccessDenied", 403, PermissionDenied), ("InvalidAccessKeyId", 403, PermissionDenied),
     ("SignatureDoesNotMatch", 403, PermissionDenied), ("ExpiredToken", 400, PermissionDenied),
-    ("PreconditionFailed", 412, Conflict), ("OperationAborted", 409, Conflict),
+    ("PreconditionFailed", 412, Conflict), ("OperationAborted", 409, Transient),
     ("SlowDown", 503, Throttled), ("Throttling", 400, Throttled),
     ("TooManyRequests", 429, Throttled), ("RequestTimeout", 400, Transient),
     ("InternalError", 500, Transient), ("502", 502, Transient), ("504", 504, Transient),

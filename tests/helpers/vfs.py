@@ -3,16 +3,19 @@ queue journals in a directory of its own and uploads in the test's nursery."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
 import trio
 
-from stormount.backends import Backend
+from stormount.backends import Backend, list_all
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig, WritebackConfig
+from stormount.errors import FsError, NotFound
 from stormount.vfs.fs import Vfs
+from stormount.vfs.nodes import ROOT_INO
 from stormount.writeback import Journal, Writeback
 
 # uploads start as soon as a file is handed over, so tests observe the store promptly
@@ -55,3 +58,49 @@ class VfsFactory:
     def close(self) -> None:
         for vfs in self.made:
             vfs.writeback.journal.close()
+
+
+# --- what a user does and sees ---------------------------------------------------------
+
+UID, GID = 1000, 1000
+
+
+async def write(vfs: Vfs, name: str, data: bytes, parent: int = ROOT_INO) -> int:
+    """Create or overwrite `name` and close it; its inode."""
+    try:
+        node = await vfs.lookup(parent, name)
+        fh = await vfs.open(node.ino, os.O_WRONLY | os.O_TRUNC)
+    except FsError:
+        fh, node = await vfs.create(parent, name, 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
+    await vfs.write(fh, 0, data)
+    await vfs.flush(fh)
+    await vfs.release(fh)
+    return node.ino
+
+
+async def stored(backend: Backend, key: str) -> bytes | None:
+    try:
+        info = await backend.head(key)
+    except NotFound:
+        return None
+    return await backend.get_range(key, 0, info.size) if info.size else b""
+
+
+async def keys(backend: Backend) -> list[str]:
+    objects, _ = await list_all(backend, "", "")
+    return sorted(o.key for o in objects)
+
+
+async def read(vfs: Vfs, path: str) -> bytes:
+    node = vfs.node(ROOT_INO)
+    for part in path.split("/"):
+        node = await vfs.lookup(node.ino, part)
+    fh = await vfs.open(node.ino, os.O_RDONLY)
+    try:
+        return await vfs.read(fh, 0, 1 << 20)
+    finally:
+        await vfs.release(fh)
+
+
+async def at(t0: float, seconds: float) -> None:
+    await trio.sleep_until(t0 + seconds)

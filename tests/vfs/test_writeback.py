@@ -9,87 +9,21 @@ import errno
 import os
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from stormount.backends import Backend, list_all, open_backend
-from stormount.backends.memory import _STORES
 from stormount.cache.blocks import BlockCache
-from stormount.config import CacheConfig, WritebackConfig, parse_tier_url
-from stormount.errors import FsError, NotFound, PermissionDenied, Transient
+from stormount.config import CacheConfig, WritebackConfig
+from stormount.errors import PermissionDenied, Transient
 from stormount.vfs.attrs import metadata_of
-from stormount.vfs.fs import Vfs
 from stormount.vfs.nodes import ROOT_INO
 from stormount.writeback import FAILING, QUEUED, read_pending
-from tests.helpers.faults import FaultyBackend
-from tests.helpers.vfs import VfsFactory
+from tests.helpers.vfs import GID, UID, at, keys, read, stored, write
 
-UID, GID = 1000, 1000
 SLOW = WritebackConfig(debounce=2.0)
-
-
-@pytest.fixture
-def store_url():
-    name = f"wb-{uuid.uuid4().hex}"
-    yield f"memory://{name}"
-    _STORES.pop(name, None)
-
-
-@pytest.fixture
-def backend(store_url) -> FaultyBackend:
-    return FaultyBackend(open_backend(parse_tier_url(store_url)))
-
-
-@pytest.fixture
-async def factory(tmp_path, nursery) -> AsyncIterator[VfsFactory]:
-    made = VfsFactory(tmp_path, nursery)
-    yield made
-    made.close()
-
-
-async def write(vfs: Vfs, name: str, data: bytes, parent: int = ROOT_INO) -> int:
-    """Create or overwrite `name` and close it; its inode."""
-    try:
-        node = await vfs.lookup(parent, name)
-        fh = await vfs.open(node.ino, os.O_WRONLY | os.O_TRUNC)
-    except FsError:
-        fh, node = await vfs.create(parent, name, 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
-    await vfs.write(fh, 0, data)
-    await vfs.flush(fh)
-    await vfs.release(fh)
-    return node.ino
-
-
-async def stored(backend: Backend, key: str) -> bytes | None:
-    try:
-        info = await backend.head(key)
-    except NotFound:
-        return None
-    return await backend.get_range(key, 0, info.size) if info.size else b""
-
-
-async def keys(backend: Backend) -> list[str]:
-    objects, _ = await list_all(backend, "", "")
-    return sorted(o.key for o in objects)
-
-
-async def read(vfs: Vfs, path: str) -> bytes:
-    node = vfs.node(ROOT_INO)
-    for part in path.split("/"):
-        node = await vfs.lookup(node.ino, part)
-    fh = await vfs.open(node.ino, os.O_RDONLY)
-    try:
-        return await vfs.read(fh, 0, 1 << 20)
-    finally:
-        await vfs.release(fh)
-
-
-async def at(t0: float, seconds: float) -> None:
-    await trio.sleep_until(t0 + seconds)
 
 
 # --- debounce and requeue ---------------------------------------------------------------
