@@ -37,7 +37,7 @@ check: install
 
 # The benchmark suite (benchmarks/, see benchmarks/results/README.md): installs fio and
 # rclone when missing, then measures stormount beside boto3, local files and rclone in one
-# run (~15 min). `make bench ARGS=--quick` is a ~3 min smoke run.
+# run (~20 min). `make bench ARGS=--quick` is a ~4 min smoke run.
 bench: install
 	@bash benchmarks/install-tools.sh
 	$(BIN)/python benchmarks/run.py $(ARGS)

@@ -45,6 +45,7 @@ from stormount.errors import BackendError, Changed, NotFound, Transient
 log = logging.getLogger(__name__)
 
 QUEUED, UPLOADING, FAILING = "queued", "uploading", "failing"
+MARKER = ""  # the staging of a directory marker: it has no content
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -85,6 +86,8 @@ class Upload:
 
 
 def _size(path: str) -> int | None:
+    if path == MARKER:
+        return 0
     try:
         return os.stat(path).st_size
     except OSError:
@@ -401,6 +404,9 @@ class Writeback:
             self._wake.set()
 
     async def _send(self, up: Upload) -> tuple[ObjectInfo, str | None]:
+        if up.staging == MARKER:
+            # a directory marker holds only metadata: the last one written wins
+            return await self.backend.put_bytes(up.path, b"", up.metadata), None
         try:
             return await self.backend.put_file(up.path, up.staging, up.metadata,
                                                if_match=up.base,

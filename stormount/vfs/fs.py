@@ -35,7 +35,7 @@ from stormount.vfs.attrs import (
 )
 from stormount.vfs.nodes import InodeTable, Listing, Node, Staging
 from stormount.vfs.reader import Reader, ReadState
-from stormount.writeback import Upload, Writeback
+from stormount.writeback import MARKER, Upload, Writeback
 
 log = logging.getLogger(__name__)
 
@@ -420,14 +420,21 @@ class Vfs:
     async def _handover(self, node: Node, *, durable: bool = False) -> None:
         """`_submit` once no rename is moving the file or a directory above it (the
         queue entry would get the old name)."""
-        while self._moving:
-            above: Node | None = node
-            while above is not None and above not in self._moving:
-                above = above.parent
-            if above is None:
-                break
-            await self._moving[above].wait()
+        while (moving := self._moving_above(node)) is not None:
+            await moving.wait()
         self._submit(node, durable=durable)
+
+    def _moving_above(self, node: Node) -> trio.Event | None:
+        """The event of a rename moving this node or a directory above it."""
+        if not self._moving:
+            return None
+        above: Node | None = node
+        while above is not None:
+            event = self._moving.get(above)
+            if event is not None:
+                return event
+            above = above.parent
+        return None
 
     def _at(self, path: str) -> Node | None:
         """The node at a path, if it is in memory."""
@@ -440,8 +447,19 @@ class Vfs:
 
     def _uploaded(self, path: str, info: ObjectInfo, done: bool) -> None:
         """The write-back queue stored a file (`done`: nothing newer is queued)."""
-        node = self._at(path)
-        if node is None or node.staging is None or node.kind == DIR:
+        node = self._at(path.rstrip("/"))
+        if node is None:
+            return
+        if node.kind == DIR:
+            if path.endswith("/") and self.writeback.get(path) is None:
+                node.marker_queued = False
+                node.etag = info.etag
+                node.checked_at = trio.current_time()
+                if node.parent is not None:
+                    self._listing_put(node.parent, node.name, DIR, None)
+                self.inodes.maybe_drop(node)
+            return
+        if node.staging is None:
             return
         self._stored_as(node, info)
 
@@ -558,8 +576,7 @@ class Vfs:
             elif node is self.inodes.root:
                 pass  # the root's attributes come from the mount options
             elif node.kind == DIR:
-                info = await self.backend.put_bytes(node.key, b"", metadata_of(node.attrs))
-                node.etag = info.etag
+                await self._queue_marker(node)
             elif node.etag is not None:
                 info = await self.backend.copy(node.key, node.key, metadata_of(node.attrs))
                 node.etag = info.etag
@@ -722,13 +739,28 @@ class Vfs:
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
                       mtime_ns=now, ctime_ns=now)
-        info = await self.backend.put_bytes(_join(parent, name) + "/", b"", metadata_of(attrs))
-        node = self._child_from_object(parent, name, DIR, info, complete=True)
-        node.attrs = attrs
-        node.listing = Listing(entries={}, at=trio.current_time())
-        self._listing_put(parent, name, DIR, info)
+        node = self.inodes.add(parent, name, attrs)
+        node.complete = True
+        node.checked_at = trio.current_time()
+        node.listing = Listing(entries={}, at=trio.current_time())  # new: known empty
+        await self._queue_marker(node)
+        self._listing_put(parent, name, DIR, None)
         node.lookups += 1
         return node
+
+    async def _queue_marker(self, node: Node) -> None:
+        """Journal a directory's marker (with its attributes) for upload: mkdir, chmod
+        and utimes of a directory coalesce into one PUT after the debounce."""
+        while self._moving_above(node) is not None:
+            await self._moving_above(node).wait()  # type: ignore[union-attr]
+        key = node.key
+        try:
+            self.writeback.submit(key, MARKER, None, metadata_of(node.attrs))
+        except OSError as e:
+            if e.errno != errno.ENOSPC or not self._make_room(1 << 20):
+                raise
+            self.writeback.submit(key, MARKER, None, metadata_of(node.attrs))
+        node.marker_queued = True
 
     async def _is_empty(self, node: Node) -> bool:
         if any(c.etag is None and not c.unlinked for c in node.children.values()):
@@ -742,6 +774,8 @@ class Vfs:
         self._dir_of(node)
         if not await self._is_empty(node):
             raise FsError(errno.ENOTEMPTY, f"{node.path} is not empty")
+        await self.writeback.discard(node.key)
+        node.marker_queued = False
         await self.backend.delete(node.key)
         for child in list(node.children.values()):
             self.inodes.detach(child)
@@ -1100,6 +1134,13 @@ class Vfs:
         from their staging files) and queue their uploads again."""
         restored = []
         for up in self.writeback.restore():
+            if up.staging == MARKER:
+                node = self._restore_dirs(up.path.rstrip("/"))
+                info = ObjectInfo(key=up.path, size=0, mtime=0.0, etag="", metadata=up.metadata)
+                node.attrs = attrs_from_object(info, DIR, self.fuse)
+                node.marker_queued = True
+                restored.append(up)
+                continue
             try:
                 fd = os.open(up.staging, os.O_RDWR | os.O_CLOEXEC)
             except OSError as e:
@@ -1107,16 +1148,8 @@ class Vfs:
                           "queue", up.path, up.staging, e.strerror)
                 self.writeback.forget(up.path)
                 continue
-            parent = self.inodes.root
-            *dirs, name = up.path.split("/")
-            for part in dirs:
-                child = parent.children.get(part)
-                if child is None or child.kind != DIR:
-                    child = self._child_from_object(
-                        parent, part, DIR, self._implied_dir(_join(parent, part) + "/"),
-                        complete=False)
-                    child.checked_at = -math.inf
-                parent = child
+            dirs, _, name = up.path.rpartition("/")
+            parent = self._restore_dirs(dirs)
             size = os.fstat(fd).st_size
             info = ObjectInfo(key=up.path, size=size, mtime=0.0, etag=up.base or "",
                               metadata=up.metadata)
@@ -1131,6 +1164,19 @@ class Vfs:
         if restored:
             log.info("%d file(s) from an earlier run are queued for upload", len(restored))
         return restored
+
+    def _restore_dirs(self, path: str) -> Node:
+        """The directory at `path`, with the nodes leading to it made where missing."""
+        parent = self.inodes.root
+        for part in path.split("/") if path else []:
+            child = parent.children.get(part)
+            if child is None or child.kind != DIR:
+                child = self._child_from_object(
+                    parent, part, DIR, self._implied_dir(_join(parent, part) + "/"),
+                    complete=False)
+                child.etag = None  # there, whatever the store says: queued files are in it
+            parent = child
+        return parent
 
     async def shutdown(self) -> list[str]:
         """Queue what is still open and changed, then upload the whole queue (the caller

@@ -66,6 +66,7 @@ class Node:
     lock: trio.Lock = field(default_factory=trio.Lock)  # serialises staging and uploads
     changes: int = 0  # own changes to this directory's entries, to spot racing listings
     refreshing: bool = False  # a background refresh of its listing is under way
+    marker_queued: bool = False  # a directory whose marker waits in the upload queue
 
     @property
     def kind(self) -> str:
@@ -130,8 +131,9 @@ class InodeTable:
             return
         if node.children:
             return  # children still name it as their parent
-        if node.staging is not None and node.staging.dirty and not node.unlinked:
-            return  # data not in the store yet: never drop it
+        if not node.unlinked and (node.marker_queued or (
+                node.staging is not None and node.staging.dirty)):
+            return  # not in the store yet: never drop it
         self._nodes.pop(node.ino, None)
         parent = node.parent
         if parent is not None and parent.children.get(node.name) is node:

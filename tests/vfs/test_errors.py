@@ -82,7 +82,7 @@ async def test_object_removed_by_someone_else_while_open_is_estale(setup):
 async def test_conflict_is_eexist(setup):
     backend, ops = setup
     backend.fail("put_bytes", Conflict("name clash"))
-    assert await fuse_errno(ops.mkdir(ROOT_INO, b"d", 0o755, Ctx())) == errno.EEXIST
+    assert await fuse_errno(ops.symlink(ROOT_INO, b"ln", b"target", Ctx())) == errno.EEXIST
 
 
 async def test_missing_object_is_negative_entry(setup):

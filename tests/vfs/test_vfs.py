@@ -348,11 +348,13 @@ async def test_chown_and_utimens_are_stored_in_metadata(vfs):
 async def test_chmod_directory_is_stored_on_its_marker(vfs, other):
     d = await vfs.mkdir(ROOT_INO, "d", 0o755, UID, GID)
     await vfs.setattr(d.ino, mode=0o700)
+    await settled()
     assert int((await vfs.backend.head("d/")).metadata["mode"]) == stat.S_IFDIR | 0o700
     # a directory that was only implied by a key below it gets a marker
     await put(other, "implied/f", b"x")
     implied = await vfs.lookup(ROOT_INO, "implied")
     await vfs.setattr(implied.ino, mode=0o711)
+    await settled()
     assert int((await vfs.backend.head("implied/")).metadata["mode"]) == stat.S_IFDIR | 0o711
     assert await store_get(vfs.backend, "implied/f") == b"x"
 

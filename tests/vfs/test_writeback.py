@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -270,15 +271,17 @@ async def test_restart_restores_queued_files_and_uploads_them(
     await write(first, "b", b"beta", parent=d.ino)
     backend.fail("put_file", Transient("store down"))
     second = factory(backend, writeback=SLOW, directory=first.directory)
-    assert sorted(up.path for up in second.restore()) == ["a", "d/b"]
+    assert sorted(up.path for up in second.restore()) == ["a", "d/", "d/b"]
     # listed with their local size and readable at once, from the staging files
     assert (await second.lookup(ROOT_INO, "a")).attrs.size == 5
     assert await read(second, "d/b") == b"beta"
-    assert await keys(backend) == ["d/"]
+    assert stat.S_IMODE((await second.lookup(ROOT_INO, "d")).attrs.mode) == 0o755
+    assert await keys(backend) == []
     backend.heal()
     await trio.sleep(30)
     assert await stored(backend, "a") == b"alpha"
     assert await stored(backend, "d/b") == b"beta"
+    assert await keys(backend) == ["a", "d/", "d/b"]
     assert second.writeback.pending() == []
 
 
