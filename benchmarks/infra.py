@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -244,18 +246,20 @@ class Session:
     # -- mounts ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def stormount(self, port: int, name: str, cache_dir: Path | None = None
-                  ) -> Iterator[Mount]:
-        """A background stormount mount of the bucket through 127.0.0.1:`port`."""
+    def stormount(self, port: int, name: str, cache_dir: Path | None = None,
+                  extra: tuple[str, ...] = ()) -> Iterator[Mount]:
+        """A background stormount mount of the bucket through 127.0.0.1:`port`; `extra`
+        are more `stormount mount` arguments, e.g. ("-o", "fsync=upload")."""
         mp = self.workdir / "mnt" / name
         mp.mkdir(parents=True, exist_ok=True)
         cache = cache_dir or self.workdir / "cache" / name
         url = f"s3://{BUCKET}?endpoint=http://127.0.0.1:{port}&region={REGION}"
-        r = subprocess.run([*stormount_cmd(), "mount", url, str(mp), "--cache-dir", str(cache)],
-                           env=bench_env(), capture_output=True, text=True, timeout=150)
+        argv = [*stormount_cmd(), "mount", url, str(mp), "--cache-dir", str(cache), *extra]
+        r = subprocess.run(argv, env=bench_env(), capture_output=True, text=True, timeout=150)
         if r.returncode != 0:
             raise MountFailed(r.stderr.strip() or f"exit {r.returncode}")
         m = Mount("stormount", mp, _stormount_pid(mp))
+        m.journal = cache / "journal.sqlite3"
         unmount = self.defer(f"mount {mp}", lambda: _unmount_stormount(m))
         try:
             yield m
@@ -264,8 +268,10 @@ class Session:
             unmount()
 
     @contextlib.contextmanager
-    def rclone(self, port: int, name: str) -> Iterator[Mount]:
-        """rclone mount --vfs-cache-mode full of the same bucket (env-var remote)."""
+    def rclone(self, port: int, name: str, rc: bool = False) -> Iterator[Mount]:
+        """rclone mount --vfs-cache-mode full of the same bucket (env-var remote). With
+        `rc`, its remote control listens on a loopback port, so that `pending_uploads`
+        can see its upload queue."""
         mp = self.workdir / "mnt" / name
         mp.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "rclone.conf"
@@ -279,8 +285,12 @@ class Session:
                     "RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE": "true"})
         argv = ["rclone", "mount", f"bench:{BUCKET}", str(mp), "--config", str(conf),
                 "--vfs-cache-mode", "full", "--cache-dir", str(self.workdir / "cache" / name)]
+        rc_port = free_port() if rc else None
+        if rc_port is not None:
+            argv += ["--rc", "--rc-no-auth", "--rc-addr", f"127.0.0.1:{rc_port}"]
         proc = self.spawn(name, argv, env, ready=lambda: mounted(mp) is not None)
         m = Mount("rclone", mp, proc.pid)
+        m.rc_port = rc_port
 
         def unmount() -> None:
             m.peak_rss_mib = m.peak_rss_mib or vm_hwm_mib(proc.pid)
@@ -307,6 +317,28 @@ class Mount:
     def __init__(self, kind: str, path: Path, pid: int | None) -> None:
         self.kind, self.path, self.pid = kind, path, pid
         self.peak_rss_mib: float | None = None
+        self.journal: Path | None = None  # stormount: its write-back queue
+        self.rc_port: int | None = None  # rclone with rc=True: its remote control
+
+
+def pending_uploads(m: Mount) -> int:
+    """Files the mount has accepted but not yet stored, seen from outside the mount:
+    stormount's journal (sqlite, read-only), rclone's `vfs/stats` over its remote
+    control. Neither touches the mounted filesystem, so this runs in-process."""
+    if m.journal is not None:
+        if not m.journal.exists():  # else read_pending() would say "nothing queued"
+            raise BenchError(f"no write-back journal at {m.journal}")
+        if str(REPO) not in sys.path:  # polled often: add it once
+            sys.path.insert(0, str(REPO))
+        from stormount.writeback import read_pending
+        return len(read_pending(str(m.journal)))
+    if m.rc_port is None:
+        raise BenchError(f"cannot see the upload queue of {m.kind} at {m.path}")
+    req = urllib.request.Request(f"http://127.0.0.1:{m.rc_port}/vfs/stats", data=b"{}",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        cache = json.load(resp)["diskCache"]
+    return int(cache["uploadsInProgress"]) + int(cache["uploadsQueued"])
 
 
 def bench_env() -> dict[str, str]:

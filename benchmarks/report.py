@@ -14,8 +14,9 @@ TIMES = "\u00d7"  # the multiplication sign of "0.9x"
 
 @dataclass
 class Goal:
-    """`kind` "ratio": stormount / reference compared with `value`; "abs": stormount
-    itself compared with `value`; "works": met when the figure was measured at all."""
+    """`kind` "ratio": stormount / reference compared with `value`; "peer": stormount /
+    rclone (not judged without rclone); "abs": stormount itself compared with `value`;
+    "works": met when the figure was measured at all."""
     kind: str
     op: str  # ">=" or "<="
     value: float
@@ -26,7 +27,8 @@ class Goal:
             return None if row.stormount is None and row.ok else row.ok
         if row.stormount is None:
             return None
-        x = row.ratio() if self.kind == "ratio" else row.stormount
+        x = row.ratio() if self.kind == "ratio" else \
+            row.peer_ratio() if self.kind == "peer" else row.stormount
         if x is None:
             return None
         return x >= self.value if self.op == ">=" else x <= self.value
@@ -55,6 +57,11 @@ class Row:
             return None
         return self.rclone / self.reference
 
+    def peer_ratio(self) -> float | None:
+        if self.stormount is None or not self.rclone:
+            return None
+        return self.stormount / self.rclone
+
     def note(self, text: str) -> None:
         self.notes.append(text)
 
@@ -62,13 +69,18 @@ class Row:
         d = asdict(self)
         d["ratio"] = self.ratio()
         d["rclone_ratio"] = self.rclone_ratio()
+        d["peer_ratio"] = self.peer_ratio()
         d["met"] = self.goal.met(self) if self.goal else None
         return d
 
 
-def ratio_goal(op: str, value: float, what: str) -> Goal:
-    """E.g. ratio_goal(">=", 0.9, "direct"): stormount at least 0.9 times the reference."""
-    return Goal("ratio", op, value, f"{'≥' if op == '>=' else '≤'} {value:g}{TIMES} {what}")
+def ratio_goal(op: str, value: float, what: str, quote: str = "", kind: str = "ratio"
+               ) -> Goal:
+    """E.g. ratio_goal(">=", 0.9, "direct"): stormount at least 0.9 times the reference;
+    `quote` adds the issue's figures behind the goal; kind="peer" compares with rclone."""
+    text = f"{'≥' if op == '>=' else '≤'} {value:g}{TIMES} {what}"
+    text += f" ({quote})" if quote else ""
+    return Goal(kind, op, value, text)
 
 
 def fmt(value: float | None, unit: str) -> str:

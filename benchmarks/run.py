@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`make bench`: stormount beside its references (boto3 on the same moto server, local
-files) and rclone mount as a peer, all in one run; prints a markdown table and writes
-JSON + markdown to benchmarks/results/. See benchmarks/results/README.md.
+files) and rclone mount as a peer, reads and writes, all in one run; prints a markdown
+table and writes JSON + markdown to benchmarks/results/. See benchmarks/results/README.md.
 
     .venv/bin/python benchmarks/run.py [--quick] [--seq-mib N] [--only SECTION,...]
 """
@@ -20,23 +20,30 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import report
 import workloads as w
+import writes
 from infra import BenchError, Session, log
 
 SECTIONS = {"seq": w.sequential, "random": w.random_reads, "ls": w.listing, "tree": w.tree,
-            "restart": w.restart_offline}
+            "restart": w.restart_offline, "write": writes.writes}
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help="64 MiB objects, 3 s fio runs, shorter limits (~3 min)")
+                    help="64 MiB objects and dd, 3 s fio runs, shorter limits (~4 min)")
     ap.add_argument("--seq-mib", type=int, help="sequential object size (default 512, quick 64)")
     ap.add_argument("--rand-mib", type=int, help="random-read object (default 256, quick 64)")
     ap.add_argument("--fio-seconds", type=float, help="fio/ranged-GET run time (10, quick 3)")
     ap.add_argument("--read-deadline", type=float,
                     help="a sequential read stops after this many seconds (60, quick 20)")
     ap.add_argument("--op-timeout", type=float,
-                    help="timeout for one ls/find/cp/stat on a mount (120, quick 60)")
+                    help="timeout for one ls/find/cp/stat/tar/dd/mv on a mount (120, quick 60)")
+    ap.add_argument("--write-mib", type=int, help="dd file of `write` (default 512, quick 64)")
+    ap.add_argument("--tar-files", type=int, default=2000,
+                    help="about this many files in the tar archive of `write` (2000)")
+    ap.add_argument("--upload-deadline", type=float,
+                    help="`write` waits this long for the bucket to show a write (240, "
+                         "quick 120)")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
     ap.add_argument("--no-rclone", action="store_true", help="skip the rclone peer")
@@ -56,7 +63,10 @@ def main() -> int:
         rand_size=(a.rand_mib or (64 if q else 256)) * w.MiB,
         fio_seconds=a.fio_seconds or (3 if q else 10),
         read_deadline=a.read_deadline or (20 if q else 60),
-        op_timeout=a.op_timeout or (60 if q else 120))
+        op_timeout=a.op_timeout or (60 if q else 120),
+        write_size=(a.write_mib or (64 if q else 512)) * w.MiB,
+        tar_files=a.tar_files,
+        upload_deadline=a.upload_deadline or (120 if q else 240))
     only = [s for s in a.only.split(",") if s]
     unknown = set(only) - set(SECTIONS)
     if unknown:
@@ -66,7 +76,7 @@ def main() -> int:
 
     started, t0 = time.strftime("%Y-%m-%d %H:%M:%S"), time.perf_counter()
     load0 = os.getloadavg()[0]
-    rows = w.make_rows(params)
+    rows = w.make_rows(params) | writes.make_rows(params)
     notes: list[str] = []
     has_fio = shutil.which("fio") is not None
     has_rclone = shutil.which("rclone") is not None and not a.no_rclone
@@ -113,7 +123,8 @@ def main() -> int:
     meta = {"started": started, "duration_s": time.perf_counter() - t0,
             "parameters": (f"sequential {params.seq_size // w.MiB} MiB, random "
                            f"{params.rand_size // w.MiB} MiB, fio {params.fio_seconds:g} s, "
-                           f"read limit {params.read_deadline:g} s"
+                           f"read limit {params.read_deadline:g} s, dd "
+                           f"{params.write_size // w.MiB} MiB, tar ~{params.tar_files} files"
                            + (" (--quick)" if q else "")),
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                         "python": platform.python_version(), "load_start": load0,

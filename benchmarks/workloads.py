@@ -39,6 +39,9 @@ class Params:
     fio_seconds: float
     read_deadline: float  # a sequential read stops here and reports what it did
     op_timeout: float  # ls, find, cp, stat on a mount are killed after this
+    write_size: int = 512 * MiB  # the dd file of the write section
+    tar_files: int = 2000  # about this many files in the write section's tar archive
+    upload_deadline: float = 240.0  # a write section's wait for the bucket gives up here
 
 
 @dataclass

@@ -1,0 +1,379 @@
+"""The write path (section `write`). Write-back splits every write in two waits: the one a
+user sees (the command returns) and the one the store sees (the objects are listed in the
+bucket). Each figure is measured on a fresh mount beside the same work done on a local
+disk or directly with boto3, and on rclone's `--vfs-cache-mode full` as the peer.
+
+"In the bucket" is decided from outside the mount, the same way for every contender: the
+mount's upload queue is empty (stormount's journal, rclone's remote control) and then a
+listing or HEAD shows every object at its full size. The time ends after that check, so
+every "in the bucket" figure, the direct reference's too, includes one such check."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import random
+import stat
+import sysconfig
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+from infra import BUCKET, Mount, log, pending_uploads
+from report import Goal, Row, ratio_goal
+from workloads import Bench, MiB, Params, guarded, timed
+
+RENAME_SIZE = 100 * MiB
+SMALL_FILE = MiB  # the tar tree takes no directory holding a file larger than this
+POLL = 0.05  # seconds between two looks at a queue or the bucket
+
+
+@dataclass
+class Archive:
+    path: Path
+    sizes: dict[str, int]  # regular file (relative name) -> size
+    dirs: list[str]  # the site-packages directories it was made of
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.sizes.values())
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def scratch(b: Bench) -> Path:
+    d = b.session.workdir / "write"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def mount_of(b: Bench, kind: str, name: str, extra: tuple[str, ...] = ()
+             ) -> AbstractContextManager[Mount]:
+    if kind == "stormount":
+        return b.session.stormount(b.port, name, extra=extra)
+    return b.session.rclone(b.port, name, rc=True)  # rc: its upload queue is visible
+
+
+def kinds(b: Bench) -> list[str]:
+    return ["stormount"] + (["rclone"] if b.has_rclone else [])
+
+
+def listed(client: Any, prefix: str) -> dict[str, int]:
+    """Key -> size of every object under `prefix`."""
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+    return out
+
+
+def has_all(client: Any, prefix: str, sizes: dict[str, int]) -> bool:
+    got = listed(client, prefix)
+    return all(got.get(prefix + name) == size for name, size in sizes.items())
+
+
+def object_size(client: Any, key: str) -> int | None:
+    try:
+        return int(client.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
+    except ClientError:  # 404: not (yet) there
+        return None
+
+
+def wait_for(cond: Callable[[], bool], limit: float, what: str) -> None:
+    """Poll `cond` until it holds; RuntimeError after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not so after {limit:.0f} s")
+        time.sleep(POLL)
+
+
+def stored(m: Mount, check: Callable[[], bool]) -> Callable[[], bool]:
+    """The mount's queue is empty and `check` (a look at the bucket) holds. The cheap
+    queue comes first, so the bucket is only listed once uploads look done; the check
+    still matters, since a file closed just before the command returned may not be
+    queued yet (FUSE's release is asynchronous)."""
+    return lambda: pending_uploads(m) == 0 and check()
+
+
+def guarded_all(rows: list[Row], who: str, fn: Callable[[], None]) -> None:
+    """guarded() for a step that fills several rows (e.g. a mount): its failure is
+    noted on each of them."""
+    scratch_row = Row(rows[0].key, "", "")
+    guarded(scratch_row, who, fn)
+    for row in rows:
+        row.notes.extend(scratch_row.notes)
+
+
+def random_file(path: Path, size: int) -> None:
+    """Incompressible bytes, left in the page cache (dd then reads its source from RAM)."""
+    with open(path, "wb") as f:
+        for _ in range(0, size, 8 * MiB):
+            f.write(random.randbytes(min(8 * MiB, size - f.tell())))
+
+
+def multipart() -> TransferConfig:
+    return TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB,
+                          max_concurrency=10)
+
+
+# -- tar x of ~2,000 small files ----------------------------------------------------------
+
+def tree_dirs(site: Path, target: int) -> Iterator[tuple[str, int]]:
+    """Top-level directories of `site` in name order, with their file counts, until about
+    `target` files: a real tree of mostly small files (sources, stubs, package metadata)
+    that every machine running the benchmark has. A directory holding a file over
+    SMALL_FILE, a symlink or a hard link is passed over (small regular files only), and
+    so is one that would overshoot the target by more than 10%."""
+    n = 0
+    for d in sorted(site.iterdir()):
+        if not d.is_dir() or d.name.startswith("_") or d.is_symlink():
+            continue
+        count, ok = 0, True
+        for root, dirs, files in os.walk(d):
+            dirs[:] = [x for x in dirs if x != "__pycache__"]
+            for f in files:
+                st = (Path(root) / f).lstat()
+                ok = ok and stat.S_ISREG(st.st_mode) and st.st_nlink == 1 \
+                    and st.st_size <= SMALL_FILE
+                count += 1
+        if ok and count and n + count <= target * 1.1:
+            n += count
+            yield d.name, count
+            if n >= target:
+                return
+
+
+def build_archive(b: Bench) -> Archive:
+    """`tar cf` of part of this venv's site-packages, without __pycache__ (a source tree,
+    as an sdist is). Built at bench time, so nothing is shipped or downloaded."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    dirs = [name for name, _ in tree_dirs(site, b.params.tar_files)]
+    path = scratch(b) / "tree.tar"
+    timed(["tar", "cf", str(path), "--exclude=__pycache__", "-C", str(site), *dirs], 300)
+    with tarfile.open(path) as tf:
+        sizes = {m.name: m.size for m in tf.getmembers() if m.isfile()}
+    return Archive(path, sizes, dirs)
+
+
+def tar_x(arch: Archive, dest: Path) -> list[str]:
+    # --no-same-owner: as root tar would chown every file, which is not what is measured
+    return ["tar", "xf", str(arch.path), "--no-same-owner", "-C", str(dest)]
+
+
+def untar(b: Bench, arch: Archive) -> None:
+    ret, store = b.rows["untar_return"], b.rows["untar_store"]
+    to, limit = b.params.op_timeout, b.params.upload_deadline
+    bodies = {}
+    with tarfile.open(arch.path) as tf:
+        for name in arch.sizes:
+            f = tf.extractfile(name)
+            assert f is not None
+            bodies[name] = f.read()
+
+    def local() -> None:
+        dest = scratch(b) / "untar-local"
+        dest.mkdir()
+        ret.reference = timed(tar_x(arch, dest), to)
+
+    def direct() -> None:
+        prefix = "untar-direct/"
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda kv: b.s3.put_object(Bucket=BUCKET, Key=prefix + kv[0],
+                                                     Body=kv[1]), bodies.items()))
+        if not has_all(b.s3, prefix, arch.sizes):
+            raise RuntimeError("the bucket does not list every file after the uploads")
+        store.reference = time.perf_counter() - t0
+
+    def mounted(kind: str) -> None:
+        prefix = f"untar-{kind}/"
+        with mount_of(b, kind, f"{kind}-untar") as m:
+            timed(["mkdir", str(m.path / prefix)], to)
+            t0 = time.perf_counter()
+
+            def run_tar() -> None:
+                setattr(ret, kind, timed(tar_x(arch, m.path / prefix), to))
+
+            def until_stored() -> None:
+                check = stored(m, lambda: has_all(b.s3, prefix, arch.sizes))
+                wait_for(check, limit, "every file in the bucket")
+                setattr(store, kind, time.perf_counter() - t0)
+
+            guarded(ret, kind, run_tar)
+            if getattr(ret, kind) is None:
+                store.note(f"{kind}: not measured, tar did not finish")
+                return
+            guarded(store, kind, until_stored)
+
+    log(f"tar x of {len(arch.sizes)} files: local, direct uploads")
+    guarded(ret, "local", local)
+    guarded(store, "direct", direct)
+    for kind in kinds(b):
+        log(f"tar x of {len(arch.sizes)} files, {kind}")
+        guarded_all([ret, store], kind, partial(mounted, kind))
+    bodies.clear()
+    if ret.stormount is not None and ret.rclone is not None:
+        ret.note(f"stormount / rclone = {ret.stormount / ret.rclone:.2f}")
+    elif ret.stormount is not None:
+        ret.note("rclone not measured: the goal is not judged; Ratio is against local")
+
+
+# -- dd of a large file -------------------------------------------------------------------
+
+def dd(src: Path, dst: Path, size: int) -> list[str]:
+    return ["dd", f"if={src}", f"of={dst}", "bs=1M", f"count={size // MiB}", "conv=fsync",
+            "status=none"]
+
+
+def big_file(b: Bench) -> None:
+    rate, store, up = b.rows["dd_rate"], b.rows["dd_store"], b.rows["dd_fsync_upload"]
+    size, to, limit = b.params.write_size, b.params.op_timeout, b.params.upload_deadline
+    src = scratch(b) / "dd-source.bin"
+    random_file(src, size)
+
+    def local() -> None:
+        dst = scratch(b) / "dd-local.bin"
+        rate.reference = size / MiB / timed(dd(src, dst, size), to)
+        dst.unlink()
+
+    def direct() -> None:
+        key = "dd-direct.bin"
+        t0 = time.perf_counter()
+        b.s3.upload_file(str(src), BUCKET, key, Config=multipart())
+        if object_size(b.s3, key) != size:
+            raise RuntimeError("the object is not in the bucket after upload_file")
+        store.reference = up.reference = time.perf_counter() - t0
+
+    def mounted(kind: str) -> None:
+        key = f"dd-{kind}.bin"
+        with mount_of(b, kind, f"{kind}-dd") as m:
+            t0 = time.perf_counter()
+
+            def run_dd() -> None:
+                setattr(rate, kind, size / MiB / timed(dd(src, m.path / key, size), to))
+
+            def until_stored() -> None:
+                check = stored(m, lambda: object_size(b.s3, key) == size)
+                wait_for(check, limit, "the object in the bucket")
+                setattr(store, kind, time.perf_counter() - t0)
+
+            guarded(rate, kind, run_dd)
+            if getattr(rate, kind) is None:
+                store.note(f"{kind}: not measured, dd did not finish")
+                return
+            guarded(store, kind, until_stored)
+        if m.peak_rss_mib is not None:
+            rate.note(f"{kind} peak RSS {m.peak_rss_mib:.0f} MiB")
+
+    def fsync_upload() -> None:
+        key = "dd-fsync-upload.bin"
+        with mount_of(b, "stormount", "stormount-dd-upload", ("-o", "fsync=upload")) as m:
+            up.stormount = timed(dd(src, m.path / key, size), to)
+            there = object_size(b.s3, key) == size  # what fsync=upload promises
+        up.note(f"{size / MiB / up.stormount:.0f} MiB/s; the object was "
+                f"{'' if there else 'NOT '}in the bucket when dd returned")
+        up.ok = there
+
+    log(f"dd {size // MiB} MiB: local, direct upload")
+    guarded(rate, "local", local)
+    guarded(store, "direct", direct)
+    for kind in kinds(b):
+        log(f"dd {size // MiB} MiB, {kind}")
+        guarded_all([rate, store], kind, partial(mounted, kind))
+    log(f"dd {size // MiB} MiB, stormount -o fsync=upload")
+    guarded(up, "stormount", fsync_upload)
+    src.unlink()
+
+
+# -- rename of an object already in the bucket --------------------------------------------
+
+def rename(b: Bench) -> None:
+    row = b.rows["rename"]
+    to, limit = b.params.op_timeout, b.params.upload_deadline
+    src = scratch(b) / "rename-source.bin"
+    random_file(src, RENAME_SIZE)
+
+    def put(prefix: str) -> None:
+        b.s3.upload_file(str(src), BUCKET, prefix + "old.bin", Config=multipart())
+
+    def renamed(prefix: str) -> bool:
+        got = listed(b.s3, prefix)
+        return got.get(prefix + "new.bin") == RENAME_SIZE and prefix + "old.bin" not in got
+
+    def direct() -> None:
+        prefix = "mv-direct/"
+        put(prefix)
+        t0 = time.perf_counter()
+        b.s3.copy_object(Bucket=BUCKET, Key=prefix + "new.bin",
+                         CopySource={"Bucket": BUCKET, "Key": prefix + "old.bin"})
+        b.s3.delete_object(Bucket=BUCKET, Key=prefix + "old.bin")
+        if not renamed(prefix):
+            raise RuntimeError("the listing does not show the copy")
+        row.reference = time.perf_counter() - t0
+
+    def mounted(kind: str) -> None:
+        prefix = f"mv-{kind}/"
+        put(prefix)  # uploaded before the mount: the mount only knows it from the store
+        with mount_of(b, kind, f"{kind}-mv") as m:
+            d = m.path / prefix
+            t0 = time.perf_counter()
+            returned = timed(["mv", str(d / "old.bin"), str(d / "new.bin")], to)
+            wait_for(lambda: renamed(prefix), limit, "the new name alone in the bucket")
+            setattr(row, kind, time.perf_counter() - t0)
+        row.note(f"{kind}: mv returned after {returned:.3f} s")
+
+    log("rename of a 100 MiB object: direct")
+    guarded(row, "copy+delete", direct)
+    for kind in kinds(b):
+        log(f"rename of a 100 MiB object, {kind}")
+        guarded(row, kind, partial(mounted, kind))
+    src.unlink()
+
+
+# -- the section --------------------------------------------------------------------------
+
+def writes(b: Bench) -> None:
+    t0 = time.perf_counter()
+    tar_rows = [b.rows["untar_return"], b.rows["untar_store"]]
+    arch: list[Archive] = []
+    guarded_all(tar_rows, "building the archive", lambda: arch.append(build_archive(b)))
+    if arch:
+        a = arch[0]
+        tar_rows[0].note(f"{len(a.sizes):,} files, {a.bytes / MiB:.1f} MiB (mean "
+                         f"{a.bytes / len(a.sizes) / 1024:.0f} KiB): {len(a.dirs)} "
+                         f"directories of this venv's site-packages, {a.dirs[0]} to "
+                         f"{a.dirs[-1]}, without __pycache__")
+        untar(b, a)
+    big_file(b)
+    rename(b)
+    log(f"write section took {time.perf_counter() - t0:.0f} s")
+
+
+def make_rows(p: Params) -> dict[str, Row]:
+    dd_size = f"{p.write_size // MiB} MiB"
+    tar = f"`tar x` of ~{p.tar_files:,} small files"
+    rows = [
+        Row("untar_return", f"{tar}: until tar returns", "s", "same untar, local directory",
+            ratio_goal("<=", 0.5, "rclone full", "rclone 4.1 s, s3fs 44.7 s", kind="peer")),
+        Row("untar_store", f"{tar}: until every object is in the bucket", "s",
+            "boto3 put_object, 16 threads",
+            ratio_goal("<=", 1.3, "direct", "direct 5.8 s, rclone full 13.9 s")),
+        Row("dd_rate", f"`dd` {dd_size} `conv=fsync`, default fsync", "MiB/s",
+            "same dd to a local file",
+            Goal("abs", ">=", 600, "≥ 600 MiB/s (rclone full 680, s3fs 64)")),
+        Row("dd_store", f"`dd` {dd_size}: until the object is in the bucket", "s",
+            "boto3 upload_file, 8 MiB parts, 10 threads",
+            ratio_goal("<=", 1.2, "direct", "direct 4.2 s, rclone 14.5 s, s3fs 8.0 s")),
+        Row("dd_fsync_upload", f"`dd` {dd_size} `conv=fsync` with `-o fsync=upload`", "s",
+            "boto3 upload_file, as above"),
+        Row("rename", "`mv` of a 100 MiB object: until the bucket shows only the new name",
+            "s", "copy_object + delete_object", ratio_goal("<=", 1.2, "reference", "0.26 s")),
+    ]
+    return {r.key: r for r in rows}
