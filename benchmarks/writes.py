@@ -111,6 +111,23 @@ def guarded_all(rows: list[Row], who: str, fn: Callable[[], None]) -> None:
         row.notes.extend(scratch_row.notes)
 
 
+def run_then_stored(kind: str, m: Mount, t0: float, limit: float, first: Row,
+                    run: Callable[[], float], store: Row, check: Callable[[], bool],
+                    what: str) -> None:
+    """`first` gets what `run` measures; then, if it finished, `store` gets the seconds
+    from `t0` until the mount's queue is empty and `check` sees the bucket complete."""
+    guarded(first, kind, lambda: setattr(first, kind, run()))
+    if getattr(first, kind) is None:
+        store.note(f"{kind}: not measured, {what} did not finish")
+        return
+
+    def until_stored() -> None:
+        wait_for(stored(m, check), limit, f"what {what} wrote, in the bucket")
+        setattr(store, kind, time.perf_counter() - t0)
+
+    guarded(store, kind, until_stored)
+
+
 def random_file(path: Path, size: int) -> None:
     """Incompressible bytes, left in the page cache (dd then reads its source from RAM)."""
     with open(path, "wb") as f:
@@ -197,20 +214,9 @@ def untar(b: Bench, arch: Archive) -> None:
         with mount_of(b, kind, f"{kind}-untar") as m:
             timed(["mkdir", str(m.path / prefix)], to)
             t0 = time.perf_counter()
-
-            def run_tar() -> None:
-                setattr(ret, kind, timed(tar_x(arch, m.path / prefix), to))
-
-            def until_stored() -> None:
-                check = stored(m, lambda: has_all(b.s3, prefix, arch.sizes))
-                wait_for(check, limit, "every file in the bucket")
-                setattr(store, kind, time.perf_counter() - t0)
-
-            guarded(ret, kind, run_tar)
-            if getattr(ret, kind) is None:
-                store.note(f"{kind}: not measured, tar did not finish")
-                return
-            guarded(store, kind, until_stored)
+            run_then_stored(kind, m, t0, limit,
+                            ret, lambda: timed(tar_x(arch, m.path / prefix), to),
+                            store, lambda: has_all(b.s3, prefix, arch.sizes), "tar")
 
     log(f"tar x of {len(arch.sizes)} files: local, direct uploads")
     guarded(ret, "local", local)
@@ -255,20 +261,9 @@ def big_file(b: Bench) -> None:
         key = f"dd-{kind}.bin"
         with mount_of(b, kind, f"{kind}-dd") as m:
             t0 = time.perf_counter()
-
-            def run_dd() -> None:
-                setattr(rate, kind, size / MiB / timed(dd(src, m.path / key, size), to))
-
-            def until_stored() -> None:
-                check = stored(m, lambda: object_size(b.s3, key) == size)
-                wait_for(check, limit, "the object in the bucket")
-                setattr(store, kind, time.perf_counter() - t0)
-
-            guarded(rate, kind, run_dd)
-            if getattr(rate, kind) is None:
-                store.note(f"{kind}: not measured, dd did not finish")
-                return
-            guarded(store, kind, until_stored)
+            run_then_stored(kind, m, t0, limit,
+                            rate, lambda: size / MiB / timed(dd(src, m.path / key, size), to),
+                            store, lambda: object_size(b.s3, key) == size, "dd")
         if m.peak_rss_mib is not None:
             rate.note(f"{kind} peak RSS {m.peak_rss_mib:.0f} MiB")
 

@@ -16,6 +16,20 @@ from tests.helpers.vfs import GID, UID, keys, read, stored, write
 SLOW = WritebackConfig(debounce=2.0)
 
 
+async def rename_while_closing(vfs, fh: int, old: str, new: str) -> None:
+    """Rename `old` to `new` in the root; one second in, while the store still copies,
+    close `fh` (close() returns success)."""
+
+    async def closer() -> None:
+        await trio.sleep(1)
+        await vfs.flush(fh)
+        await vfs.release(fh)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(closer)
+        await vfs.rename(ROOT_INO, old, ROOT_INO, new)
+
+
 async def test_writes_after_a_conflict_follow_the_conflict_copy(factory, backend, autojump_clock):
     """A writer keeps the file open across a conflict: what it writes, fsyncs and closes
     afterwards follows its version to the conflict name."""
@@ -117,14 +131,7 @@ async def test_close_during_a_directory_rename_uploads_under_the_new_name(
     await vfs.write(fh, 0, b"written-during-rename")
     backend.fail("copy", 3.0)
 
-    async def closer():
-        await trio.sleep(1)
-        await vfs.flush(fh)
-        await vfs.release(fh)
-
-    async with trio.open_nursery() as n:
-        n.start_soon(closer)
-        await vfs.rename(ROOT_INO, "d", ROOT_INO, "e")
+    await rename_while_closing(vfs, fh, "d", "e")
     backend.heal()
     await trio.sleep(30)
     ks = await keys(backend)
@@ -191,14 +198,7 @@ async def test_close_during_a_file_rename_uploads_under_the_new_name(
     await vfs.write(fh, 0, b"v2-acknowledged")
     backend.fail("copy", 3.0)  # a big object: the server-side copy takes a while
 
-    async def closer():
-        await trio.sleep(1)
-        await vfs.flush(fh)  # close() returns success
-        await vfs.release(fh)
-
-    async with trio.open_nursery() as n:
-        n.start_soon(closer)
-        await vfs.rename(ROOT_INO, "f", ROOT_INO, "g")
+    await rename_while_closing(vfs, fh, "f", "g")
     backend.heal()
     await trio.sleep(30)
     contents = {k: await stored(backend, k) for k in await keys(backend)}
