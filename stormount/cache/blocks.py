@@ -32,7 +32,6 @@ import errno
 import fcntl
 import hashlib
 import logging
-import mmap
 import os
 import secrets
 import sqlite3
@@ -40,7 +39,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from stormount.errors import StartupError
 
@@ -52,7 +51,6 @@ GiB = 1 << 30
 SCHEMA = 1
 MAX_OPEN_FILES = 128  # block fds kept open: a hit is then one fstat + one pread
 RECENCY_FLUSH_SECONDS = 60.0
-_DIRECT_BUFFERS = 2  # aligned write buffers (memory: 4 blocks)
 _VERIFY_CHUNK = 1 * MiB  # checksum a block in chunks: bounded memory on the event loop
 
 Key = tuple[str, str, int]
@@ -201,7 +199,7 @@ class BlockCache:
         name = f"{h[:2]}/{base}"
         tmp, final = os.path.join(self._tmp, base), os.path.join(self._data, name)
         crc = zlib.crc32(data)
-        _write_file(tmp, data, self.block_size)  # outside the lock: the slow part
+        _write_file(tmp, data)  # outside the lock: the slow part
         try:
             # complete, but served only once the index names it (an orphan if we crash now)
             os.rename(tmp, final)
@@ -530,92 +528,17 @@ def _crc(fd: int, size: int) -> int:
     return crc
 
 
-class _AlignedBuffers:
-    """A few page-aligned buffers for O_DIRECT writes, shared by the writing threads: a
-    block written through the page cache costs the kernel fresh page-cache pages, and on
-    a cold sequential read that doubled the daemon's CPU (the kernel already caches the
-    same bytes for the mounted file). At most `count` buffers exist: memory stays bounded
-    however many threads write at once."""
-
-    def __init__(self, size: int, count: int) -> None:
-        self.size = size
-        self._free: list[mmap.mmap] = []
-        self._left = count
-        self._cond = threading.Condition()
-
-    @contextlib.contextmanager
-    def take(self) -> Iterator[mmap.mmap]:
-        with self._cond:
-            while not self._free and not self._left:
-                self._cond.wait()
-            if self._free:
-                buf = self._free.pop()
-            else:
-                self._left -= 1
-                buf = mmap.mmap(-1, self.size)  # anonymous maps are page-aligned
-        try:
-            yield buf
-        finally:
-            with self._cond:
-                self._free.append(buf)
-                self._cond.notify()
-
-
-_direct_buffers: dict[int, _AlignedBuffers] = {}
-_direct_lock = threading.Lock()
-_DIRECT_ALIGN = 4096  # the largest logical block size of common disks
-
-
-def _direct_pool(size: int) -> _AlignedBuffers:
-    padded = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
-    with _direct_lock:
-        pool = _direct_buffers.get(padded)
-        if pool is None:
-            pool = _direct_buffers[padded] = _AlignedBuffers(padded, _DIRECT_BUFFERS)
-        return pool
-
-
-def _write_file(path: str, data: bytes, block_size: int) -> None:
+def _write_file(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        if not (hasattr(os, "O_DIRECT") and _write_direct(fd, data, block_size)):
-            _write_all(fd, memoryview(data))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     except BaseException:
         os.close(fd)
         _unlink(path)
         raise
     os.close(fd)
-
-
-def _write_direct(fd: int, data: bytes, block_size: int) -> bool:
-    """Write `data` bypassing the page cache; False (nothing written) where the file
-    system refuses O_DIRECT (tmpfs, some FUSE and network file systems)."""
-    size = len(data)
-    padded = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-    except OSError:
-        return False
-    try:
-        with _direct_pool(max(block_size, size)).take() as buf:
-            buf[:size] = data
-            buf[size:padded] = bytes(padded - size)
-            _write_all(fd, memoryview(buf)[:padded])
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        return False
-    os.ftruncate(fd, size)  # the padding of a short last block goes
-    return True
-
-
-def _write_all(fd: int, view: memoryview) -> None:
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _unlink(path: str) -> None:

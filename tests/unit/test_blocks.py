@@ -354,10 +354,8 @@ def test_one_process_per_directory(make):
 
 
 @pytest.mark.parametrize("where", ["disk", "tmpfs"])
-def test_blocks_of_any_length_on_file_systems_with_and_without_direct_io(where, tmp_path):
-    """Blocks are written bypassing the page cache where the file system allows it
-    (O_DIRECT needs aligned lengths: a short last block is padded, then cut back) and
-    through it elsewhere; either way the file holds exactly the block."""
+def test_blocks_of_any_length_on_disk_and_tmpfs(where, tmp_path):
+    """Whatever the length and the file system, a block file holds exactly the block."""
     if where == "tmpfs":
         if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
             pytest.skip("no writable /dev/shm")
