@@ -178,7 +178,7 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        return None  # directory operations are synchronous with the store
+        await self.vfs.fsyncdir(fh)
 
     @fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,

@@ -229,15 +229,19 @@ class Vfs:
     def _implied_dir(self, key: str) -> ObjectInfo:
         return ObjectInfo(key=key, size=0, mtime=self._start_ns / 1e9, etag="", metadata=None)
 
-    async def _stat_remote(self, parent: Node, name: str,
-                           hint: str | None) -> tuple[str, ObjectInfo] | None:
+    async def _stat_remote(self, parent: Node, name: str, hint: str | None,
+                           listed_prefix: bool = False) -> tuple[str, ObjectInfo] | None:
         """What the store holds under this name: a directory wins over a file of the
-        same name (as in mountpoint-s3), since a directory cannot be shadowed safely."""
+        same name (as in mountpoint-s3), since a directory cannot be shadowed safely.
+        `listed_prefix`: a fresh listing showed keys under name/ (a directory, with or
+        without a marker), trusted within the listing TTL as its absences are."""
         key = _join(parent, name)
         if hint == DIR:
             try:
                 return DIR, await self.backend.head(key + "/")
             except NotFound:
+                if listed_prefix:
+                    return DIR, self._implied_dir(key + "/")
                 page = await self.backend.list(key + "/", "/", limit=1)
                 if page.objects or page.prefixes:
                     return DIR, self._implied_dir(key + "/")
@@ -300,10 +304,13 @@ class Vfs:
         entry = None if listing is None else listing.entries.get(name)
         if listing is not None and self._fresh(listing.at, self.cache.listing_ttl):
             if entry is None:
+                if child is not None and self._holds_queued(child):
+                    return child
                 if child is not None:
                     self.inodes.detach(child)
                 return None
             hint = entry[0]
+        listed_prefix = hint == DIR and entry is not None and entry[1] is None
         remembered = self._remembered(_join(parent, name), hint)
         if remembered is not None and entry is not None and entry[1] is not None and (
                 entry[1].etag != remembered[2].etag):
@@ -311,8 +318,10 @@ class Vfs:
         if remembered is not None and remembered[0] < self.cache.metadata_ttl:
             return self._child_from_object(parent, name, remembered[1], remembered[2],
                                            complete=True)
+        # queued uploads inside: it exists, even if they land while the store is asked
+        held = child is not None and self._holds_queued(child)
         try:
-            found = await self._stat_remote(parent, name, hint)
+            found = await self._stat_remote(parent, name, hint, listed_prefix)
         except Transient as e:
             # offline: the last thing we knew, however old, beats an error
             if remembered is not None:
@@ -325,11 +334,18 @@ class Vfs:
                 return self._child_from_object(
                     parent, name, kind, listed or self._implied_dir(_join(parent, name) + "/"),
                     complete=False)
-            if child is not None:
+            if child is not None and self.inodes.get(child.ino) is child:
                 self._offline(_join(parent, name), e)
                 return child
             raise
+        if child is not None and self.inodes.get(child.ino) is not child:
+            child = parent.children.get(name)  # dropped while we asked: never hand it out
         if found is None:
+            if held or (child is not None and self._holds_queued(child)):
+                # its queued contents landed while the store was asked: it is there
+                return child if child is not None else self._child_from_object(
+                    parent, name, DIR, self._implied_dir(_join(parent, name) + "/"),
+                    complete=False)
             if child is not None:
                 self.inodes.detach(child)
             self._listing_drop(parent, name)
@@ -656,7 +672,8 @@ class Vfs:
         if self.meta is not None:
             self.meta.put_listing(node.key, entries)
         for name, child in list(node.children.items()):
-            if name not in entries and child.etag is not None and child.staging is None:
+            if (name not in entries and child.etag is not None and child.staging is None
+                    and not self._holds_queued(child)):
                 self.inodes.detach(child)  # removed from the store by someone else
         return listing
 
@@ -700,7 +717,8 @@ class Vfs:
                     node, name, kind, listed or self._implied_dir(_join(node, name) + "/"),
                     complete=listed is not None and listed.metadata is not None)
         for name, known in node.children.items():
-            if known.etag is None and not known.unlinked:
+            if not known.unlinked and (known.etag is None or (
+                    name not in result and self._holds_queued(known))):
                 result.setdefault(name, known)  # created here, not in the store yet
         return sorted(result.items())
 
@@ -743,10 +761,28 @@ class Vfs:
         node.complete = True
         node.checked_at = trio.current_time()
         node.listing = Listing(entries={}, at=trio.current_time())  # new: known empty
-        await self._queue_marker(node)
+        try:
+            await self._queue_marker(node)
+        except BaseException:
+            self.inodes.detach(node)  # not journaled: it was never made
+            raise
         self._listing_put(parent, name, DIR, None)
         node.lookups += 1
         return node
+
+    async def fsyncdir(self, fh: int) -> None:
+        """A directory whose marker is queued: journal it durably (and, with
+        fsync=upload, wait for the store)."""
+        try:
+            node = self._dirs[fh].node
+        except KeyError:
+            raise FsError(errno.EBADF, f"unknown directory handle {fh}") from None
+        up = self.writeback.get(node.key) if node.marker_queued else None
+        if up is None:
+            return
+        self.writeback.submit(node.key, MARKER, None, metadata_of(node.attrs), durable=True)
+        if self.fsync_upload:
+            await self.writeback.wait_uploaded(node.key)
 
     async def _queue_marker(self, node: Node) -> None:
         """Journal a directory's marker (with its attributes) for upload: mkdir, chmod
@@ -774,9 +810,14 @@ class Vfs:
         self._dir_of(node)
         if not await self._is_empty(node):
             raise FsError(errno.ENOTEMPTY, f"{node.path} is not empty")
-        await self.writeback.discard(node.key)
+        queued = await self.writeback.discard(node.key)  # after an upload in flight
         node.marker_queued = False
-        await self.backend.delete(node.key)
+        try:
+            await self.backend.delete(node.key)
+        except BaseException:
+            if queued:  # rmdir failed: the directory stays, and so does its marker
+                await self._queue_marker(node)
+            raise
         for child in list(node.children.values()):
             self.inodes.detach(child)
         self._listing_drop(parent, name)
@@ -980,6 +1021,8 @@ class Vfs:
                     raise FsError(errno.ENOTDIR, f"{dst.path} is not a directory")
                 if not await self._is_empty(dst):
                     raise FsError(errno.ENOTEMPTY, f"{dst.path} is not empty")
+                await self.writeback.discard(dst.key)  # its queued marker is replaced too
+                dst.marker_queued = False
                 await self.backend.delete(dst.key)  # before the move brings src's marker
             await self._upload_now(src.key)  # queued files move as stored objects
             moved = await self._move_tree(src.key, new_path + "/")
@@ -1174,9 +1217,13 @@ class Vfs:
                 child = self._child_from_object(
                     parent, part, DIR, self._implied_dir(_join(parent, part) + "/"),
                     complete=False)
-                child.etag = None  # there, whatever the store says: queued files are in it
+                child.checked_at = -math.inf  # asked again; kept while it holds queued files
             parent = child
         return parent
+
+    def _holds_queued(self, node: Node) -> bool:
+        """A directory with queued uploads inside exists, whatever the store says yet."""
+        return node.kind == DIR and bool(self.writeback.under(node.key))
 
     async def shutdown(self) -> list[str]:
         """Queue what is still open and changed, then upload the whole queue (the caller

@@ -270,6 +270,7 @@ async def test_restart_restores_queued_files_and_uploads_them(
     await write(first, "a", b"alpha")
     await write(first, "b", b"beta", parent=d.ino)
     backend.fail("put_file", Transient("store down"))
+    backend.fail("put_bytes", Transient("store down"))
     second = factory(backend, writeback=SLOW, directory=first.directory)
     assert sorted(up.path for up in second.restore()) == ["a", "d/", "d/b"]
     # listed with their local size and readable at once, from the staging files
