@@ -38,13 +38,19 @@ async def test_rename_over_a_queued_directory_drops_its_marker(factory, backend,
 
 # --- 2. rmdir whose DELETE fails --------------------------------------------------------
 
-async def test_rmdir_whose_delete_fails_keeps_the_marker_queued(factory, backend, autojump_clock):
-    vfs = factory(backend, writeback=SLOW)
+async def failed_rmdir(vfs):
+    """mkdir d, then an rmdir d whose DELETE fails; the directory's node."""
     d = await vfs.mkdir(ROOT_INO, "d", 0o755, UID, GID)
-    backend.fail("delete", Transient("503"))
+    vfs.backend.fail("delete", Transient("503"))
     with pytest.raises(Transient):
         await vfs.rmdir(ROOT_INO, "d")
-    backend.heal()
+    vfs.backend.heal()
+    return d
+
+
+async def test_rmdir_whose_delete_fails_keeps_the_marker_queued(factory, backend, autojump_clock):
+    vfs = factory(backend, writeback=SLOW)
+    d = await failed_rmdir(vfs)
     # rmdir failed: d is still there for the user ...
     assert (await vfs.lookup(ROOT_INO, "d")).ino == d.ino
     await trio.sleep(30)
@@ -54,11 +60,7 @@ async def test_rmdir_whose_delete_fails_keeps_the_marker_queued(factory, backend
 
 async def test_rmdir_whose_delete_fails_keeps_the_directory(factory, backend, autojump_clock):
     vfs = factory(backend, writeback=SLOW)
-    d = await vfs.mkdir(ROOT_INO, "d", 0o755, UID, GID)
-    backend.fail("delete", Transient("503"))
-    with pytest.raises(Transient):
-        await vfs.rmdir(ROOT_INO, "d")
-    backend.heal()
+    d = await failed_rmdir(vfs)
     vfs.forget(d.ino, d.lookups)  # the kernel drops its entry
     await trio.sleep(30)
     # the directory that rmdir failed to remove is still there
