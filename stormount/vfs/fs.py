@@ -419,14 +419,19 @@ class Vfs:
         state = (staging.generation, metadata)
         if staging.queued == state and not durable:
             return  # journaled as it is
-        args = (node.key, staging.path, node.etag, metadata)
+        self._journal(node.key, staging.path, node.etag, metadata, durable)
+        staging.queued = state
+
+    def _journal(self, key: str, staging: str, base: str | None, metadata: dict[str, str],
+                 durable: bool = False) -> None:
+        """Hand an upload to the write-back queue; on a full cache disk, clean cached
+        blocks make room first (they can be fetched again, written data cannot)."""
         try:
-            self.writeback.submit(*args, durable=durable)
+            self.writeback.submit(key, staging, base, metadata, durable=durable)
         except OSError as e:
             if e.errno != errno.ENOSPC or not self._make_room(1 << 20):
                 raise
-            self.writeback.submit(*args, durable=durable)
-        staging.queued = state
+            self.writeback.submit(key, staging, base, metadata, durable=durable)
 
     def _make_room(self, nbytes: int) -> bool:
         """A full cache disk: evict clean cached blocks (they can be fetched again,
@@ -780,22 +785,16 @@ class Vfs:
         up = self.writeback.get(node.key) if node.marker_queued else None
         if up is None:
             return
-        self.writeback.submit(node.key, MARKER, None, metadata_of(node.attrs), durable=True)
+        self._journal(node.key, MARKER, None, metadata_of(node.attrs), durable=True)
         if self.fsync_upload:
             await self.writeback.wait_uploaded(node.key)
 
     async def _queue_marker(self, node: Node) -> None:
         """Journal a directory's marker (with its attributes) for upload: mkdir, chmod
         and utimes of a directory coalesce into one PUT after the debounce."""
-        while self._moving_above(node) is not None:
-            await self._moving_above(node).wait()  # type: ignore[union-attr]
-        key = node.key
-        try:
-            self.writeback.submit(key, MARKER, None, metadata_of(node.attrs))
-        except OSError as e:
-            if e.errno != errno.ENOSPC or not self._make_room(1 << 20):
-                raise
-            self.writeback.submit(key, MARKER, None, metadata_of(node.attrs))
+        while (moving := self._moving_above(node)) is not None:
+            await moving.wait()
+        self._journal(node.key, MARKER, None, metadata_of(node.attrs))
         node.marker_queued = True
 
     async def _is_empty(self, node: Node) -> bool:
