@@ -35,10 +35,35 @@ class TierConfig:
     sas_token: str | None = None
     multipart_threshold: int = 8 * MiB  # objects above this upload in parts / staged blocks
     part_size: int = 8 * MiB
-    max_connections: int = 16  # concurrent SDK calls (thread limiter and connection pool)
+    # concurrent SDK calls (thread limiter and connection pool); room for uploads x 4 parts
+    # + downloads + deletes, so a health check never waits behind transfers
+    max_connections: int = 48
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     sdk_retries: int = 2  # SDK-internal retries; kept low so retries do not multiply
+    # role in the chain: a lower tier takes writes only while every tier above is down
+    # (spill-over); a mirror also receives a background copy of every write
+    mirror: bool = False
+    # seconds one attempt of a request may take, by kind of request
+    upload_timeout: float = 300.0
+    download_timeout: float = 600.0
+    delete_timeout: float = 30.0
+    list_timeout: float = 30.0  # listings, HEADs and the startup check
+    # requests in flight at once, by kind; more wait their turn
+    uploads: int = 5
+    downloads: int = 10
+    deletes: int = 10
+    # circuit breaker: consecutive failures that open it, seconds before a trial request
+    breaker_failures: int = 5
+    breaker_open: float = 60.0
+    # health probes (a small write/read/delete under .stormount/): how often while the
+    # tier is healthy and while it is not; how long one may take
+    probe_interval: float = 300.0
+    probe_interval_down: float = 5.0
+    probe_timeout: float = 2.5
+    # requests unanswered this long make a quick check of the tier; if that gets no
+    # answer within probe_timeout the tier is marked down and its requests fail over
+    stall_timeout: float = 2.0
 
 
 TIER_OPTIONS = {f.name for f in fields(TierConfig)} - {"url", "scheme", "container", "prefix"}
@@ -68,6 +93,14 @@ class WritebackConfig:
 
 
 @dataclass(frozen=True)
+class ChainConfig:
+    retries: int = 4  # attempts of a read, listing, delete or copy when tiers fail
+    retry_delay: float = 1.0  # first backoff; doubles per attempt
+    retry_max_delay: float = 10.0  # cap of the backoff
+    repair_parallel: int = 4  # spilled objects copied up (and mirror copies made) at once
+
+
+@dataclass(frozen=True)
 class FuseConfig:
     entry_timeout: float = 1.0  # kernel dentry cache
     attr_timeout: float = 1.0  # kernel attribute cache
@@ -90,6 +123,7 @@ class MountConfig:
     cache: CacheConfig = CacheConfig()
     fuse: FuseConfig = field(default_factory=FuseConfig)
     writeback: WritebackConfig = WritebackConfig()
+    chain: ChainConfig = ChainConfig()
     socket: str | None = None
     log_level: str = "info"
 
@@ -163,6 +197,8 @@ def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierCo
             kwargs[key] = parse_size(raw, key)
         elif types[key] in ("int",):
             kwargs[key] = _to_int(raw, key)
+        elif types[key] in ("bool",):
+            kwargs[key] = _to_bool(raw, key)
         elif types[key] in ("float",):
             kwargs[key] = _to_float(raw, key)
         else:
@@ -170,8 +206,14 @@ def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierCo
     tier = TierConfig(url=url, scheme=scheme, container=container, prefix=prefix, **kwargs)
     if tier.part_size < 5 * MiB and scheme == "s3":
         raise ConfigError("part_size must be at least 5MiB for S3")
-    if tier.max_connections < 1:
-        raise ConfigError("max_connections must be at least 1")
+    for name in ("max_connections", "uploads", "downloads", "deletes", "breaker_failures"):
+        if getattr(tier, name) < 1:
+            raise ConfigError(f"{name} must be at least 1")
+    for name in ("connect_timeout", "read_timeout", "upload_timeout", "download_timeout",
+                 "delete_timeout", "list_timeout", "probe_timeout", "stall_timeout",
+                 "breaker_open", "probe_interval", "probe_interval_down"):
+        if getattr(tier, name) < 0.1:
+            raise ConfigError(f"{name} must be at least 0.1 s")
     return tier
 
 
@@ -237,6 +279,8 @@ def _to_fsync(raw: object, what: str) -> str:
     return value
 
 
+_CHAIN_CONVERT = {"retries": _to_int, "retry_delay": _to_float,
+                  "retry_max_delay": _to_float, "repair_parallel": _to_int}
 _WRITEBACK_CONVERT = {"debounce": _to_float, "parallel": _to_int, "retries": _to_int,
                       "retry_delay": _to_float, "retry_max_delay": _to_float,
                       "failing_retry_delay": _to_float, "fsync": _to_fsync}
@@ -316,7 +360,7 @@ def build_config(
             raise ConfigError("give the config file either as SOURCE or with --config, not both")
         config_file, source_url = source, None
     data: dict[str, Any] = load_toml(config_file) if config_file else {}
-    known_top = {"tier", "cache", "fuse", "writeback", "socket", "log_level"}
+    known_top = {"tier", "cache", "fuse", "writeback", "chain", "socket", "log_level"}
     for key in data:
         if key not in known_top:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known_top))})")
@@ -340,6 +384,7 @@ def build_config(
     fuse = _apply(FuseConfig(), _FUSE_CONVERT, _section(data, "fuse"), "fuse")
     writeback = _apply(WritebackConfig(), _WRITEBACK_CONVERT, _section(data, "writeback"),
                        "writeback")
+    chain = _apply(ChainConfig(), _CHAIN_CONVERT, _section(data, "chain"), "chain")
     sock = data.get("socket")
     log_level = str(data.get("log_level", "info"))
 
@@ -359,6 +404,8 @@ def build_config(
             fuse_o[key] = value
         elif key in _WRITEBACK_CONVERT:
             writeback = _apply(writeback, _WRITEBACK_CONVERT, {key: value}, "writeback")
+        elif key.startswith("chain.") and key[6:] in _CHAIN_CONVERT:
+            chain = _apply(chain, _CHAIN_CONVERT, {key[6:]: value}, "chain")
         elif key in ("auto_unmount", "_netdev", "nofail", "noauto", "user", "nouser", "auto",
                      "defaults", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "noatime",
                      "relatime", "atime") or key.startswith("x-"):
@@ -381,11 +428,16 @@ def build_config(
         if getattr(writeback, name) < 0.1:
             raise ConfigError(f"writeback {name} must be at least 0.1 s (no retrying in a "
                               "tight loop)")
+    if chain.retries < 1 or chain.repair_parallel < 1:
+        raise ConfigError("chain retries and repair_parallel must be at least 1")
+    if chain.retry_delay < 0.1 or chain.retry_max_delay < 0.1:
+        raise ConfigError("chain retry delays must be at least 0.1 s (no retrying in a "
+                          "tight loop)")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {log_level!r}")
     return MountConfig(source=source, mountpoint=mountpoint, tiers=tuple(tiers), cache=cache,
-                       fuse=fuse, writeback=writeback, socket=None if sock is None else str(sock),
-                       log_level=log_level.lower())
+                       fuse=fuse, writeback=writeback, chain=chain,
+                       socket=None if sock is None else str(sock), log_level=log_level.lower())
 
 
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -1,4 +1,4 @@
-"""Composition: config -> backend -> vfs -> FUSE, in one root nursery.
+"""Composition: config -> tiers -> chain -> caches -> vfs -> FUSE, in one root nursery.
 
 The only module that knows every layer. It checks what a user can get wrong before
 mounting, mounts, reports readiness, serves until unmounted or signalled, and uploads
@@ -23,6 +23,9 @@ from stormount import registry
 from stormount.backends import Backend, open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
+from stormount.chain import Chain, Tier
+from stormount.chain.chain import spool_dir
+from stormount.chain.repair import RepairJournal
 from stormount.config import MountConfig
 from stormount.errors import BackendError, StartupError, Transient
 from stormount.fuse.ops import Operations
@@ -150,41 +153,52 @@ def redact(url: str) -> str:
 
 async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> int:
     """Mount and serve until unmounted or signalled; the exit status."""
-    if len(cfg.tiers) > 1:
-        raise StartupError("more than one tier was given; this version mounts a single tier")
     check_mountpoint(cfg)
     lock_fd, staging = prepare_cache(cfg)
-    backend = open_backend(cfg.tiers[0])
+    backends: list[Backend] = []
     try:
+        for tier_cfg in cfg.tiers:
+            backends.append(open_backend(tier_cfg))
         try:
             journal = Journal(os.path.join(cfg.cache.dir, "journal.sqlite3"))
+            repair = RepairJournal(os.path.join(cfg.cache.dir, "repair.sqlite3"))
             meta = MetaStore(os.path.join(cfg.cache.dir, "meta.sqlite3"))
             blocks = BlockCache(os.path.join(cfg.cache.dir, "blocks"),
                                 block_size=cfg.cache.block_size, max_bytes=cfg.cache.max_size,
                                 min_free_bytes=cfg.cache.min_free)
+            spool = spool_dir(cfg.cache.dir)
+            shutil.rmtree(spool, ignore_errors=True)  # copies between tiers cut short
         except (OSError, sqlite3.Error) as e:
             raise StartupError(f"cannot open the caches in {cfg.cache.dir}: {e}") from None
         try:
-            writeback = Writeback(backend, journal, cfg.writeback)
-            vfs = Vfs(backend, cfg.fuse, cfg.cache, staging, writeback, blocks, meta)
+            tiers = [Tier(i, backend, tier_cfg)
+                     for i, (backend, tier_cfg) in enumerate(zip(backends, cfg.tiers, strict=True))]
+            chain = Chain(tiers, repair, cfg.chain, spool)
+            writeback = Writeback(chain, journal, cfg.writeback)
+            vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta)
             restored = vfs.restore()
             try:
                 keep_unqueued(cfg.cache.dir, staging, {up.staging for up in restored})
             except OSError as e:
                 raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e}") from None
-            await check_backend(backend, warm_cache=not meta.is_empty() or bool(restored))
+            await check_backend(chain, warm_cache=not meta.is_empty() or bool(restored))
             try:
                 pyfuse3.init(Operations(vfs, cfg.fuse), cfg.mountpoint, fuse_options(cfg))
             except RuntimeError as e:
                 raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
             try:
-                pending = await _serve(cfg, vfs, on_ready)
+                pending = await _serve(cfg, vfs, chain, on_ready)
             finally:
                 pyfuse3.close(unmount=True)
                 registry.unregister(cfg.mountpoint)
+            owed = chain.pending.counts()
+            if any(owed.values()):
+                log.info("tier repairs still queued, resumed at the next mount: %s",
+                         ", ".join(f"{n} {what}" for what, n in owed.items() if n))
         finally:
             blocks.close()
             meta.close()
+            repair.close()
             journal.close()
         if pending:
             log.error("unmounted with %d file(s) not uploaded yet; they stay queued in %s "
@@ -195,11 +209,13 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
         return 0
     finally:
         with trio.CancelScope(shield=True):
-            await backend.aclose()
+            for backend in backends:
+                await backend.aclose()
         os.close(lock_fd)
 
 
-async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> list[str]:
+async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain,
+                 on_ready: Callable[[], None]) -> list[str]:
     """Serve until unmounted, then upload what is queued: a signal starts that at once
     and unmounts after it; a second signal stops waiting (the queue stays journaled).
     Returns the paths still pending."""
@@ -252,6 +268,7 @@ async def _serve(cfg: MountConfig, vfs: Vfs, on_ready: Callable[[], None]) -> li
         nursery.start_soon(when_ready)
         nursery.start_soon(on_signals)
         nursery.start_soon(vfs.writeback.run)
+        nursery.start_soon(chain.run)
         try:
             await pyfuse3.main()
             if not draining:

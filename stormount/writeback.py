@@ -21,8 +21,6 @@ by the object's size and metadata, which carry the file's mtime in nanoseconds.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import heapq
 import itertools
 import json
@@ -39,7 +37,9 @@ from dataclasses import dataclass, field
 import trio
 
 from stormount.backends.base import Backend, ObjectInfo
+from stormount.chain.chain import conflict_name
 from stormount.config import WritebackConfig
+from stormount.durable import SqliteJournal
 from stormount.errors import BackendError, Changed, NotFound, Transient
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,14 @@ def _size(path: str) -> int | None:
         return None
 
 
-class Journal:
+class Journal(SqliteJournal):
     """The rows behind the upload queue. Every change is committed before the call
     returns; `durable=True` also syncs the log to the disk."""
 
+    what = "write-back journal"
+
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        super().__init__(path, _SCHEMA)
 
     def load(self) -> list[Upload]:
         rows = self._db.execute(
@@ -127,37 +125,6 @@ class Journal:
         self._write(False, ("DELETE FROM pending WHERE path = ?", (new,)),
                     ("UPDATE pending SET path = ?, base = ? WHERE path = ?", (new, base, old)))
 
-    def _write(self, durable: bool, *statements: tuple[str, tuple[object, ...]]) -> None:
-        """Commit the statements as one transaction; OSError (ENOSPC on a full disk,
-        else EIO) when the journal cannot take them."""
-        try:
-            self._commit(durable, statements)
-        except sqlite3.Error as e:
-            full = isinstance(e, sqlite3.OperationalError) and "full" in str(e).lower()
-            raise OSError(errno.ENOSPC if full else errno.EIO,
-                          f"write-back journal {self.path}: {e}") from None
-
-    def _commit(self, durable: bool,
-                statements: tuple[tuple[str, tuple[object, ...]], ...]) -> None:
-        if durable:
-            self._db.execute("PRAGMA synchronous=FULL")  # WAL: sync the log at commit
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, args in statements:
-                    self._db.execute(sql, args)
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):  # sqlite may have rolled back
-                    self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        finally:
-            if durable:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-
-    def close(self) -> None:
-        self._db.close()
-
 
 def read_pending(path: str) -> list[dict[str, object]]:
     """The queue as another process (the CLI waiting for an unmount) sees it."""
@@ -172,11 +139,6 @@ def read_pending(path: str) -> list[dict[str, object]]:
     finally:
         db.close()
     return [{"path": p, "state": s, "attempts": a, "last_error": e} for p, s, a, e in rows]
-
-
-def conflict_name(path: str, host: str, when: float, n: int = 0) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
-    return f"{path}.conflict-{host}-{stamp}" + (f"-{n}" if n else "")
 
 
 def backoff(attempt: int, cfg: WritebackConfig, rng: random.Random) -> float:

@@ -369,12 +369,11 @@ class MemoryStore(Store):
         return f"memory://{self.name}{path}" + self._query({}, options)
 
     def put(self, key: str, data: bytes, metadata: Mapping[str, str] | None = None) -> None:
-        import hashlib
-
         from stormount.backends.base import ObjectInfo
+        from stormount.backends.memory import etag_of
 
         info = ObjectInfo(key=key, size=len(data), mtime=time.time(),
-                          etag=hashlib.md5(data).hexdigest(), metadata=dict(metadata or {}))
+                          etag=etag_of(self.name, data), metadata=dict(metadata or {}))
         self._objects[key] = (bytes(data), info)
 
     def get(self, key: str) -> bytes:

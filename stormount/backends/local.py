@@ -38,6 +38,7 @@ T = TypeVar("T")
 XATTR = "user.stormount."
 MARKER = XATTR + "dir"
 RESERVED = ".stormount"  # top-level name holding temporary files; never listed
+PROBES = "probe"  # ...and, under it, the chain's health probes (.stormount/probe/...)
 
 
 class LocalBackend:
@@ -73,7 +74,7 @@ class LocalBackend:
     def _path(self, key: str) -> str:
         parts = key.rstrip("/").split("/")
         if key.startswith("/") or any(p in ("", ".", "..") for p in parts) or (
-                parts[0] == RESERVED):
+                parts[0] == RESERVED and parts[1:2] != [PROBES]):
             raise NotFound(f"{self.url}: key {key!r} cannot be stored in a directory",
                            backend=self.url, key=key)
         return os.path.join(self.root, *parts)

@@ -7,7 +7,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from stormount.config import CacheConfig, FuseConfig, TierConfig
+from stormount.config import CacheConfig, ChainConfig, FuseConfig, TierConfig, WritebackConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +24,7 @@ def test_every_cited_test_exists():
 
 def test_every_option_is_documented():
     text = (ROOT / "docs/CONFIGURATION.md").read_text()
-    names = {f.name for cls in (TierConfig, CacheConfig, FuseConfig) for f in fields(cls)}
+    names = {f.name for cls in (TierConfig, CacheConfig, FuseConfig, WritebackConfig,
+                                ChainConfig) for f in fields(cls)}
     names -= {"url", "scheme", "container", "prefix"}  # parts of the URL itself
     assert sorted(n for n in names if f"`{n}`" not in text) == []

@@ -1,0 +1,208 @@
+"""One storage tier of the chain: its backend, its role, its breaker, and the one way a
+request reaches it (`call`): behind the tier's limit for that kind of request, under
+that kind's timeout, watched for stalls, and counted for the tier's health."""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import TypeVar
+
+import trio
+
+from stormount.backends.base import Backend
+from stormount.chain.breaker import Breaker, State
+from stormount.config import TierConfig
+from stormount.errors import BackendError, ContainerMissing, Throttled, Transient
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Kind(StrEnum):
+    UPLOAD = "upload"
+    DOWNLOAD = "download"
+    DELETE = "delete"
+    LIST = "list"  # listings, HEADs, checks
+
+
+class Stalled(Transient):
+    """The tier stopped answering; its requests were given up to fail over."""
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Errors that say the tier cannot serve now (so another tier should), as opposed
+    to answers (not found, changed, refused)."""
+    return isinstance(exc, Transient | ContainerMissing)
+
+
+def redact(url: str) -> str:
+    return url.split("?", 1)[0]
+
+
+class Tier:
+    def __init__(self, index: int, backend: Backend, cfg: TierConfig) -> None:
+        self.index = index
+        self.backend = backend
+        self.cfg = cfg
+        self.url = redact(cfg.url)
+        self.mirror = cfg.mirror
+        self.role = "primary" if index == 0 else "mirror" if cfg.mirror else "spill-over"
+        self.breaker = Breaker(cfg.breaker_failures, cfg.breaker_open)
+        self._limits = {Kind.UPLOAD: trio.CapacityLimiter(cfg.uploads),
+                        Kind.DOWNLOAD: trio.CapacityLimiter(cfg.downloads),
+                        Kind.DELETE: trio.CapacityLimiter(cfg.deletes)}
+        self._timeouts = {Kind.UPLOAD: cfg.upload_timeout, Kind.DOWNLOAD: cfg.download_timeout,
+                          Kind.DELETE: cfg.delete_timeout, Kind.LIST: cfg.list_timeout}
+        self._ids = itertools.count()
+        self.inflight: dict[int, tuple[float, trio.CancelScope]] = {}
+        self.wake = trio.Event()  # set (and replaced) when the health watch must look again
+        self.on_state: Callable[[Tier], None] = lambda tier: None  # the breaker moved
+        # what the health report shows
+        self.last_answer = trio.current_time()  # trio time the tier last answered
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None  # wall clock
+        self.requests = 0
+        self.failures = 0
+        self.probe_ok: bool | None = None
+        self.probe_at: float | None = None  # wall clock
+        self.probe_latency: float | None = None
+        self.writable = True  # the probe may write (credentials can be read-only)
+
+    @property
+    def healthy(self) -> bool:
+        return self.breaker.state == State.CLOSED
+
+    async def call(self, kind: Kind, fn: Callable[..., Awaitable[T]], *args: object,
+                   **kwargs: object) -> T:
+        """One attempt of one request. The timeout starts once the request has its turn:
+        requests queued behind the limit are not failures."""
+        limiter = self._limits.get(kind)
+        if limiter is None:
+            return await self._attempt(kind, fn, args, kwargs)
+        try:
+            await limiter.acquire()
+        except BaseException:  # cancelled while waiting: a half-open trial is not used up
+            self.breaker.release()
+            raise
+        try:
+            return await self._attempt(kind, fn, args, kwargs)
+        finally:
+            limiter.release()
+
+    async def _attempt(self, kind: Kind, fn: Callable[..., Awaitable[T]],
+                       args: tuple[object, ...], kwargs: dict[str, object]) -> T:
+        ident = next(self._ids)
+        scope = trio.CancelScope()
+        self.inflight[ident] = (trio.current_time(), scope)
+        if len(self.inflight) == 1:
+            self._wake()
+        self.requests += 1
+        timeout = self._timeouts[kind]
+        verdict = False
+        try:
+            with scope:
+                try:
+                    with trio.fail_after(timeout):
+                        result = await fn(*args, **kwargs)
+                except trio.TooSlowError:
+                    error = Transient(f"{self.url}: {kind} timed out after {timeout:g} s",
+                                      backend=self.url)
+                    self.failed(error)
+                    verdict = True
+                    raise error from None
+                except BackendError as e:
+                    verdict = True
+                    if unavailable(e) and not isinstance(e, Throttled):
+                        self.failed(e)
+                    else:  # an answer: the tier works
+                        self.answered(success=not isinstance(e, Throttled))
+                    raise
+                verdict = True
+                self.answered()
+                return result
+            # cancelled by the stall watch: the tier was marked down meanwhile
+            verdict = True
+            error = Stalled(f"{self.url}: stopped answering", backend=self.url)
+            self._note(error)
+            raise error
+        finally:
+            del self.inflight[ident]
+            if not verdict:  # cancelled by the caller, or a bug: no verdict on the tier
+                self.breaker.release()
+
+    def answered(self, success: bool = True) -> None:
+        self.last_answer = trio.current_time()
+        before = self.breaker.state
+        if success:
+            self.breaker.success()
+        else:
+            self.breaker.release()
+        if self.breaker.state != before:
+            log.warning("tier %d (%s) is back", self.index, self.url)
+            self.on_state(self)
+
+    def failed(self, error: BaseException) -> None:
+        self._note(error)
+        before = self.breaker.state
+        self.breaker.failure()
+        if self.breaker.state != before:
+            self._opened()
+
+    def trip(self, error: BaseException) -> None:
+        """Mark the tier down now, and give up on what is in flight so it fails over."""
+        self._note(error)
+        before = self.breaker.state
+        self.breaker.trip()
+        if before != self.breaker.state:
+            self._opened()
+        for _, scope in list(self.inflight.values()):
+            scope.cancel()
+
+    def _wake(self) -> None:
+        self.wake.set()
+        self.wake = trio.Event()
+
+    def _opened(self) -> None:
+        log.warning("tier %d (%s) is down: %s; its requests go to the next tier, and it "
+                    "is tried again in %g s", self.index, self.url, self.last_error,
+                    self.cfg.breaker_open)
+        self._wake()  # probes now come every probe_interval_down
+        self.on_state(self)
+
+    def _note(self, error: BaseException) -> None:
+        self.failures += 1
+        self.last_error = str(error) or type(error).__name__
+        self.last_error_at = time.time()
+
+    def stall_deadline(self) -> float | None:
+        """When the oldest request in flight, unanswered, calls for a check of the tier."""
+        if not self.inflight:
+            return None
+        oldest = min(start for start, _ in self.inflight.values())
+        return max(oldest, self.last_answer) + self.cfg.stall_timeout
+
+    def status(self) -> dict[str, object]:
+        retry_at = self.breaker.retry_at
+        return {
+            "index": self.index, "url": self.url, "role": self.role,
+            "healthy": self.healthy, "breaker": str(self.breaker.state),
+            "consecutive_failures": self.breaker.consecutive,
+            "opened": self.breaker.opened,
+            "retry_in": None if retry_at is None else max(0.0, retry_at - trio.current_time()),
+            "requests": self.requests, "failures": self.failures,
+            "in_flight": len(self.inflight),
+            "last_error": self.last_error, "last_error_at": self.last_error_at,
+            "probe_ok": self.probe_ok, "probe_at": self.probe_at,
+            "probe_latency": self.probe_latency,
+        }
+
+
+def reserved_error(key: str) -> BackendError:
+    err = BackendError(f"{key}: names under .stormount/ are reserved", key=key)
+    err.errno = errno.EACCES
+    return err
