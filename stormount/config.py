@@ -63,7 +63,7 @@ class TierConfig:
     probe_timeout: float = 2.5
     # requests unanswered this long make a quick check of the tier; if that gets no
     # answer within probe_timeout the tier is marked down and its requests fail over
-    stall_timeout: float = 2.0
+    stall_timeout: float = 1.5
 
 
 TIER_OPTIONS = {f.name for f in fields(TierConfig)} - {"url", "scheme", "container", "prefix"}
