@@ -4,37 +4,35 @@ in one line on stderr and a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import contextlib
-import logging
+import json
 import os
 import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import click
 import trio
 
-from stormount import __version__, daemon, registry
+from stormount import __version__, daemon, logs, registry
 from stormount.config import MountConfig, build_config, mount_path
+from stormount.control import client
 from stormount.errors import StartupError, StormountError
 from stormount.writeback import read_pending
 
 READY_TIMEOUT = 120.0
+EXIT_DEGRADED = 3  # `ctl health` of a mount that serves, with a tier down or uploads failing
+EXIT_DOWN = 4  # `ctl health` of a mount none of whose tiers is in service
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int = 1) -> None:
     click.echo(f"stormount: error: {message}", err=True)
     sys.exit(code)
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "urllib3", "azure", "s3transfer"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.root.level))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,7 +83,7 @@ def mount(source: str, mountpoint: str, tiers: tuple[str, ...], config_file: str
 
 
 def _mount_foreground(cfg: MountConfig, level: str, ready_fd: int | None) -> None:
-    setup_logging(level)
+    logs.setup(level, cfg.log_format)
     if ready_fd is not None:
         os.set_inheritable(ready_fd, False)  # fusermount3 must not hold the pipe open
 
@@ -213,17 +211,167 @@ class _Progress:
         self.next = time.monotonic() + 0.5  # a quick unmount prints nothing
 
     def show(self, journal: str) -> None:
-        if not self.tty or time.monotonic() < self.next:
+        if self.tty and time.monotonic() >= self.next:
+            self.line(f"waiting for {len(read_pending(journal))} upload(s) to finish ...")
+
+    def line(self, text: str) -> None:
+        if not self.tty:
             return
         self.next = time.monotonic() + 0.5
-        left = len(read_pending(journal))
-        sys.stderr.write(f"\rwaiting for {left} upload(s) to finish ...   ")
+        sys.stderr.write(f"\r{text}   ")
         sys.stderr.flush()
         self.shown = True
 
     def done(self) -> None:
         if self.shown:
             sys.stderr.write("\n")
+
+
+@dataclass(frozen=True)
+class CtlTarget:
+    socket: str | None
+    mountpoint: str | None
+    json: bool
+    timeout: float
+
+
+def _json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print the daemon's answer as JSON.")(fn)
+
+
+@cli.group()
+@click.option("--socket", "socket_path", metavar="PATH", envvar="STORMOUNT_SOCKET",
+              help="The mount's control socket (or STORMOUNT_SOCKET).")
+@click.option("-m", "--mountpoint", metavar="MOUNTPOINT",
+              help="The mount to talk to; default: the only one running.")
+@_json_option
+@click.option("--timeout", type=float, default=client.DEFAULT_TIMEOUT, show_default=True,
+              help="Seconds to wait for an answer (flush: for each progress report).")
+@click.pass_context
+def ctl(ctx: click.Context, socket_path: str | None, mountpoint: str | None, as_json: bool,
+        timeout: float) -> None:
+    """See and steer a running mount through its control socket."""
+    if socket_path and mountpoint:
+        raise click.UsageError("give either --socket or -m/--mountpoint, not both")
+    ctx.obj = CtlTarget(socket_path, mountpoint, as_json, timeout)
+
+
+def _ask(ctx: click.Context, request: dict[str, Any], as_json: bool, *,
+         timeout: float | None = None, progress: Callable[[dict[str, Any]], None] | None = None
+         ) -> dict[str, Any]:
+    """Send a request to the mount; print its answer; exit non-zero on an error."""
+    target: CtlTarget = ctx.obj
+    as_json = as_json or target.json
+    path = client.find_socket(target.socket, target.mountpoint)
+    if progress is not None and as_json:
+        progress = lambda event: None  # noqa: E731 - still asked for: lines keep coming
+    reply = client.request(path, request, timeout=timeout or target.timeout,
+                           on_progress=progress)
+    if as_json:
+        click.echo(json.dumps(reply, indent=2, sort_keys=True))
+        if not reply.get("ok"):
+            sys.exit(1)
+    elif not reply.get("ok"):
+        _fail(str(reply.get("error") or "the mount reported an error"))
+    else:
+        from rich.console import Console
+
+        from stormount.control import render
+
+        # piped output keeps whole lines: a table is not cut to 80 columns
+        console = Console() if sys.stdout.isatty() else Console(width=250)
+        render.show(console, str(request["command"]), reply)
+    return reply
+
+
+@ctl.command("health")
+@_json_option
+@click.pass_context
+def ctl_health(ctx: click.Context, as_json: bool) -> None:
+    """Overall state (ok, degraded, down), tiers, queue. Exit 3 if degraded, 4 if down."""
+    reply = _ask(ctx, {"command": "health"}, as_json)
+    sys.exit({"degraded": EXIT_DEGRADED, "down": EXIT_DOWN}.get(reply.get("state", ""), 0))
+
+
+@ctl.command("stats")
+@click.option("--reset", is_flag=True, help="Then start counting again from zero.")
+@_json_option
+@click.pass_context
+def ctl_stats(ctx: click.Context, reset: bool, as_json: bool) -> None:
+    """Operations, latencies, cache hit ratios and uploads since the last reset."""
+    _ask(ctx, {"command": "stats", "reset": reset}, as_json)
+
+
+@ctl.command("invalidate")
+@click.argument("path")
+@click.option("-r", "--recursive", is_flag=True, help="The whole subtree under PATH.")
+@_json_option
+@click.pass_context
+def ctl_invalidate(ctx: click.Context, path: str, recursive: bool, as_json: bool) -> None:
+    """Drop cached metadata and data of PATH (inside the mount, or absolute under it)."""
+    _ask(ctx, {"command": "invalidate", "path": path, "recursive": recursive}, as_json)
+
+
+@ctl.command("flush")
+@click.argument("path", required=False, default="")
+@click.option("--wait", "wait", type=float, metavar="SECONDS",
+              help="Give up waiting after this long (default: until done or failing).")
+@_json_option
+@click.pass_context
+def ctl_flush(ctx: click.Context, path: str, wait: float | None, as_json: bool) -> None:
+    """Upload what is pending (under PATH) now, and wait."""
+    progress = _Progress(sys.stderr.isatty())
+    request: dict[str, Any] = {"command": "flush", "path": path}
+    if wait is not None:
+        request["timeout"] = wait
+    try:
+        _ask(ctx, request, as_json, progress=lambda event: progress.line(
+            f"{event['remaining']} of {event['total']} upload(s) to go ..."))
+    finally:
+        progress.done()
+
+
+@ctl.command("queue")
+@_json_option
+@click.pass_context
+def ctl_queue(ctx: click.Context, as_json: bool) -> None:
+    """Pending uploads and tier repairs, with state, attempts and last error."""
+    _ask(ctx, {"command": "queue"}, as_json)
+
+
+@ctl.command("tiers")
+@_json_option
+@click.pass_context
+def ctl_tiers(ctx: click.Context, as_json: bool) -> None:
+    """The tiers with their roles and health."""
+    _ask(ctx, {"command": "tiers"}, as_json)
+
+
+@ctl.command("drain")
+@click.argument("tier")
+@_json_option
+@click.pass_context
+def ctl_drain(ctx: click.Context, tier: str, as_json: bool) -> None:
+    """Take TIER (number or URL) out of service: writes spill as in an outage."""
+    _ask(ctx, {"command": "drain", "tier": tier}, as_json)
+
+
+@ctl.command("undrain")
+@click.argument("tier")
+@_json_option
+@click.pass_context
+def ctl_undrain(ctx: click.Context, tier: str, as_json: bool) -> None:
+    """Put a drained TIER back in service."""
+    _ask(ctx, {"command": "undrain", "tier": tier}, as_json)
+
+
+@ctl.command("metrics")
+@_json_option
+@click.pass_context
+def ctl_metrics(ctx: click.Context, as_json: bool) -> None:
+    """The figures in Prometheus text format."""
+    _ask(ctx, {"command": "metrics"}, as_json)
 
 
 def main() -> None:

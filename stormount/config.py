@@ -124,8 +124,10 @@ class MountConfig:
     fuse: FuseConfig = field(default_factory=FuseConfig)
     writeback: WritebackConfig = WritebackConfig()
     chain: ChainConfig = ChainConfig()
-    socket: str | None = None
+    socket: str | None = None  # control socket; None: the default place (CONTROL.md)
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object per line
+    metrics_listen: str | None = None  # "HOST:PORT" serves Prometheus /metrics; None: off
 
 
 def parse_size(value: object, what: str) -> int:
@@ -360,7 +362,8 @@ def build_config(
             raise ConfigError("give the config file either as SOURCE or with --config, not both")
         config_file, source_url = source, None
     data: dict[str, Any] = load_toml(config_file) if config_file else {}
-    known_top = {"tier", "cache", "fuse", "writeback", "chain", "socket", "log_level"}
+    known_top = {"tier", "cache", "fuse", "writeback", "chain", "socket", "log_level",
+                 "log_format", "metrics_listen"}
     for key in data:
         if key not in known_top:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known_top))})")
@@ -385,13 +388,16 @@ def build_config(
     writeback = _apply(WritebackConfig(), _WRITEBACK_CONVERT, _section(data, "writeback"),
                        "writeback")
     chain = _apply(ChainConfig(), _CHAIN_CONVERT, _section(data, "chain"), "chain")
-    sock = data.get("socket")
-    log_level = str(data.get("log_level", "info"))
+    # the daemon-wide settings, from the file, then flags, then -o
+    top: dict[str, Any] = {"socket": data.get("socket"),
+                           "log_level": data.get("log_level", "info"),
+                           "log_format": data.get("log_format", "text"),
+                           "metrics_listen": data.get("metrics_listen")}
 
     if cache_dir:
         cache = replace(cache, dir=cache_dir)
     if socket:
-        sock = socket
+        top["socket"] = socket
     o_values = parse_o_options(options)
     fuse_o: dict[str, Any] = {}
     for key, value in o_values.items():
@@ -406,6 +412,8 @@ def build_config(
             writeback = _apply(writeback, _WRITEBACK_CONVERT, {key: value}, "writeback")
         elif key.startswith("chain.") and key[6:] in _CHAIN_CONVERT:
             chain = _apply(chain, _CHAIN_CONVERT, {key[6:]: value}, "chain")
+        elif key in top:
+            top[key] = value
         elif key in ("auto_unmount", "_netdev", "nofail", "noauto", "user", "nouser", "auto",
                      "defaults", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "noatime",
                      "relatime", "atime") or key.startswith("x-"):
@@ -413,6 +421,8 @@ def build_config(
         else:
             raise ConfigError(f"unknown mount option -o {key}")
     fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
+    log_level, log_format = str(top["log_level"]), str(top["log_format"])
+    sock = top["socket"]
 
     mountpoint = mount_path(mountpoint)
     if not cache.dir:
@@ -435,9 +445,26 @@ def build_config(
                           "tight loop)")
     if log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {log_level!r}")
+    if log_format.lower() not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, not {log_format!r}")
+    if sock is not None:
+        sock = os.path.abspath(os.path.expanduser(str(sock)))
     return MountConfig(source=source, mountpoint=mountpoint, tiers=tuple(tiers), cache=cache,
-                       fuse=fuse, writeback=writeback, chain=chain,
-                       socket=None if sock is None else str(sock), log_level=log_level.lower())
+                       fuse=fuse, writeback=writeback, chain=chain, socket=sock,
+                       log_level=log_level.lower(), log_format=log_format.lower(),
+                       metrics_listen=_listen_address(top["metrics_listen"]))
+
+
+def _listen_address(raw: object) -> str | None:
+    """'HOST:PORT' (an IPv6 host in brackets) or None; port 0 picks a free one."""
+    if raw is None or raw == "":
+        return None
+    text = str(raw).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"metrics_listen: expected HOST:PORT such as 127.0.0.1:9464, "
+                          f"got {raw!r}")
+    return text
 
 
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:

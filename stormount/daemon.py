@@ -27,6 +27,8 @@ from stormount.chain import Chain, Tier
 from stormount.chain.chain import spool_dir
 from stormount.chain.repair import RepairJournal
 from stormount.config import MountConfig
+from stormount.control.commands import Control
+from stormount.control.server import SUN_PATH_MAX, ControlServer
 from stormount.errors import BackendError, StartupError, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
@@ -146,6 +148,21 @@ async def check_backend(backend: Backend, *, warm_cache: bool) -> None:
         raise StartupError(f"cannot use {redact(backend.url)}: {e}") from None
 
 
+def socket_path(cfg: MountConfig) -> str:
+    """Where the control socket goes: --socket; else systemd's RuntimeDirectory; else
+    the cache directory; else, when that path is too long for a Unix socket, the
+    directory of the mount records."""
+    if cfg.socket:
+        return cfg.socket
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return os.path.join(runtime, "control.sock")
+    path = os.path.join(cfg.cache.dir, "control.sock")
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path
+    return os.path.join(registry.runtime_dir(), registry.record_name(cfg.mountpoint, ".sock"))
+
+
 def redact(url: str) -> str:
     """A URL without its query, which may hold credentials."""
     return url.split("?", 1)[0]
@@ -182,15 +199,29 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
             except OSError as e:
                 raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e}") from None
             await check_backend(chain, warm_cache=not meta.is_empty() or bool(restored))
+            ops = Operations(vfs, cfg.fuse)
+            control = Control(cfg, vfs, ops, chain)
+            server = ControlServer(socket_path(cfg), control.handle)
+            metrics = None
             try:
-                pyfuse3.init(Operations(vfs, cfg.fuse), cfg.mountpoint, fuse_options(cfg))
-            except RuntimeError as e:
-                raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
-            try:
-                pending = await _serve(cfg, vfs, chain, on_ready)
+                if cfg.metrics_listen is not None:
+                    from stormount.control.metrics import MetricsServer  # only when asked
+
+                    metrics = MetricsServer(control, cfg.metrics_listen)
+                try:
+                    pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
+                except RuntimeError as e:
+                    raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
+                try:
+                    pending = await _serve(cfg, vfs, chain, server, on_ready)
+                finally:
+                    pyfuse3.close(unmount=True)
+                    registry.unregister(cfg.mountpoint)
             finally:
-                pyfuse3.close(unmount=True)
-                registry.unregister(cfg.mountpoint)
+                server.close()
+                if metrics is not None:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(metrics.close)
             owed = chain.pending.counts()
             if any(owed.values()):
                 log.info("tier repairs still queued, resumed at the next mount: %s",
@@ -214,7 +245,7 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
         os.close(lock_fd)
 
 
-async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain,
+async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer,
                  on_ready: Callable[[], None]) -> list[str]:
     """Serve until unmounted, then upload what is queued: a signal starts that at once
     and unmounts after it; a second signal stops waiting (the queue stays journaled).
@@ -239,7 +270,7 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain,
             try:
                 registry.register(registry.MountRecord(
                     mountpoint=cfg.mountpoint, pid=os.getpid(), source=redact(cfg.source),
-                    cache_dir=cfg.cache.dir, socket=cfg.socket))
+                    cache_dir=cfg.cache.dir, socket=server.path))
             except OSError as e:  # the mount works; only `unmount` by name will not find it
                 log.warning("cannot record the mount in %s: %s", registry.runtime_dir(), e)
             log.info("mounted %s at %s", redact(cfg.tiers[0].url), cfg.mountpoint)
@@ -269,6 +300,7 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain,
         nursery.start_soon(on_signals)
         nursery.start_soon(vfs.writeback.run)
         nursery.start_soon(chain.run)
+        nursery.start_soon(server.serve)
         try:
             await pyfuse3.main()
             if not draining:

@@ -32,9 +32,13 @@ def runtime_dir() -> str:
     return os.path.join(xdg, "stormount") if xdg else f"/tmp/stormount-{os.getuid()}"
 
 
-def _path(mountpoint: str) -> str:
+def record_name(mountpoint: str, suffix: str = ".json") -> str:
     digest = hashlib.sha256(mount_path(mountpoint).encode()).hexdigest()[:16]
-    return os.path.join(runtime_dir(), f"mount-{digest}.json")
+    return f"mount-{digest}{suffix}"
+
+
+def _path(mountpoint: str) -> str:
+    return os.path.join(runtime_dir(), record_name(mountpoint))
 
 
 def register(record: MountRecord) -> None:

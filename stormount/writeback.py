@@ -41,6 +41,7 @@ from stormount.chain.chain import conflict_name
 from stormount.config import WritebackConfig
 from stormount.durable import SqliteJournal
 from stormount.errors import BackendError, Changed, NotFound, Transient
+from stormount.stats import Rate
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class Writeback:
         self.uploaded = 0  # counters for stats
         self.failures = 0
         self.conflicts = 0
+        self.throughput = Rate()  # bytes uploaded
 
     # --- what the filesystem tells us ---------------------------------------------
 
@@ -353,6 +355,7 @@ class Writeback:
                 log.exception("upload of %s failed unexpectedly", up.path)
                 self._failed(up, e)
                 return
+            self.throughput.add(info.size)
             self._succeeded(up, path, revision, info, conflict)
         finally:
             self._active -= 1

@@ -169,7 +169,7 @@ class Chain:
     async def head(self, key: str) -> ObjectInfo:
         if _reserved(key):
             raise NotFound(f"{key}: reserved", key=key)
-        return _up(await self._read(key, Kind.LIST, lambda t: t.backend.head(key)))
+        return _up(await self._read(key, "head", Kind.LIST, lambda t: t.backend.head(key)))
 
     async def get_range(self, key: str, offset: int, length: int,
                         version: str | None = None) -> bytes:
@@ -192,7 +192,7 @@ class Chain:
                 raise Changed(f"{key} is no longer the version {version}", key=key)
             return await tier.backend.get_range(key, offset, length, native)
 
-        return await self._read(key, Kind.DOWNLOAD, fetch)
+        return await self._read(key, "get", Kind.DOWNLOAD, fetch)
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
                        if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
@@ -213,7 +213,7 @@ class Chain:
             before = self.pending.get(key, 0)
             deleted = False
             try:
-                await self._retried(lambda: self._first(
+                await self._retried("delete", lambda: self._first(
                     [self.primary], Kind.DELETE, lambda t: t.backend.delete(key)))
                 deleted = True
             except BackendError as e:
@@ -240,8 +240,8 @@ class Chain:
             state = json.loads(token)
             sources, inner, after = [self.tiers[state["t"]]], state["k"], state["a"]
         while True:
-            page, index = await self._retried(
-                functools.partial(self._page, sources, prefix, delimiter, inner, limit))
+            page, index = await self._retried("list", functools.partial(
+                self._page, sources, prefix, delimiter, inner, limit))
             out = self._overlay(index, prefix, delimiter, after, page)
             if out.objects or out.prefixes or out.token is None:
                 return out
@@ -274,7 +274,7 @@ class Chain:
                 landed.append(tier)
                 return info
 
-            info = await self._retried(lambda: self._first(sources, Kind.UPLOAD, copy_on))
+            info = await self._retried("copy", lambda: self._first(sources, Kind.UPLOAD, copy_on))
             self._record(dst, landed[-1], info, self.pending.get(dst, 0), None)
             return _up(info)
 
@@ -292,6 +292,22 @@ class Chain:
             for tier in self.tiers:
                 nursery.start_soon(self.health.watch, tier)
             nursery.start_soon(self._repair_worker)
+
+    def queue(self) -> builtins.list[dict[str, object]]:
+        """The repair tasks, oldest first, as the control socket shows them."""
+        parked = {ident: index for index, idents in self._parked.items() for ident in idents}
+        out: builtins.list[dict[str, object]] = []
+        for task in sorted(self.pending.tasks.values(), key=lambda t: t.seq):
+            if task.ident in self._running:
+                state = "running"
+            elif task.ident in parked:
+                state = f"waiting for tier {parked[task.ident]}"
+            else:
+                state = "queued"
+            out.append({"key": task.key, "tier": task.tier, "action": task.action,
+                        "from_tier": task.src, "state": state, "attempts": task.attempts,
+                        "last_error": task.last_error, "since": task.since})
+        return out
 
     async def settle(self) -> None:
         """Wait until the repair queue is empty (tests, unmount)."""
@@ -315,7 +331,7 @@ class Chain:
                 raise Changed(f"{key} was deleted", key=key)
             errors: builtins.list[BaseException] = []
             for tier in self.tiers:
-                if not tier.breaker.allow():
+                if not tier.allow(Kind.UPLOAD):
                     continue
                 match, absent = if_match, if_absent
                 if tier.index == 0 and before is not None:
@@ -397,8 +413,9 @@ class Chain:
         return [first, *(m for m in self.mirrors
                          if m is not first and self.pending.get(key, m.index) is None)]
 
-    async def _read(self, key: str, kind: Kind, fn: Callable[[Tier], Awaitable[T]]) -> T:
-        return await self._retried(lambda: self._first(self._holders(key), kind, fn))
+    async def _read(self, key: str, op: str, kind: Kind,
+                    fn: Callable[[Tier], Awaitable[T]]) -> T:
+        return await self._retried(op, lambda: self._first(self._holders(key), kind, fn))
 
     async def _first(self, tiers: builtins.list[Tier], kind: Kind,
                      fn: Callable[[Tier], Awaitable[T]]) -> T:
@@ -406,7 +423,7 @@ class Chain:
         found, changed, refused) is final."""
         errors: builtins.list[BaseException] = []
         for tier in tiers:
-            if not tier.breaker.allow():
+            if not tier.allow(kind):
                 continue
             try:
                 return await tier.call(kind, fn, tier)
@@ -420,11 +437,22 @@ class Chain:
                 errors.append(e)
         raise self._none_left(errors)
 
-    async def _retried(self, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _retried(self, op: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        failed: BaseException | None = None
         async for retry in retrying(self.cfg):
+            if failed is not None:  # counted on the tier that failed, for the stats
+                self._tier_of(failed).metered.ops[op].retries += 1
             with retry:
-                return await attempt()
+                try:
+                    return await attempt()
+                except Transient as e:
+                    failed = e
+                    raise
         raise AssertionError("unreachable: tenacity re-raises")  # pragma: no cover
+
+    def _tier_of(self, error: BaseException) -> Tier:
+        url = getattr(error, "backend", "")
+        return next((t for t in self.tiers if url in (t.url, t.backend.url)), self.primary)
 
     def _none_left(self, errors: builtins.list[BaseException]) -> BaseException:
         if not errors:

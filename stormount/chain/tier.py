@@ -8,16 +8,26 @@ import errno
 import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from enum import StrEnum
 from typing import TypeVar
 
 import trio
 
-from stormount.backends.base import Backend
+from stormount.backends.base import Backend, ListPage, ObjectInfo
 from stormount.chain.breaker import Breaker, State
 from stormount.config import TierConfig
-from stormount.errors import BackendError, ContainerMissing, Throttled, Transient
+from stormount.errors import (
+    BackendError,
+    Changed,
+    Conflict,
+    ContainerMissing,
+    NotFound,
+    Throttled,
+    Transient,
+)
+from stormount.stats import Histogram, Ops
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,15 +54,91 @@ def redact(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+ANSWERS = (NotFound, Changed, Conflict)  # the store answered: not a failure of the request
+RECENT = 200  # requests the health report's latency covers
+
+
+class Metered:
+    """A tier's backend with every request timed and counted by operation, for the
+    stats: whoever makes the request (reads, writes, probes, repairs)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.inner = backend
+        self.url = backend.url
+        self.ops = Ops()
+        self.recent: deque[float] = deque(maxlen=RECENT)  # latencies of the last requests
+
+    async def _timed(self, op: str, request: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            return await request
+        except ANSWERS:
+            raise
+        except BackendError as e:
+            error = type(e).__name__
+            raise
+        except trio.Cancelled:
+            error = "Cancelled"
+            raise
+        except BaseException as e:
+            error = type(e).__name__
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self.ops[op].done(seconds, error)
+            self.recent.append(seconds)
+
+    def recent_latency(self) -> dict[str, float | None]:
+        """p50/p95/p99 (ms) of the last requests."""
+        hist = Histogram()
+        for seconds in self.recent:
+            hist.observe(seconds)
+        return hist.summary()
+
+    async def check(self) -> None:
+        await self._timed("check", self.inner.check())
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self._timed("head", self.inner.head(key))
+
+    async def get_range(self, key: str, offset: int, length: int,
+                        version: str | None = None) -> bytes:
+        return await self._timed("get", self.inner.get_range(key, offset, length, version))
+
+    async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
+                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+        return await self._timed("put", self.inner.put_file(
+            key, path, metadata, if_match=if_match, if_absent=if_absent))
+
+    async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
+        return await self._timed("put", self.inner.put_bytes(key, data, metadata))
+
+    async def delete(self, key: str) -> None:
+        await self._timed("delete", self.inner.delete(key))
+
+    async def list(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                   limit: int = 1000) -> ListPage:
+        return await self._timed("list", self.inner.list(prefix, delimiter, token, limit))
+
+    async def copy(self, src: str, dst: str,
+                   metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        return await self._timed("copy", self.inner.copy(src, dst, metadata))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 class Tier:
     def __init__(self, index: int, backend: Backend, cfg: TierConfig) -> None:
         self.index = index
-        self.backend = backend
+        self.backend = self.metered = Metered(backend)
         self.cfg = cfg
         self.url = redact(cfg.url)
         self.mirror = cfg.mirror
         self.role = "primary" if index == 0 else "mirror" if cfg.mirror else "spill-over"
         self.breaker = Breaker(cfg.breaker_failures, cfg.breaker_open)
+        self.drained = False  # taken out of service by the operator (`ctl drain`)
         self._limits = {Kind.UPLOAD: trio.CapacityLimiter(cfg.uploads),
                         Kind.DOWNLOAD: trio.CapacityLimiter(cfg.downloads),
                         Kind.DELETE: trio.CapacityLimiter(cfg.deletes)}
@@ -75,7 +161,29 @@ class Tier:
 
     @property
     def healthy(self) -> bool:
-        return self.breaker.state == State.CLOSED
+        return self.breaker.state == State.CLOSED and not self.drained
+
+    def allow(self, kind: Kind) -> bool:
+        """May a request go to the tier now (see Breaker.allow)? No writes while drained."""
+        if self.drained and kind in (Kind.UPLOAD, Kind.DELETE):
+            return False
+        return self.breaker.allow()
+
+    def drain(self, drained: bool) -> bool:
+        """Take the tier out of service for maintenance, or put it back. A drained tier
+        takes no writes (they spill to the next tier, as in an outage) and no repairs;
+        it still answers reads while it can, so lookups and listings keep working, and
+        when it does go offline its breaker opens as in any outage. True if that changed
+        anything."""
+        if drained == self.drained:
+            return False
+        self.drained = drained
+        log.warning("tier %d (%s) %s", self.index, self.url,
+                    "drained by the operator: its writes go to the next tier" if drained
+                    else "undrained by the operator: back in service")
+        self._wake()
+        self.on_state(self)
+        return True
 
     async def call(self, kind: Kind, fn: Callable[..., Awaitable[T]], *args: object,
                    **kwargs: object) -> T:
@@ -190,7 +298,8 @@ class Tier:
         retry_at = self.breaker.retry_at
         return {
             "index": self.index, "url": self.url, "role": self.role,
-            "healthy": self.healthy, "breaker": str(self.breaker.state),
+            "healthy": self.healthy, "drained": self.drained,
+            "breaker": str(self.breaker.state),
             "consecutive_failures": self.breaker.consecutive,
             "opened": self.breaker.opened,
             "retry_in": None if retry_at is None else max(0.0, retry_at - trio.current_time()),
@@ -199,6 +308,7 @@ class Tier:
             "last_error": self.last_error, "last_error_at": self.last_error_at,
             "probe_ok": self.probe_ok, "probe_at": self.probe_at,
             "probe_latency": self.probe_latency,
+            "recent_latency": self.metered.recent_latency(),
         }
 
 

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -22,6 +23,7 @@ import trio
 
 from stormount.config import FuseConfig
 from stormount.errors import BackendError, StormountError, first_error
+from stormount.stats import Ops
 from stormount.vfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, Vfs
 from stormount.vfs.nodes import Node
 
@@ -46,15 +48,28 @@ def errno_of(exc: BaseException, op: str) -> int:
 
 
 def fuse_errors(fn: F) -> F:
+    """Every handler's errors as errnos, and its count and latency for the stats."""
+    op = fn.__name__
+
     @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: Operations, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
         try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
+            result = await fn(self, *args, **kwargs)
+        except pyfuse3.FUSEError as e:
+            self.ops[op].done(time.perf_counter() - started, _errname(e.errno))
             raise
         except Exception as e:
-            raise pyfuse3.FUSEError(errno_of(e, fn.__name__)) from None
+            code = errno_of(e, op)
+            self.ops[op].done(time.perf_counter() - started, _errname(code))
+            raise pyfuse3.FUSEError(code) from None
+        self.ops[op].done(time.perf_counter() - started)
+        return result
     return cast(F, wrapper)
+
+
+def _errname(code: int) -> str:
+    return errno.errorcode.get(code, str(code))
 
 
 def _name(raw: bytes) -> str:
@@ -70,6 +85,9 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.vfs = vfs
         self.fuse = fuse
+        self.ops = Ops()  # FUSE requests by operation, for the stats
+        self.bytes_read = 0
+        self.bytes_written = 0
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         a = node.attrs
@@ -259,11 +277,15 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return await self.vfs.read(fh, off, size)
+        data = await self.vfs.read(fh, off, size)
+        self.bytes_read += len(data)
+        return data
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.vfs.write(fh, off, buf)
+        written = await self.vfs.write(fh, off, buf)
+        self.bytes_written += written
+        return written
 
     @fuse_errors
     async def flush(self, fh: int) -> None:

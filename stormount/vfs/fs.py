@@ -115,6 +115,10 @@ class Vfs:
         self._moving: dict[Node, trio.Event] = {}  # nodes a rename is moving
         self._start_ns = now_ns()
         self._warned: set[str] = set()
+        # lookups, getattrs and listings answered from the caches, and those that asked
+        # the store (for the stats)
+        self.metadata_hits = 0
+        self.metadata_misses = 0
 
     # --- helpers --------------------------------------------------------------------
 
@@ -294,16 +298,19 @@ class Vfs:
         if child is not None and (
                 child.staging is not None or child.etag is None
                 or (child.complete and self._fresh(child.checked_at, self.cache.metadata_ttl))):
+            self.metadata_hits += 1
             return child
         if child is None:
             seen_absent = parent.negative.get(name)
             if seen_absent is not None and self._fresh(seen_absent, self.cache.negative_ttl):
+                self.metadata_hits += 1
                 return None
         hint: str | None = None
         listing = self._load_listing(parent)
         entry = None if listing is None else listing.entries.get(name)
         if listing is not None and self._fresh(listing.at, self.cache.listing_ttl):
             if entry is None:
+                self.metadata_hits += 1
                 if child is not None and self._holds_queued(child):
                     return child
                 if child is not None:
@@ -316,10 +323,12 @@ class Vfs:
                 entry[1].etag != remembered[2].etag):
             remembered = None  # the listing knows a newer version
         if remembered is not None and remembered[0] < self.cache.metadata_ttl:
+            self.metadata_hits += 1
             return self._child_from_object(parent, name, remembered[1], remembered[2],
                                            complete=True)
         # queued uploads inside: it exists, even if they land while the store is asked
         held = child is not None and self._holds_queued(child)
+        self.metadata_misses += 1
         try:
             found = await self._stat_remote(parent, name, hint, listed_prefix)
         except Transient as e:
@@ -547,7 +556,9 @@ class Vfs:
         node = self.node(ino)
         if (node.kind == DIR or node.unlinked or node.staging is not None or node.etag is None
                 or self._fresh(node.checked_at, self.cache.metadata_ttl)):
+            self.metadata_hits += 1
             return node
+        self.metadata_misses += 1
         try:
             info = await self.backend.head(node.key)
         except Transient as e:
@@ -701,15 +712,20 @@ class Vfs:
     async def _list_dir(self, node: Node) -> list[tuple[str, Node]]:
         listing = self._load_listing(node)
         if listing is None:
+            self.metadata_misses += 1
             listing = await self._fetch_listing(node)
         elif not self._fresh(listing.at, self.cache.listing_ttl):
             if self.background is not None:
+                self.metadata_hits += 1
                 self._refresh_soon(node)  # serve the stale listing; the next access sees news
             else:
+                self.metadata_misses += 1
                 try:
                     listing = await self._fetch_listing(node)
                 except Transient as e:
                     self._offline(f"the listing of /{node.path}", e)
+        else:
+            self.metadata_hits += 1
         result: dict[str, Node] = {}
         for name, (kind, listed) in listing.entries.items():
             known = node.children.get(name)
@@ -1223,6 +1239,20 @@ class Vfs:
     def _holds_queued(self, node: Node) -> bool:
         """A directory with queued uploads inside exists, whatever the store says yet."""
         return node.kind == DIR and bool(self.writeback.under(node.key))
+
+    async def hand_over(self, path: str = "") -> list[Upload]:
+        """Queue what is written under `path` (a file or a directory, "" for everything),
+        files still open included, and upload it now (no debounce); the queue entries
+        chosen, for the caller to wait on (`Writeback.flush`)."""
+        prefix = path.strip("/")
+
+        def under(p: str) -> bool:
+            return not prefix or p == prefix or p.startswith(prefix + "/")
+
+        for node in self.inodes.all():
+            if node.staging is not None and under(node.path):
+                await self._handover(node)
+        return [up for up in self.writeback.pending() if under(up.path.rstrip("/"))]
 
     async def shutdown(self) -> list[str]:
         """Queue what is still open and changed, then upload the whole queue (the caller

@@ -1,0 +1,314 @@
+"""The control commands (docs/CONTROL.md): what `stormount ctl` can ask a running mount.
+
+Every command reads or steers the parts the daemon composed; none blocks the event
+loop for long (figures are in memory, the kernel's cache drops run in threads).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from stormount import __version__
+from stormount.cache.blocks import BlockCache
+from stormount.chain import Chain, Tier
+from stormount.config import MountConfig
+from stormount.control.server import Progress, Reply, RequestError
+from stormount.fuse.ops import Operations
+from stormount.stats import Ops
+from stormount.vfs.fs import Vfs
+from stormount.writeback import FAILING, UPLOADING
+
+PROGRESS_EVERY = 0.5  # seconds between progress lines of a flush
+
+
+@dataclass
+class Counters:
+    """Every counter of the mount at one moment; `stats` shows the difference from the
+    last reset, `metrics` the totals."""
+
+    fuse: Ops
+    bytes_read: int
+    bytes_written: int
+    tiers: list[Ops]
+    metadata: dict[str, int]
+    blocks: dict[str, int]
+    uploads: dict[str, int]
+    repaired: int
+    at: float = field(default_factory=time.time)
+
+    def minus(self, base: Counters) -> Counters:
+        def sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            return {k: v - b.get(k, 0) for k, v in a.items()}
+
+        return Counters(
+            fuse=self.fuse.minus(base.fuse), bytes_read=self.bytes_read - base.bytes_read,
+            bytes_written=self.bytes_written - base.bytes_written,
+            tiers=[ops.minus(old) if i < len(base.tiers) else ops.copy()
+                   for i, (ops, old) in enumerate(zip(self.tiers, base.tiers, strict=False))],
+            metadata=sub(self.metadata, base.metadata), blocks=sub(self.blocks, base.blocks),
+            uploads=sub(self.uploads, base.uploads), repaired=self.repaired - base.repaired,
+            at=self.at)
+
+
+def ratio(hits: int, misses: int) -> float | None:
+    return None if hits + misses <= 0 else round(hits / (hits + misses), 4)
+
+
+class Control:
+    """The command handler of the control server, over the daemon's parts."""
+
+    def __init__(self, cfg: MountConfig, vfs: Vfs, ops: Operations, chain: Chain, *,
+                 invalidate: Callable[[str, bool], Awaitable[int]] | None = None) -> None:
+        self.cfg = cfg
+        self.vfs = vfs
+        self.ops = ops
+        self.chain = chain
+        self.invalidate = invalidate or ops.invalidate
+        self.started = time.time()
+        self.baseline = self.counters()
+        self.commands: dict[str, Callable[[dict[str, Any], Progress], Awaitable[Reply]]] = {
+            "health": self._health, "stats": self._stats, "invalidate": self._invalidate,
+            "flush": self._flush, "queue": self._queue, "tiers": self._tiers,
+            "drain": self._drain, "undrain": self._undrain, "metrics": self._metrics,
+        }
+
+    async def handle(self, request: dict[str, Any], progress: Progress) -> Reply:
+        command = request.get("command")
+        if not isinstance(command, str) or command not in self.commands:
+            known = ", ".join(self.commands)
+            what = "no command given" if command is None else f"unknown command {command!r}"
+            raise RequestError(f'{what} (send {{"command": NAME}}; known: {known})')
+        return {"ok": True, **await self.commands[command](request, progress)}
+
+    # --- the figures ------------------------------------------------------------------
+
+    @property
+    def blocks(self) -> BlockCache | None:
+        return None if self.vfs.reader is None else self.vfs.reader.blocks
+
+    def counters(self) -> Counters:
+        blocks = self.blocks.stats() if self.blocks is not None else {}
+        wb = self.vfs.writeback
+        return Counters(
+            fuse=self.ops.ops.copy(), bytes_read=self.ops.bytes_read,
+            bytes_written=self.ops.bytes_written,
+            tiers=[t.metered.ops.copy() for t in self.chain.tiers],
+            metadata={"hits": self.vfs.metadata_hits, "misses": self.vfs.metadata_misses},
+            blocks={k: blocks.get(k, 0) for k in ("hits", "misses", "evictions", "corrupt")},
+            uploads={"uploaded": wb.uploaded, "failures": wb.failures,
+                     "conflicts": wb.conflicts, "bytes": wb.throughput.total},
+            repaired=self.chain.repaired)
+
+    def tier_status(self, tier: Tier) -> dict[str, Any]:
+        status = tier.status()
+        state = "drained" if tier.drained else "up" if tier.healthy else "down"
+        return {"state": state, **status}
+
+    def queue_state(self) -> dict[str, Any]:
+        pending = self.vfs.writeback.pending()
+        failing = [up for up in pending if up.state == FAILING]
+        return {
+            "pending": len(pending),
+            "uploading": sum(up.state == UPLOADING for up in pending),
+            "failing": len(failing),
+            "oldest_queued_at": pending[0].queued_at if pending else None,
+            "first_failure": None if not failing else {
+                "path": failing[0].path, "error": failing[0].last_error},
+        }
+
+    def health(self) -> Reply:
+        tiers = [self.tier_status(t) for t in self.chain.tiers]
+        reasons = []
+        for t in self.chain.tiers:
+            if t.drained:
+                reasons.append(f"tier {t.index} ({t.url}) is drained")
+            elif not t.healthy:
+                reasons.append(f"tier {t.index} ({t.url}) is down: {t.last_error}")
+        queue = self.queue_state()
+        if queue["failing"]:
+            first = queue["first_failure"]
+            reasons.append(f"{queue['failing']} upload(s) failing, e.g. {first['path']}: "
+                           f"{first['error']}")
+        if not any(t.healthy for t in self.chain.tiers):
+            state = "down"
+        else:
+            state = "degraded" if reasons else "ok"
+        return {"state": state, "reasons": reasons, "mountpoint": self.cfg.mountpoint,
+                "pid": os.getpid(), "version": __version__,
+                "uptime": round(time.time() - self.started, 3), "tiers": tiers,
+                "writeback": queue, "repair": self.chain.pending.counts()}
+
+    # --- commands ---------------------------------------------------------------------
+
+    async def _health(self, request: dict[str, Any], progress: Progress) -> Reply:
+        return self.health()
+
+    async def _stats(self, request: dict[str, Any], progress: Progress) -> Reply:
+        reset = _flag(request, "reset")
+        now = self.counters()
+        since = self.baseline.at
+        shown = now.minus(self.baseline)
+        if reset:  # what was counted up to now is shown; counting starts again
+            self.baseline = now
+        return {"reset": reset, **self.stats_of(shown, since)}
+
+    def stats_of(self, c: Counters, since: float) -> Reply:
+        blocks = self.blocks
+        wb = self.vfs.writeback
+        try:
+            meta_bytes = os.stat(os.path.join(self.cfg.cache.dir, "meta.sqlite3")).st_size
+        except OSError:
+            meta_bytes = None
+        block_now = blocks.stats() if blocks is not None else {}
+        return {
+            "since": since,
+            "seconds": round(c.at - since, 3),
+            "fuse": {"ops": _summaries(c.fuse),
+                     "bytes_read": c.bytes_read, "bytes_written": c.bytes_written},
+            "backend": {"tiers": [
+                {"index": t.index, "url": t.url, "role": t.role,
+                 "ops": _summaries(ops)}
+                for t, ops in zip(self.chain.tiers, c.tiers, strict=True)]},
+            "cache": {
+                "metadata": {**c.metadata,
+                             "hit_ratio": ratio(c.metadata["hits"], c.metadata["misses"]),
+                             "nodes": len(self.vfs.inodes), "db_bytes": meta_bytes},
+                "blocks": {**c.blocks, "hit_ratio": ratio(c.blocks["hits"], c.blocks["misses"]),
+                           "bytes": block_now.get("bytes", 0),
+                           "blocks": block_now.get("blocks", 0),
+                           "max_bytes": None if blocks is None else blocks.max_bytes,
+                           "enabled": blocks is not None},
+            },
+            "writeback": {"queue_depth": len(wb.pending()), **c.uploads,
+                          "upload_bytes_per_second": round(wb.throughput.per_second(), 1)},
+            "repair": {"pending": self.chain.pending.counts(), "repaired": c.repaired},
+        }
+
+    async def _invalidate(self, request: dict[str, Any], progress: Progress) -> Reply:
+        path = self.mount_path(request.get("path"))
+        recursive = _flag(request, "recursive")
+        nodes = await self.invalidate(path, recursive)
+        return {"path": "/" + path, "recursive": recursive, "nodes": nodes}
+
+    async def _flush(self, request: dict[str, Any], progress: Progress) -> Reply:
+        path = self.mount_path(request.get("path", ""))
+        timeout = request.get("timeout")
+        if timeout is not None and (not isinstance(timeout, int | float)
+                                    or isinstance(timeout, bool) or timeout <= 0):
+            raise RequestError("timeout must be a positive number of seconds")
+        chosen = await self.vfs.hand_over(path)
+        total = len(chosen)
+
+        async def report() -> None:
+            while True:
+                await trio.sleep(PROGRESS_EVERY)
+                await progress({"event": "progress", "total": total,
+                                "remaining": sum(not up.uploaded.is_set() for up in chosen)})
+
+        async with trio.open_nursery() as nursery:
+            if _flag(request, "progress"):
+                nursery.start_soon(report)
+            with trio.move_on_after(math.inf if timeout is None else float(timeout)):
+                await self.vfs.writeback.flush(up.path for up in chosen)
+            nursery.cancel_scope.cancel()
+        left = [up for up in chosen if not up.uploaded.is_set()]
+        reply: Reply = {"path": "/" + path, "total": total, "uploaded": total - len(left),
+                        "remaining": [up.describe() for up in left]}
+        if left:
+            failing = [up for up in left if up.last_error]
+            why = (f"; {failing[0].path}: {failing[0].last_error}" if failing
+                   else f" within {timeout:g} s" if timeout is not None else "")
+            reply.update(ok=False, error=f"{len(left)} of {total} file(s) not uploaded{why}")
+        return reply
+
+    async def _queue(self, request: dict[str, Any], progress: Progress) -> Reply:
+        return {"uploads": [up.describe() for up in self.vfs.writeback.pending()],
+                "repairs": self.chain.queue()}
+
+    async def _tiers(self, request: dict[str, Any], progress: Progress) -> Reply:
+        return {"tiers": [self.tier_status(t) for t in self.chain.tiers]}
+
+    async def _drain(self, request: dict[str, Any], progress: Progress) -> Reply:
+        tier = self.tier_named(request.get("tier"))
+        others = [t for t in self.chain.tiers if t is not tier and not t.drained]
+        if not tier.drained and not others:
+            raise RequestError(f"tier {tier.index} ({tier.url}) is the last tier in service: "
+                               "draining it would leave nothing to read from or write to")
+        changed = tier.drain(True)
+        return {"tier": self.tier_status(tier), "changed": changed}
+
+    async def _undrain(self, request: dict[str, Any], progress: Progress) -> Reply:
+        tier = self.tier_named(request.get("tier"))
+        changed = tier.drain(False)
+        return {"tier": self.tier_status(tier), "changed": changed}
+
+    async def _metrics(self, request: dict[str, Any], progress: Progress) -> Reply:
+        from stormount.control.metrics import exposition  # prometheus_client: on demand
+
+        return {"content_type": "text/plain; version=0.0.4; charset=utf-8",
+                "text": exposition(self)}
+
+    # --- arguments --------------------------------------------------------------------
+
+    def mount_path(self, raw: object) -> str:
+        """A path inside the mount (relative to its root) from what a client sent: that,
+        or an absolute path under the mountpoint."""
+        if raw is None:
+            raise RequestError("no path given")
+        if not isinstance(raw, str):
+            raise RequestError("path must be a string")
+        if "\0" in raw:
+            raise RequestError("path must not contain NUL")
+        path = raw
+        mp = self.cfg.mountpoint
+        if path.startswith("/"):
+            if path == mp or path.startswith(mp.rstrip("/") + "/"):
+                path = path[len(mp):]
+            else:
+                raise RequestError(f"{raw} is not under the mountpoint {mp} (give a path "
+                                   "inside the mount, relative to its root)")
+        parts: list[str] = []
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not parts:
+                    raise RequestError(f"{raw} leads out of the mount")
+                parts.pop()
+            else:
+                parts.append(part)
+        return "/".join(parts)
+
+    def tier_named(self, raw: object) -> Tier:
+        """A tier by its number (0 is the primary) or its URL."""
+        tiers = self.chain.tiers
+        if (isinstance(raw, int) and not isinstance(raw, bool)) or (
+                isinstance(raw, str) and raw.isdigit()):
+            index = int(raw)
+            if 0 <= index < len(tiers):
+                return tiers[index]
+        elif isinstance(raw, str):
+            for t in tiers:
+                if raw in (t.url, t.url.rstrip("/")):
+                    return t
+        known = ", ".join(f"{t.index} ({t.url})" for t in tiers)
+        raise RequestError(f"no tier {raw!r} (tiers: {known})")
+
+
+def _summaries(ops: Ops) -> dict[str, Any]:
+    return {name: op.summary() for name, op in sorted(ops.items()) if op.count}
+
+
+def _flag(request: dict[str, Any], name: str) -> bool:
+    value = request.get(name, False)
+    if not isinstance(value, bool):
+        raise RequestError(f"{name} must be true or false")
+    return value
+

@@ -1,0 +1,225 @@
+"""The control commands without a kernel: a chain of memory tiers behind fault-injecting
+wrappers, a Vfs and the FUSE adapter over it, composed as the daemon composes them, on
+trio's autojump clock. The socket protocol is tests/unit/test_control_server.py; the
+commands through a real mount are tests/fuse/test_control.py."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from prometheus_client.parser import text_string_to_metric_families
+
+from stormount.config import CacheConfig, MountConfig, WritebackConfig
+from stormount.control.commands import Control
+from stormount.control.server import RequestError
+from stormount.errors import Permanent, Transient
+from stormount.fuse.ops import Operations
+from stormount.vfs.nodes import ROOT_INO
+from tests.helpers.chain import settled
+from tests.helpers.faults import OPERATIONS
+from tests.helpers.vfs import VfsFactory, read, write
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def no_progress(reply):
+    raise AssertionError(f"progress without being asked: {reply}")
+
+
+class Composed:
+    def __init__(self, tiers, chain, vfs, ops, control):
+        self.tiers, self.chain, self.vfs, self.ops, self.control = (
+            tiers, chain, vfs, ops, control)
+
+    async def ask(self, command: str, progress=no_progress, **args):
+        return await self.control.handle({"command": command, **args}, progress)
+
+
+@pytest.fixture
+async def composed(make_tiers, nursery, tmp_path):
+    made = VfsFactory(tmp_path, nursery)
+
+    async def _make(n=2, writeback=None):
+        tiers = make_tiers(n)
+        chain = tiers.make()
+        await chain.check()
+        nursery.start_soon(chain.run)
+        vfs = made(chain, writeback=writeback)
+        ops = Operations(vfs, vfs.fuse)
+
+        async def invalidate(path, recursive):
+            return len(vfs.invalidate(path, recursive))
+
+        cfg = MountConfig(source="memory://", mountpoint="/mnt/m", tiers=(),
+                          cache=CacheConfig(dir=str(tmp_path)))
+        return Composed(tiers, chain, vfs, ops, Control(cfg, vfs, ops, chain,
+                                                        invalidate=invalidate))
+
+    yield _make
+    made.close()
+
+
+def down(tiers, i):
+    for op in OPERATIONS:
+        tiers.faulty[i].fail(op, Transient("connection refused"))
+
+
+async def test_health_is_ok_degraded_then_down(composed, autojump_clock):
+    c = await composed()
+    health = await c.ask("health")
+    assert health["ok"] and health["state"] == "ok" and health["reasons"] == []
+    assert [t["state"] for t in health["tiers"]] == ["up", "up"]
+    assert [t["role"] for t in health["tiers"]] == ["primary", "spill-over"]
+    down(c.tiers, 0)
+    assert not await c.chain.health.probe(c.chain.tiers[0])
+    health = await c.ask("health")
+    assert health["state"] == "degraded"
+    assert health["tiers"][0]["state"] == "down" and health["tiers"][0]["breaker"] == "open"
+    assert "connection refused" in health["tiers"][0]["last_error"]
+    assert health["tiers"][0]["probe_ok"] is False
+    assert "tier 0 (memory://" in health["reasons"][0]
+    down(c.tiers, 1)
+    assert not await c.chain.health.probe(c.chain.tiers[1])
+    assert (await c.ask("health"))["state"] == "down"
+    for faulty in c.tiers.faulty:
+        faulty.heal()
+    for tier in c.chain.tiers:
+        assert await c.chain.health.probe(tier)
+    assert (await c.ask("health"))["state"] == "ok"
+
+
+async def test_failing_uploads_make_the_mount_degraded(composed, autojump_clock):
+    c = await composed(writeback=WritebackConfig(debounce=0, retries=1))
+    c.tiers.faulty[0].fail("put_file", Permanent("AccessDenied: no writes here"))
+    await write(c.vfs, "f", b"data")
+    reply = await c.ask("flush")
+    assert reply["ok"] is False and "1 of 1 file(s) not uploaded" in reply["error"]
+    assert "AccessDenied" in reply["error"]
+    assert [r["path"] for r in reply["remaining"]] == ["f"]
+    health = await c.ask("health")
+    assert health["state"] == "degraded"
+    assert health["writeback"]["failing"] == 1 and "upload(s) failing" in health["reasons"][0]
+    queue = await c.ask("queue")
+    assert queue["uploads"][0]["state"] == "failing"
+    assert "AccessDenied" in queue["uploads"][0]["last_error"]
+
+
+async def test_stats_count_operations_and_reset_to_zero(composed, autojump_clock):
+    c = await composed()
+    await write(c.vfs, "a.txt", b"x" * 1000)
+    await c.vfs.writeback.flush()
+    assert await read(c.vfs, "a.txt") == b"x" * 1000
+    stats = await c.ask("stats")
+    primary = stats["backend"]["tiers"][0]["ops"]
+    assert primary["put"]["count"] == 1 and primary["put"]["errors"] == 0
+    assert primary["put"]["p50_ms"] is not None
+    assert stats["writeback"]["uploaded"] == 1 and stats["writeback"]["bytes"] == 1000
+    assert stats["cache"]["metadata"]["hits"] + stats["cache"]["metadata"]["misses"] > 0
+    reset = await c.ask("stats", reset=True)
+    assert reset["reset"] and reset["writeback"]["uploaded"] == 1
+    after = await c.ask("stats")
+    assert after["backend"]["tiers"][0]["ops"] == {}
+    assert after["writeback"]["uploaded"] == 0 and after["writeback"]["bytes"] == 0
+    # the Prometheus totals are not reset
+    text = (await c.ask("metrics"))["text"]
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("stormount_writeback_uploaded_total", ())] == 1
+    assert samples[("stormount_backend_requests_total", (("op", "put"), ("tier", "0")))] == 1
+
+
+async def test_retries_are_counted_on_the_tier_that_failed(composed, autojump_clock):
+    c = await composed(n=1)
+    await write(c.vfs, "f", b"hello")
+    await c.vfs.writeback.flush()
+    failures = iter([Transient("reset by peer")])
+    c.tiers.faulty[0].fail("head", lambda key: next(failures, None))
+    await c.chain.head("f")
+    ops = (await c.ask("stats"))["backend"]["tiers"][0]["ops"]
+    assert ops["head"]["retries"] == 1
+
+
+async def test_flush_uploads_now_with_progress(composed, autojump_clock):
+    c = await composed(writeback=WritebackConfig(debounce=3600))
+    d = await c.vfs.mkdir(ROOT_INO, "d", 0o755, 1000, 1000)
+    await write(c.vfs, "top", b"0")
+    for i in range(1, 4):
+        await write(c.vfs, f"f{i}", b"%d" % i, parent=d.ino)
+    assert len((await c.ask("queue"))["uploads"]) == 5  # with the directory's marker
+    c.tiers.faulty[0].fail("put_file", 2.0)  # each upload takes 2 s
+    events = []
+
+    async def progress(reply):
+        events.append(reply)
+
+    reply = await c.control.handle(  # only under d/
+        {"command": "flush", "path": "/mnt/m/d", "progress": True}, progress)
+    assert reply == {"ok": True, "path": "/d", "total": 4, "uploaded": 4, "remaining": []}
+    assert events and all(e["event"] == "progress" and e["total"] == 4 for e in events)
+    assert [up["path"] for up in (await c.ask("queue"))["uploads"]] == ["top"]
+    assert (await c.ask("flush"))["uploaded"] == 1
+    assert c.tiers.objects(0) == {"top": b"0", "d/": b"", "d/f1": b"1", "d/f2": b"2",
+                                  "d/f3": b"3"}
+
+
+async def test_flush_gives_up_after_its_timeout(composed, autojump_clock):
+    c = await composed(writeback=WritebackConfig(debounce=3600))
+    await write(c.vfs, "slow", b"s")
+    c.tiers.faulty[0].fail("put_file", "hang")
+    reply = await c.ask("flush", timeout=5)
+    assert reply["ok"] is False and reply["error"] == "1 of 1 file(s) not uploaded within 5 s"
+    with pytest.raises(RequestError, match="positive number"):
+        await c.ask("flush", timeout="soon")
+
+
+async def test_drain_sends_writes_to_the_next_tier_until_undrained(composed, autojump_clock):
+    c = await composed()
+    with pytest.raises(RequestError, match="no tier 'nine'"):
+        await c.ask("drain", tier="nine")
+    reply = await c.ask("drain", tier=0)
+    assert reply["changed"] and reply["tier"]["state"] == "drained"
+    assert (await c.ask("drain", tier="0"))["changed"] is False
+    with pytest.raises(RequestError, match="last tier in service"):
+        await c.ask("drain", tier=c.chain.tiers[1].url)
+    health = await c.ask("health")
+    assert health["state"] == "degraded" and "is drained" in health["reasons"][0]
+    await write(c.vfs, "during.txt", b"written while drained")
+    await c.vfs.writeback.flush()
+    assert c.tiers.objects(0) == {}
+    assert c.tiers.objects(1) == {"during.txt": b"written while drained"}
+    await trio.testing.wait_all_tasks_blocked()  # the repair worker has looked at it
+    repairs = (await c.ask("queue"))["repairs"]
+    assert [(r["key"], r["tier"], r["action"]) for r in repairs] == [
+        ("during.txt", 0, "copy")]
+    assert repairs[0]["state"] == "waiting for tier 0"
+    assert await read(c.vfs, "during.txt") == b"written while drained"
+    assert (await c.ask("undrain", tier="0"))["tier"]["state"] == "up"
+    await settled(c.chain)
+    assert c.tiers.objects(0) == {"during.txt": b"written while drained"}
+    assert c.tiers.objects(1) == {}
+    assert (await c.ask("health"))["state"] == "ok"
+
+
+async def test_invalidate_takes_paths_inside_the_mount(composed, autojump_clock):
+    c = await composed()
+    await write(c.vfs, "a.txt", b"1")
+    for raw, path in (("a.txt", "/a.txt"), ("/mnt/m/a.txt", "/a.txt"), ("./d/../a.txt",
+                                                                        "/a.txt"),
+                      ("/mnt/m", "/"), ("", "/")):
+        reply = await c.ask("invalidate", path=raw)
+        assert reply["path"] == path and reply["ok"] is True, raw
+    for raw, why in (("/etc/passwd", "not under the mountpoint"), ("../x", "out of the mount"),
+                     (None, "no path given"), (3, "must be a string")):
+        with pytest.raises(RequestError, match=why):
+            await c.ask("invalidate", path=raw)
+    with pytest.raises(RequestError, match="recursive must be true or false"):
+        await c.ask("invalidate", path="a", recursive="yes")
+
+
+async def test_unknown_commands_list_the_known_ones(composed, autojump_clock):
+    c = await composed()
+    with pytest.raises(RequestError, match=r"unknown command 'nope'.*health, stats"):
+        await c.ask("nope")
+    with pytest.raises(RequestError, match="no command given"):
+        await c.control.handle({}, no_progress)
