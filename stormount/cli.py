@@ -64,8 +64,9 @@ def mount(source: str, mountpoint: str, tiers: tuple[str, ...], config_file: str
     Without --foreground, returns once the mount is ready.
     """
     cfg = build_config(source, mountpoint, tier_urls=tiers, config_file=config_file,
-                       cache_dir=cache_dir, socket=socket, options=options)
-    level = log_level or cfg.log_level
+                       cache_dir=cache_dir, socket=socket, log_level=log_level,
+                       options=options)
+    level = cfg.log_level
     if foreground:
         _mount_foreground(cfg, level, ready_fd)
         return

@@ -353,6 +353,7 @@ def build_config(
     config_file: str | None = None,
     cache_dir: str | None = None,
     socket: str | None = None,
+    log_level: str | None = None,
     options: tuple[str, ...] = (),
 ) -> MountConfig:
     """Merge, in rising priority: defaults, config file, flags, -o options."""
@@ -398,6 +399,8 @@ def build_config(
         cache = replace(cache, dir=cache_dir)
     if socket:
         top["socket"] = socket
+    if log_level:
+        top["log_level"] = log_level
     o_values = parse_o_options(options)
     fuse_o: dict[str, Any] = {}
     for key, value in o_values.items():

@@ -410,7 +410,8 @@ class Writeback:
         if conflict is not None:
             self.conflicts += 1
             log.warning("%s changed in the store since it was opened here: kept the store's "
-                        "version, uploaded this one as %s", path, conflict)
+                        "version, uploaded this one as %s", path, conflict,
+                        extra={"event": "conflict", "key": path, "conflict": conflict})
             if current is up and up.revision != revision:
                 # handed over again while the copy went up: the newer content follows it
                 # to the conflict name, based on the copy just stored
@@ -463,14 +464,17 @@ class Writeback:
         if not retryable or up.attempts >= self.cfg.retries:
             if up.state != FAILING:
                 log.error("upload of %s is failing (attempt %d), kept queued: %s",
-                          up.path, up.attempts, up.last_error)
+                          up.path, up.attempts, up.last_error,
+                          extra={"event": "upload_failing", "key": up.path,
+                                 "error": up.last_error})
             up.state = FAILING
             delay = backoff(self.cfg.retries + 1, self.cfg, self._rng)
         else:
             up.state = QUEUED
             delay = backoff(up.attempts, self.cfg, self._rng)
             log.info("upload of %s failed (attempt %d), retrying in %.1f s: %s",
-                     up.path, up.attempts, delay, up.last_error)
+                     up.path, up.attempts, delay, up.last_error,
+                     extra={"event": "upload_retry", "key": up.path, "error": up.last_error})
         up.due = trio.current_time() + delay  # scheduled when the attempt has ended
         if self._uploads.get(up.path) is up:
             try:

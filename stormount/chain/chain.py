@@ -350,8 +350,11 @@ class Chain:
                     errors.append(e)
                     continue
                 if tier.index > 0:
-                    log.info("%s went to tier %d (%s): the tiers above are down", key,
-                             tier.index, tier.url)
+                    why = errors[-1] if errors else "out of service"
+                    log.info("%s went to tier %d (%s): the tiers above failed (%s)", key,
+                             tier.index, tier.url, why,
+                             extra={"event": "failover_write", "tier": tier.index, "key": key,
+                                    "error": str(why)})
                 self._record(key, tier, info, before, cond_of(if_match, if_absent))
                 return _up(info)
             raise self._none_left(errors)
@@ -426,7 +429,7 @@ class Chain:
             if not tier.allow(kind):
                 continue
             try:
-                return await tier.call(kind, fn, tier)
+                answer = await tier.call(kind, fn, tier)
             except NotFound:
                 if errors:  # a lower tier may lack what the one that failed holds
                     raise errors[-1] from None
@@ -435,13 +438,23 @@ class Chain:
                 if not unavailable(e):
                     raise
                 errors.append(e)
+                continue
+            if errors:
+                log.info("tier %d answered a %s that the tier above failed: %s", tier.index,
+                         kind, errors[-1], extra={"event": "failover_read", "tier": tier.index,
+                                                  "error": str(errors[-1])})
+            return answer
         raise self._none_left(errors)
 
     async def _retried(self, op: str, attempt: Callable[[], Awaitable[T]]) -> T:
         failed: BaseException | None = None
         async for retry in retrying(self.cfg):
             if failed is not None:  # counted on the tier that failed, for the stats
-                self._tier_of(failed).metered.ops[op].retries += 1
+                tier = self._tier_of(failed)
+                tier.metered.ops[op].retries += 1
+                log.info("%s failed on tier %d, retrying (attempt %d): %s", op, tier.index,
+                         retry.retry_state.attempt_number, failed,
+                         extra={"event": "retry", "tier": tier.index, "error": str(failed)})
             with retry:
                 try:
                     return await attempt()
@@ -567,7 +580,9 @@ class Chain:
             task.attempts += 1
             task.last_error = str(e) or type(e).__name__
             log.info("repair of %s on tier %d failed (attempt %d): %s", task.key, task.tier,
-                     task.attempts, task.last_error)
+                     task.attempts, task.last_error,
+                     extra={"event": "repair_failed", "tier": task.tier, "key": task.key,
+                            "error": task.last_error})
             blocked = self._blocked_on(task) if isinstance(e, BackendError) else None
             if blocked is not None and unavailable(e):
                 self._park(task, blocked)
@@ -623,7 +638,8 @@ class Chain:
                      for name in (key, aside)]
         self.pending.apply(puts, [task.ident], durable=True)
         self.repaired += 1
-        log.info("repaired %s: copied up from tier %d (%s)", key, src.index, src.url)
+        log.info("repaired %s: copied up from tier %d (%s)", key, src.index, src.url,
+                 extra={"event": "repaired", "tier": src.index, "key": key})
 
     async def _base_on_primary(self, task: Task) -> tuple[str | None, bool]:
         """The condition of the copy up, on the primary's own etag. A copy up that got
@@ -653,7 +669,8 @@ class Chain:
             except Changed:
                 continue
             log.warning("%s changed on the primary while it was down; kept its version, "
-                        "and the version written meanwhile as %s", task.key, name)
+                        "and the version written meanwhile as %s", task.key, name,
+                        extra={"event": "conflict", "key": task.key, "conflict": name})
             return name
         raise Changed(f"no free conflict name for {task.key}", key=task.key)
 

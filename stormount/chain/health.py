@@ -94,9 +94,7 @@ class Health:
             if isinstance(e, trio.TooSlowError):
                 e = BackendError(f"probe got no answer within {tier.cfg.probe_timeout:g} s")
             tier.probe_ok, tier.probe_at = False, time.time()
-            if tier.healthy:
-                log.warning("probe of tier %d (%s) failed: %s", tier.index, tier.url, e)
-            tier.trip(e)
+            tier.trip(BackendError(f"probe failed: {e}"))  # logged there, once, if it went down
             return False
         tier.probe_ok, tier.probe_at = True, time.time()
         tier.probe_latency = trio.current_time() - started

@@ -180,7 +180,9 @@ class Tier:
         self.drained = drained
         log.warning("tier %d (%s) %s", self.index, self.url,
                     "drained by the operator: its writes go to the next tier" if drained
-                    else "undrained by the operator: back in service")
+                    else "undrained by the operator: back in service",
+                    extra={"event": "tier_drained" if drained else "tier_undrained",
+                           "tier": self.index})
         self._wake()
         self.on_state(self)
         return True
@@ -251,7 +253,8 @@ class Tier:
         else:
             self.breaker.release()
         if self.breaker.state != before:
-            log.warning("tier %d (%s) is back", self.index, self.url)
+            log.warning("tier %d (%s) is back", self.index, self.url,
+                        extra={"event": "tier_up", "tier": self.index})
             self.on_state(self)
 
     def failed(self, error: BaseException) -> None:
@@ -278,7 +281,8 @@ class Tier:
     def _opened(self) -> None:
         log.warning("tier %d (%s) is down: %s; its requests go to the next tier, and it "
                     "is tried again in %g s", self.index, self.url, self.last_error,
-                    self.cfg.breaker_open)
+                    self.cfg.breaker_open,
+                    extra={"event": "tier_down", "tier": self.index, "error": self.last_error})
         self._wake()  # probes now come every probe_interval_down
         self.on_state(self)
 

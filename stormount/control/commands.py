@@ -26,6 +26,8 @@ from stormount.vfs.fs import Vfs
 from stormount.writeback import FAILING, UPLOADING
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines of a flush
+COMMANDS = ("health", "stats", "invalidate", "flush", "queue", "tiers", "drain", "undrain",
+            "metrics")
 
 
 @dataclass
@@ -74,10 +76,7 @@ class Control:
         self.started = time.time()
         self.baseline = self.counters()
         self.commands: dict[str, Callable[[dict[str, Any], Progress], Awaitable[Reply]]] = {
-            "health": self._health, "stats": self._stats, "invalidate": self._invalidate,
-            "flush": self._flush, "queue": self._queue, "tiers": self._tiers,
-            "drain": self._drain, "undrain": self._undrain, "metrics": self._metrics,
-        }
+            name: getattr(self, f"_{name}") for name in COMMANDS}
 
     async def handle(self, request: dict[str, Any], progress: Progress) -> Reply:
         command = request.get("command")

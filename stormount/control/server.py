@@ -103,16 +103,6 @@ def _answers(path: str) -> bool:
     return True
 
 
-async def _linger(stream: trio.SocketStream) -> None:
-    """Close gracefully after an error: unread bytes left at close would reset the
-    connection, and the client might lose the error it was sent."""
-    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await stream.send_eof()
-        with trio.move_on_after(1.0):
-            while await stream.receive_some(MAX_REQUEST):
-                pass
-
-
 class ControlServer:
     """Serves `handler` on a socket made by `bind`, for the mount's owner and root."""
 
@@ -150,20 +140,18 @@ class ControlServer:
         uid = peer_uid(stream.socket)
         if uid not in (0, self.owner):
             log.warning("control socket: refused a client running as uid %d", uid)
-            await self._send(stream, error(
-                f"permission denied: uid {uid} may not control this mount (only uid "
-                f"{self.owner} and root may)"))
+            await self._refuse(stream, f"permission denied: uid {uid} may not control this "
+                               f"mount (only uid {self.owner} and root may)")
             return
         if self.clients > MAX_CLIENTS:
-            await self._send(stream, error(f"too many clients (at most {MAX_CLIENTS})"))
+            await self._refuse(stream, f"too many clients (at most {MAX_CLIENTS})")
             return
         buffer = bytearray()
         while True:
             try:
                 line = await self._receive_line(stream, buffer)
             except RequestError as e:
-                if await self._send(stream, error(str(e))):
-                    await _linger(stream)
+                await self._refuse(stream, str(e))
                 return
             if line is None:
                 return
@@ -222,6 +210,17 @@ class ControlServer:
             log.exception("control command %r failed", request.get("command"))
             return error(f"internal error: {type(e).__name__}: {e}")
         return {"ok": True, **reply}
+
+    async def _refuse(self, stream: trio.SocketStream, message: str) -> None:
+        """Answer with an error, then close gracefully: unread bytes left at close would
+        reset the connection, and the client might lose the error it was sent."""
+        if not await self._send(stream, error(message)):
+            return
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_eof()
+            with trio.move_on_after(1.0):
+                while await stream.receive_some(MAX_REQUEST):
+                    pass
 
     async def _send(self, stream: trio.SocketStream, reply: Reply) -> bool:
         """False if the client did not take the answer in time (it is dropped)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,17 @@ class Mount:
         """Until every file handed to the daemon is in the store."""
         wait_for(lambda: not self.pending(), timeout=timeout,
                  what=f"uploads of {self.path} to finish")
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """`stormount ctl -m MOUNTPOINT ARGS...` as an operator runs it."""
+        return subprocess.run(stormount_cmd("ctl", "-m", str(self.path), *args),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def ask(self, *args: str) -> dict:
+        """The daemon's JSON answer to `ctl --json ARGS...`."""
+        result = self.ctl("--json", *args)
+        assert result.stdout, result.stderr
+        return json.loads(result.stdout)
 
     def log(self) -> str:
         try:

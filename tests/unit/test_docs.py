@@ -7,7 +7,15 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from stormount.config import CacheConfig, ChainConfig, FuseConfig, TierConfig, WritebackConfig
+from stormount.config import (
+    CacheConfig,
+    ChainConfig,
+    FuseConfig,
+    MountConfig,
+    TierConfig,
+    WritebackConfig,
+)
+from stormount.control.commands import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,6 +33,15 @@ def test_every_cited_test_exists():
 def test_every_option_is_documented():
     text = (ROOT / "docs/CONFIGURATION.md").read_text()
     names = {f.name for cls in (TierConfig, CacheConfig, FuseConfig, WritebackConfig,
-                                ChainConfig) for f in fields(cls)}
+                                ChainConfig, MountConfig) for f in fields(cls)}
     names -= {"url", "scheme", "container", "prefix"}  # parts of the URL itself
+    # the sections themselves, and what the command line gives
+    names -= {"source", "mountpoint", "tiers", "cache", "fuse", "writeback", "chain"}
     assert sorted(n for n in names if f"`{n}`" not in text) == []
+
+
+def test_every_control_command_is_documented():
+    text = (ROOT / "docs/CONTROL.md").read_text()
+    headings = {name for line in re.findall(r"^### .*$", text, re.M)
+                for name in re.findall(r"`(\w+)", line)}
+    assert sorted(set(COMMANDS) - headings) == []
