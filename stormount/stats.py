@@ -23,7 +23,8 @@ EXPORTED = [2.0 ** k for k in range(-17, 10)]  # Prometheus `le` bounds: 7.6 us 
 
 class Histogram:
     """Latencies in seconds, in logarithmic buckets: constant memory, cheap to observe,
-    and quantiles within ~9% (bucket k holds [2**(k/4), 2**((k+1)/4)))."""
+    and quantiles within ~9% (bucket k holds (2**(k/4), 2**((k+1)/4)], upper bound
+    included, as Prometheus's `le` is)."""
 
     __slots__ = ("buckets", "count", "sum")
 
@@ -34,7 +35,7 @@ class Histogram:
 
     def observe(self, seconds: float) -> None:
         if seconds > 0:
-            k = min(max(math.floor(math.log2(seconds) * PER_OCTAVE), LOWEST), HIGHEST)
+            k = min(max(math.ceil(math.log2(seconds) * PER_OCTAVE) - 1, LOWEST), HIGHEST)
         else:
             k = LOWEST
         self.buckets[k] = self.buckets.get(k, 0) + 1

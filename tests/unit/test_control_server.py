@@ -211,3 +211,32 @@ def test_a_live_socket_is_not_taken_over_and_a_stale_one_is(sock_path):
     long = "/tmp/" + "x" * 120 + ".sock"
     with pytest.raises(StartupError, match="longer than"):
         ctl.bind(long)
+
+
+async def test_many_clients_at_once(sock_path):
+    async with trio.open_nursery() as nursery:
+        server = await serving(nursery, sock_path)
+        answers = []
+
+        async def one(n: int) -> None:
+            c = await Client.connect(sock_path)
+            for i in range(5):
+                answers.append((await c.ask({"command": "n", "n": n, "i": i}))["echo"])
+            await c.stream.aclose()
+
+        async with trio.open_nursery() as clients:
+            for n in range(ctl.MAX_CLIENTS):
+                clients.start_soon(one, n)
+        assert len(answers) == ctl.MAX_CLIENTS * 5
+        assert {(a["n"], a["i"]) for a in answers} == {
+            (n, i) for n in range(ctl.MAX_CLIENTS) for i in range(5)}
+        # one more than the limit, while the others are connected, is told so
+        held = [await Client.connect(sock_path) for _ in range(ctl.MAX_CLIENTS)]
+        with trio.fail_after(5):
+            while server.clients < ctl.MAX_CLIENTS:
+                await trio.sleep(0.01)
+        extra = await Client.connect(sock_path)
+        assert "too many clients" in (await extra.line())["error"]
+        for c in held:
+            await c.stream.aclose()
+        nursery.cancel_scope.cancel()
