@@ -247,14 +247,18 @@ def _json_option(fn: F) -> F:
 @click.option("-m", "--mountpoint", metavar="MOUNTPOINT",
               help="The mount to talk to; default: the only one running.")
 @_json_option
-@click.option("--timeout", type=float, default=client.DEFAULT_TIMEOUT, show_default=True,
+@click.option("--timeout", type=click.FloatRange(0, 86400, min_open=True),
+              default=client.DEFAULT_TIMEOUT, show_default=True,
               help="Seconds to wait for an answer (flush: for each progress report).")
 @click.pass_context
 def ctl(ctx: click.Context, socket_path: str | None, mountpoint: str | None, as_json: bool,
         timeout: float) -> None:
     """See and steer a running mount through its control socket."""
+    from_env = ctx.get_parameter_source("socket_path") == click.core.ParameterSource.ENVIRONMENT
     if socket_path and mountpoint:
-        raise click.UsageError("give either --socket or -m/--mountpoint, not both")
+        if not from_env:
+            raise click.UsageError("give either --socket or -m/--mountpoint, not both")
+        socket_path = None  # -m names the mount: STORMOUNT_SOCKET does not apply
     ctx.obj = CtlTarget(socket_path, mountpoint, as_json, timeout)
 
 
@@ -276,13 +280,9 @@ def _ask(ctx: click.Context, request: dict[str, Any], as_json: bool, *,
     elif not reply.get("ok"):
         _fail(str(reply.get("error") or "the mount reported an error"))
     else:
-        from rich.console import Console
-
         from stormount.control import render
 
-        # piped output keeps whole lines: a table is not cut to 80 columns
-        console = Console() if sys.stdout.isatty() else Console(width=250)
-        render.show(console, str(request["command"]), reply)
+        render.show(render.console(), str(request["command"]), reply)
     return reply
 
 
@@ -316,7 +316,7 @@ def ctl_invalidate(ctx: click.Context, path: str, recursive: bool, as_json: bool
 
 @ctl.command("flush")
 @click.argument("path", required=False, default="")
-@click.option("--wait", "wait", type=float, metavar="SECONDS",
+@click.option("--wait", "wait", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
               help="Give up waiting after this long (default: until done or failing).")
 @_json_option
 @click.pass_context

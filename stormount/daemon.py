@@ -28,7 +28,7 @@ from stormount.chain.chain import spool_dir
 from stormount.chain.repair import RepairJournal
 from stormount.config import MountConfig
 from stormount.control.commands import Control
-from stormount.control.server import SUN_PATH_MAX, ControlServer
+from stormount.control.server import PATH_MAX, ControlServer
 from stormount.errors import BackendError, StartupError, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
@@ -158,7 +158,7 @@ def socket_path(cfg: MountConfig) -> str:
     if runtime:
         return os.path.join(runtime, "control.sock")
     path = os.path.join(cfg.cache.dir, "control.sock")
-    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+    if len(os.fsencode(path)) <= PATH_MAX:
         return path
     return os.path.join(registry.runtime_dir(), registry.record_name(cfg.mountpoint, ".sock"))
 

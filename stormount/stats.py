@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-PER_OCTAVE = 4  # buckets per doubling: a quantile is off by at most 2**(1/8), ~9%
+PER_OCTAVE = 4  # buckets per doubling: a quantile is within one bucket, 2**(1/4) (19%)
 LOWEST = -20 * PER_OCTAVE  # 2**-20 s, about 1 us: everything faster lands here
 HIGHEST = 13 * PER_OCTAVE  # 2**13 s, over 2 h: everything slower lands here
 EXPORTED = [2.0 ** k for k in range(-17, 10)]  # Prometheus `le` bounds: 7.6 us .. 512 s
@@ -23,7 +23,7 @@ EXPORTED = [2.0 ** k for k in range(-17, 10)]  # Prometheus `le` bounds: 7.6 us 
 
 class Histogram:
     """Latencies in seconds, in logarithmic buckets: constant memory, cheap to observe,
-    and quantiles within ~9% (bucket k holds (2**(k/4), 2**((k+1)/4)], upper bound
+    and quantiles within a bucket's width, 19% (bucket k holds (2**(k/4), 2**((k+1)/4)], upper bound
     included, as Prometheus's `le` is)."""
 
     __slots__ = ("buckets", "count", "sum")

@@ -521,18 +521,21 @@ class Chain:
     # --- repair -------------------------------------------------------------------------
 
     def _tier_changed(self, tier: Tier) -> None:
-        if tier.healthy:
+        if tier.up:  # what waits for it looks again (and waits again if still blocked)
             self.pending.requeue(self._parked.pop(tier.index, []))
 
     def _blocked_on(self, task: Task) -> Tier | None:
-        """A tier the task needs that is down, if any."""
-        needs = [self.tiers[task.tier]]
+        """A tier the task needs that cannot serve it now, if any: the tier it writes to
+        must be in service, the one a copy reads from only up (drained is fine)."""
+        target = self.tiers[task.tier]
+        if not target.healthy:
+            return target
         if task.action == COPY:
-            if task.tier == 0:
-                needs.append(self.tiers[task.src or 0])
-            else:
-                needs.append(self._holders_of(task.key)[0])
-        return next((t for t in needs if not t.healthy), None)
+            source = self.tiers[task.src or 0] if task.tier == 0 else (
+                self._holders_of(task.key)[0])
+            if not source.up:
+                return source
+        return None
 
     def _holders_of(self, key: str) -> builtins.list[Tier]:
         try:
@@ -553,18 +556,19 @@ class Chain:
                     continue
                 blocked = self._blocked_on(task)
                 if blocked is not None:
-                    self._park(task, blocked)
+                    self._park(task)
                     continue
                 await limiter.acquire_on_behalf_of(task)
                 self._running.add(task.ident)
                 nursery.start_soon(self._repair_one, task, limiter, nursery)
 
-    def _park(self, task: Task, tier: Tier) -> None:
-        """Until `tier` is healthy again (at once, if it already is)."""
-        if tier.healthy:
+    def _park(self, task: Task) -> None:
+        """Until the tier it waits for can serve it (at once, if none blocks it now)."""
+        blocked = self._blocked_on(task)
+        if blocked is None:
             self.pending.requeue([task.ident])
         else:
-            self._parked.setdefault(tier.index, []).append(task.ident)
+            self._parked.setdefault(blocked.index, []).append(task.ident)
 
     async def _repair_one(self, task: Task, limiter: trio.CapacityLimiter,
                           nursery: trio.Nursery) -> None:
@@ -585,7 +589,7 @@ class Chain:
                             "error": task.last_error})
             blocked = self._blocked_on(task) if isinstance(e, BackendError) else None
             if blocked is not None and unavailable(e):
-                self._park(task, blocked)
+                self._park(task)
             else:
                 delay = min(self.cfg.retry_delay * 2 ** task.attempts, FAILING_DELAY)
                 nursery.start_soon(self._later, task.ident, delay)

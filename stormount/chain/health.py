@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import trio
 
-from stormount.chain.breaker import State
 from stormount.chain.tier import Tier, unavailable
 from stormount.errors import BackendError, NotFound, PermissionDenied
 
@@ -51,18 +50,16 @@ class Health:
         """Probe `tier` on schedule and check it when its requests stall; forever."""
         last_probe = trio.current_time()
         while True:
-            up = tier.breaker.state == State.CLOSED  # a drained tier is probed as usual
-            interval = tier.cfg.probe_interval if up else tier.cfg.probe_interval_down
+            interval = tier.cfg.probe_interval if tier.up else tier.cfg.probe_interval_down
             next_probe = last_probe + interval
-            stall_at = tier.stall_deadline() if up else None
+            stall_at = tier.stall_deadline() if tier.up else None
             due = next_probe if stall_at is None else min(next_probe, stall_at)
             with trio.move_on_at(due):
                 # a request started (its stall deadline counts), or the tier went down
                 await tier.wake.wait()
                 continue
             stall_at = tier.stall_deadline()
-            if (stall_at is not None and trio.current_time() >= stall_at
-                    and tier.breaker.state == State.CLOSED):
+            if stall_at is not None and trio.current_time() >= stall_at and tier.up:
                 await self._liveness(tier)
             if trio.current_time() >= next_probe:
                 await self.probe(tier)
@@ -103,7 +100,7 @@ class Health:
 
     async def _round_trip(self, tier: Tier) -> None:
         backend = tier.backend
-        if tier.writable:
+        if tier.writable and not tier.drained:  # a drained tier takes no writes, not even these
             body = f"stormount probe {time.time():.3f}\n".encode()
             try:
                 await backend.put_bytes(self.probe_key, body, {})

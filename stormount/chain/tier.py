@@ -4,6 +4,7 @@ that kind's timeout, watched for stalls, and counted for the tier's health."""
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import itertools
 import logging
@@ -55,6 +56,9 @@ def redact(url: str) -> str:
 
 
 ANSWERS = (NotFound, Changed, Conflict)  # the store answered: not a failure of the request
+# the requests one attempt made (operation, start), so a timeout is counted on the right one
+_RUNNING: contextvars.ContextVar[list[tuple[str, float]] | None] = contextvars.ContextVar(
+    "stormount_running", default=None)
 RECENT = 200  # requests the health report's latency covers
 
 
@@ -70,24 +74,35 @@ class Metered:
 
     async def _timed(self, op: str, request: Awaitable[T]) -> T:
         started = time.perf_counter()
+        running = _RUNNING.get()
+        if running is not None:
+            running.append((op, started))
         error: str | None = None
         try:
             return await request
         except ANSWERS:
             raise
-        except BackendError as e:
-            error = type(e).__name__
-            raise
         except trio.Cancelled:
-            error = "Cancelled"
+            # given up: a timeout or a stall is counted by the tier, which knows which
+            # it was (`lost`); a caller that went away is no failure of the store
+            started = -1.0
             raise
         except BaseException as e:
             error = type(e).__name__
             raise
         finally:
-            seconds = time.perf_counter() - started
-            self.ops[op].done(seconds, error)
-            self.recent.append(seconds)
+            if started >= 0:
+                self.done(op, started, error)
+
+    def done(self, op: str, started: float, error: str | None) -> None:
+        seconds = time.perf_counter() - started
+        self.ops[op].done(seconds, error)
+        self.recent.append(seconds)
+
+    def lost(self, running: list[tuple[str, float]], reason: str) -> None:
+        """The request in flight was given up (`Timeout`, `Stalled`): count it so."""
+        for op, started in running[-1:]:
+            self.done(op, started, reason)
 
     def recent_latency(self) -> dict[str, float | None]:
         """p50/p95/p99 (ms) of the last requests."""
@@ -160,8 +175,14 @@ class Tier:
         self.writable = True  # the probe may write (credentials can be read-only)
 
     @property
+    def up(self) -> bool:
+        """Its breaker is closed: it answers requests (if drained, reads only)."""
+        return self.breaker.state == State.CLOSED
+
+    @property
     def healthy(self) -> bool:
-        return self.breaker.state == State.CLOSED and not self.drained
+        """Up and in service: it takes writes and repairs."""
+        return self.up and not self.drained
 
     def allow(self, kind: Kind) -> bool:
         """May a request go to the tier now (see Breaker.allow)? No writes while drained."""
@@ -214,12 +235,15 @@ class Tier:
         self.requests += 1
         timeout = self._timeouts[kind]
         verdict = False
+        running: list[tuple[str, float]] = []
+        reset = _RUNNING.set(running)
         try:
             with scope:
                 try:
                     with trio.fail_after(timeout):
                         result = await fn(*args, **kwargs)
                 except trio.TooSlowError:
+                    self.metered.lost(running, "Timeout")
                     error = Transient(f"{self.url}: {kind} timed out after {timeout:g} s",
                                       backend=self.url)
                     self.failed(error)
@@ -237,10 +261,12 @@ class Tier:
                 return result
             # cancelled by the stall watch: the tier was marked down meanwhile
             verdict = True
+            self.metered.lost(running, "Stalled")
             error = Stalled(f"{self.url}: stopped answering", backend=self.url)
             self._note(error)
             raise error
         finally:
+            _RUNNING.reset(reset)
             del self.inflight[ident]
             if not verdict:  # cancelled by the caller, or a bug: no verdict on the tier
                 self.breaker.release()

@@ -83,7 +83,7 @@ def request(path: str, command: dict[str, Any], *, timeout: float | None = DEFAU
                                    "without an answer")
                 try:
                     reply = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):  # not JSON, not UTF-8
                     raise CtlError(f"not an answer from a stormount mount at {path}: "
                                    f"{line[:80]!r}") from None
                 if not isinstance(reply, dict):

@@ -52,8 +52,7 @@ class Counters:
         return Counters(
             fuse=self.fuse.minus(base.fuse), bytes_read=self.bytes_read - base.bytes_read,
             bytes_written=self.bytes_written - base.bytes_written,
-            tiers=[ops.minus(old) if i < len(base.tiers) else ops.copy()
-                   for i, (ops, old) in enumerate(zip(self.tiers, base.tiers, strict=False))],
+            tiers=[ops.minus(old) for ops, old in zip(self.tiers, base.tiers, strict=True)],
             metadata=sub(self.metadata, base.metadata), blocks=sub(self.blocks, base.blocks),
             uploads=sub(self.uploads, base.uploads), repaired=self.repaired - base.repaired,
             at=self.at)
@@ -236,10 +235,11 @@ class Control:
 
     async def _drain(self, request: dict[str, Any], progress: Progress) -> Reply:
         tier = self.tier_named(request.get("tier"))
-        others = [t for t in self.chain.tiers if t is not tier and not t.drained]
+        others = [t for t in self.chain.tiers if t is not tier and t.healthy]
         if not tier.drained and not others:
-            raise RequestError(f"tier {tier.index} ({tier.url}) is the last tier in service: "
-                               "draining it would leave nothing to read from or write to")
+            raise RequestError(f"tier {tier.index} ({tier.url}) is the last tier in service "
+                               "(the others are drained or down): draining it would leave "
+                               "nothing to write to")
         changed = tier.drain(True)
         return {"tier": self.tier_status(tier), "changed": changed}
 

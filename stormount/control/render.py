@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 STATE_STYLE = {"ok": "green", "up": "green", "closed": "green", "degraded": "yellow",
                "half-open": "yellow", "drained": "yellow", "down": "red", "open": "red"}
@@ -47,10 +49,16 @@ def duration(seconds: float) -> str:
     return f"{minutes}m {secs}s"
 
 
-def styled(state: object) -> str:
+def styled(state: object) -> Text:
     text = str(state)
-    style = STATE_STYLE.get(text)
-    return f"[{style}]{text}[/{style}]" if style else text
+    return Text(text, style=STATE_STYLE.get(text, ""))
+
+
+def console() -> Console:
+    """Names and messages are printed as they are: no rich markup in them is
+    interpreted (a file may be called `[draft].txt`)."""
+    return Console(markup=False, highlight=False) if sys.stdout.isatty() else Console(
+        markup=False, highlight=False, width=250)  # piped: whole lines, not 80 columns
 
 
 def ratio(value: object) -> str:
@@ -92,7 +100,7 @@ def ops_table(title: str, rows: list[tuple[list[str], dict[str, Any]]],
 
 
 def health(console: Console, r: dict[str, Any]) -> None:
-    console.print(f"{styled(r['state'])}  {r['mountpoint']}  (pid {r['pid']}, "
+    console.print(styled(r["state"]), f" {r['mountpoint']}  (pid {r['pid']}, "
                   f"up {duration(r['uptime'])}, stormount {r['version']})")
     for reason in r.get("reasons", []):
         console.print(f"  - {reason}")
@@ -170,7 +178,8 @@ def show(console: Console, command: str, r: dict[str, Any]) -> None:
         t = r["tier"]
         done = "drained" if command == "drain" else "back in service"
         already = "" if r["changed"] else " (it already was)"
-        console.print(f"tier {t['index']} ({t['url']}) {done}{already}; state {styled(t['state'])}")
+        console.print(f"tier {t['index']} ({t['url']}) {done}{already}; state",
+                      styled(t["state"]))
     elif command == "invalidate":
         what = "subtree" if r["recursive"] else "path"
         console.print(f"invalidated {what} {r['path']}: the next access asks the store "
@@ -178,6 +187,6 @@ def show(console: Console, command: str, r: dict[str, Any]) -> None:
     elif command == "flush":
         console.print(f"uploaded {r['uploaded']} of {r['total']} file(s) under {r['path']}")
     elif command == "metrics":
-        console.out(r["text"], end="", highlight=False)
+        console.out(r["text"], end="")
     else:  # pragma: no cover - every command has its rendering
         console.print_json(data=r)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,6 +35,7 @@ IDLE_TIMEOUT = 600.0  # a connection that sends nothing is closed after this
 SEND_TIMEOUT = 10.0  # a client that does not read its answers for this long is dropped
 MAX_CLIENTS = 64
 SUN_PATH_MAX = 107  # bytes of a Unix socket path, without its NUL
+PATH_MAX = SUN_PATH_MAX - len(".4194304.tmp")  # room for the temporary name bind() uses
 
 Reply = dict[str, Any]
 Progress = Callable[[Reply], Awaitable[None]]
@@ -46,6 +48,10 @@ class RequestError(StormountError):
     errno = errno.EINVAL
 
 
+class ClientGone(Exception):
+    """The client went away (or stopped reading) while a command sent progress."""
+
+
 def error(message: str) -> Reply:
     return {"ok": False, "error": message}
 
@@ -56,51 +62,78 @@ def encode(reply: Reply) -> bytes:
 
 def peer_uid(sock: Any) -> int:
     """The uid of the process at the other end of a Unix socket, as the kernel says."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", raw)
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+    _pid, uid, _gid = struct.unpack("iII", raw)
     return int(uid)
 
 
 def bind(path: str) -> socket.socket:
-    """A listening socket at `path`, mode 0600 from the start. A stale socket file (no
-    server answers) is replaced; a live one is refused."""
-    if len(os.fsencode(path)) > SUN_PATH_MAX:
-        raise StartupError(f"control socket path {path} is longer than {SUN_PATH_MAX} bytes "
-                           "(give a shorter one with --socket)")
-    if os.path.lexists(path):
-        if _answers(path):
-            raise StartupError(f"control socket {path} is in use by another running mount "
-                               "(give this one its own with --socket)")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+    """A listening socket at `path` that only its owner can connect to. A stale socket
+    (nothing listens) is replaced; a live one, or anything that is not a socket, is
+    refused: the path may be a typo for someone's file."""
+    if len(os.fsencode(path)) > PATH_MAX:
+        raise StartupError(f"control socket path {path} is too long for a Unix socket "
+                           f"(at most {PATH_MAX} bytes; give a shorter one with --socket)")
+    directory = os.path.dirname(path) or "."
     try:
-        os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        _check_directory(directory)
+        if _stale(path):
+            os.unlink(path)
     except OSError as e:
         raise StartupError(f"cannot create the control socket {path}: {e.strerror}") from None
+    # made under a temporary name, private before it listens, then moved into place:
+    # nobody can connect while its mode is still the umask's
+    tmp = f"{path}.{os.getpid()}.tmp"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # the file is born 0600: no window in which others may connect
     try:
-        sock.bind(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        sock.bind(tmp)
+        os.chmod(tmp, 0o600)
         sock.listen(MAX_CLIENTS)
+        os.rename(tmp, path)
     except OSError as e:
         sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise StartupError(f"cannot create the control socket {path}: {e.strerror}") from None
-    finally:
-        os.umask(old)
     sock.setblocking(False)
     return sock
 
 
-def _answers(path: str) -> bool:
+def _check_directory(directory: str) -> None:
+    """Others must not be able to swap the socket: the directory belongs to us or root,
+    and if others may write to it, it is sticky (as /tmp)."""
+    st = os.stat(directory)
+    if st.st_uid not in (os.getuid(), 0) or (
+            st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+        raise StartupError(f"cannot create the control socket in {directory}: it belongs to "
+                           "another user or others may write to it")
+
+
+def _stale(path: str) -> bool:
+    """Is there a socket at `path` that nothing listens on (left by a daemon that died)?
+    False if nothing is there; StartupError if something else is, or a server answers."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(st.st_mode):
+        raise StartupError(f"control socket path {path} exists and is not a socket "
+                           "(give another one with --socket)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
         probe.connect(path)
+    except ConnectionRefusedError:
+        return True
     except OSError:
-        return False
+        pass  # busy, or not ours to judge: in use
     finally:
         probe.close()
-    return True
+    raise StartupError(f"control socket {path} is in use by another running mount "
+                       "(give this one its own with --socket)")
 
 
 class ControlServer:
@@ -131,8 +164,10 @@ class ControlServer:
         try:
             async with stream:
                 await self._converse(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone):
             pass  # the client went away
+        except* Exception as group:  # a bug must not stop the server, let alone the mount
+            log.error("control socket: serving a client failed", exc_info=group)
         finally:
             self.clients -= 1
 
@@ -159,7 +194,12 @@ class ControlServer:
                 continue
 
             async def progress(reply: Reply) -> None:
-                await self._send(stream, reply)
+                try:
+                    sent = await self._send(stream, reply)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    sent = False
+                if not sent:
+                    raise ClientGone
 
             if not await self._send(stream, await self._answer(line, progress)):
                 return
@@ -195,18 +235,22 @@ class ControlServer:
     async def _answer(self, line: bytes, progress: Progress) -> Reply:
         try:
             request = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, nested too deep
             return error(f"not a JSON object: {e} (send one JSON object per line, "
                          'e.g. {"command": "health"})')
         if not isinstance(request, dict):
             return error('not a JSON object (send e.g. {"command": "health"})')
         try:
             reply = await self.handler(request, progress)
+        except ClientGone:
+            raise
         except RequestError as e:
             return error(str(e))
         except StormountError as e:
             return error(str(e) or type(e).__name__)
         except Exception as e:  # a bug in one command must not stop the server
+            if isinstance(e, ExceptionGroup) and e.subgroup(ClientGone) is not None:
+                raise ClientGone from None  # a progress line found the client gone
             log.exception("control command %r failed", request.get("command"))
             return error(f"internal error: {type(e).__name__}: {e}")
         return {"ok": True, **reply}

@@ -246,17 +246,24 @@ class Operations(pyfuse3.Operations):
         access sees the store as it is now. Returns how many known inodes were touched.
         (Used by the control socket.)"""
         nodes = self.vfs.invalidate(path, recursive)
-        for node in nodes:
-            if node.parent is not None:
-                pyfuse3.invalidate_entry_async(node.parent.ino,
-                                               node.name.encode("utf-8", "surrogateescape"),
-                                               ignore_enoent=True)
-            try:
-                # synchronous in the kernel: never from the event-loop thread
-                await trio.to_thread.run_sync(pyfuse3.invalidate_inode, node.ino)
-            except OSError as e:
-                if e.errno != errno.ENOENT:  # the kernel does not know it: nothing to drop
-                    log.warning("kernel cache of %s not invalidated: %s", node.path, e)
+        entries = [(node.parent.ino, node.name) for node in nodes if node.parent is not None]
+        unknown = self.vfs.nearest(path) if not nodes else None
+        if unknown is not None:  # the kernel may remember it as absent
+            entries.append((unknown[0].ino, unknown[1]))
+        for parent, name in entries:
+            pyfuse3.invalidate_entry_async(parent, name.encode("utf-8", "surrogateescape"),
+                                           ignore_enoent=True)
+
+        def drop_inodes() -> None:
+            for node in nodes:
+                try:
+                    pyfuse3.invalidate_inode(node.ino)
+                except OSError as e:
+                    if e.errno != errno.ENOENT:  # the kernel does not know it: nothing to do
+                        log.warning("kernel cache of %s not invalidated: %s", node.path, e)
+
+        # synchronous in the kernel: never on the event-loop thread; one hop for them all
+        await trio.to_thread.run_sync(drop_inodes)
         return len(nodes)
 
     # --- files ----------------------------------------------------------------------

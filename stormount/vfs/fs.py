@@ -1185,6 +1185,18 @@ class Vfs:
                 todo.extend(current.children.values())
         return affected
 
+    def nearest(self, path: str) -> tuple[Node, str] | None:
+        """For a path whose node is not in memory: the deepest directory on it that is,
+        and the next name (the kernel may hold a "no such file" entry for it)."""
+        parts = [p for p in path.strip("/").split("/") if p]
+        node = self.inodes.root
+        for name in parts:
+            child = node.children.get(name)
+            if child is None:
+                return node, name
+            node = child
+        return None
+
     # --- lifecycle ------------------------------------------------------------------
 
     def restore(self) -> list[Upload]:

@@ -223,3 +223,42 @@ async def test_unknown_commands_list_the_known_ones(composed, autojump_clock):
         await c.ask("nope")
     with pytest.raises(RequestError, match="no command given"):
         await c.control.handle({}, no_progress)
+
+
+async def test_a_drained_spill_tier_still_gives_up_what_it_holds(composed, autojump_clock):
+    c = await composed()
+    c.vfs.releasedir(await c.vfs.opendir(ROOT_INO))  # a listed directory takes new files
+    down(c.tiers, 0)
+    assert not await c.chain.health.probe(c.chain.tiers[0])
+    await write(c.vfs, "spilled.txt", b"spilled while tier 0 was down")
+    await c.vfs.writeback.flush()
+    assert c.tiers.objects(1) == {"spilled.txt": b"spilled while tier 0 was down"}
+    # tier 0 is down, so tier 1 is the last in service: it may not be drained
+    with pytest.raises(RequestError, match="last tier in service"):
+        await c.ask("drain", tier=1)
+    c.tiers.faulty[0].heal()
+    assert await c.chain.health.probe(c.chain.tiers[0])
+    await c.ask("drain", tier=1)  # retiring it: what it holds is still copied up
+    await trio.testing.wait_all_tasks_blocked()
+    assert c.tiers.objects(0) == {"spilled.txt": b"spilled while tier 0 was down"}
+    # its own copy is removed once it is back in service (a drained tier takes no writes)
+    assert [(r["tier"], r["action"], r["state"]) for r in (await c.ask("queue"))["repairs"]
+            ] == [(1, "delete", "waiting for tier 1")]
+    await c.ask("undrain", tier=1)
+    await settled(c.chain)
+    assert c.tiers.objects(1) == {}
+
+
+async def test_timeouts_and_stalls_are_counted_as_such(make_tiers, nursery, autojump_clock):
+    tiers = make_tiers(1, list_timeout=1.0, stall_timeout=30.0)
+    chain = tiers.make()
+    await chain.check()
+    tiers.faulty[0].fail("head", "hang")
+    with pytest.raises(Transient, match="timed out"):
+        await chain.head("k")
+    head = chain.tiers[0].metered.ops["head"]
+    assert head.errors == {"Timeout": 4} and head.retries == 3
+    # a caller that gives up is no failure of the store
+    with trio.move_on_after(0.5):
+        await chain.head("k")
+    assert head.errors == {"Timeout": 4} and head.count == 4

@@ -134,6 +134,12 @@ def test_invalidate_shows_what_changed_behind_the_mounts_back(s3_store, make_mou
     reply = m.ask("invalidate", str(m.path / "d"), "-r")  # an absolute path works too
     assert reply["path"] == "/d" and reply["recursive"] is True
     assert sorted(os.listdir(m.path / "d")) == ["x.txt", "y.txt"]
+    # a name looked up in vain is remembered as absent, by the kernel too
+    assert not (m.path / "new.txt").exists()
+    s3_store.put("new.txt", b"new")
+    assert not (m.path / "new.txt").exists()
+    assert m.ctl("invalidate", "new.txt").returncode == 0
+    assert (m.path / "new.txt").read_bytes() == b"new"
     error = one_error_line(m.ctl("invalidate", "/etc/passwd"))
     assert "not under the mountpoint" in error
 

@@ -5,6 +5,7 @@ the timeouts."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import stat
@@ -209,7 +210,7 @@ def test_a_live_socket_is_not_taken_over_and_a_stale_one_is(sock_path):
     sock = ctl.bind(sock_path)
     sock.close()
     long = "/tmp/" + "x" * 120 + ".sock"
-    with pytest.raises(StartupError, match="longer than"):
+    with pytest.raises(StartupError, match="too long"):
         ctl.bind(long)
 
 
@@ -240,3 +241,53 @@ async def test_many_clients_at_once(sock_path):
         for c in held:
             await c.stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_hostile_json_gets_an_error_not_a_dead_server(sock_path):
+    async with trio.open_nursery() as nursery:
+        await serving(nursery, sock_path)
+        c = await Client.connect(sock_path)
+        for bad in (b"[" * 60_000, b'{"command": "health", "n": ' + b"1" * 5000 + b"}"):
+            await c.send(bad + b"\n")
+            reply = await c.line()
+            assert reply["ok"] is False and "not a JSON object" in reply["error"]
+        assert (await c.ask({"command": "fine"}))["ok"] is True
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_gone_during_progress_is_no_error(sock_path, caplog):
+    async def slow_count(request, progress):
+        for n in range(1000):
+            await progress({"event": "progress", "n": n})
+            await trio.sleep(0.01)
+        return {}
+
+    async with trio.open_nursery() as nursery:
+        server = await serving(nursery, sock_path, slow_count)
+        c = await Client.connect(sock_path)
+        await c.send(b'{"command": "count"}\n')
+        assert (await c.line())["n"] == 0
+        await c.stream.aclose()
+        with trio.fail_after(5):
+            while server.clients:
+                await trio.sleep(0.01)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        other = await Client.connect(sock_path)
+        await other.send(b'{"command": "count"}\n')
+        assert (await other.line())["n"] == 0
+        nursery.cancel_scope.cancel()
+
+
+def test_bind_refuses_what_is_not_a_stale_socket(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(StartupError, match="exists and is not a socket"):
+        ctl.bind(str(notes))
+    assert notes.read_text() == "keep me"
+    with pytest.raises(StartupError, match="is not a socket"):
+        ctl.bind(str(tmp_path))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # others may write, and it is not sticky
+    with pytest.raises(StartupError, match="others may write"):
+        ctl.bind(str(shared / "ctl.sock"))
