@@ -19,6 +19,8 @@ PER_OCTAVE = 4  # buckets per doubling: a quantile is within one bucket, 2**(1/4
 LOWEST = -20 * PER_OCTAVE  # 2**-20 s, about 1 us: everything faster lands here
 HIGHEST = 13 * PER_OCTAVE  # 2**13 s, over 2 h: everything slower lands here
 EXPORTED = [2.0 ** k for k in range(-17, 10)]  # Prometheus `le` bounds: 7.6 us .. 512 s
+FLOOR = 2.0 ** ((LOWEST + 1) / PER_OCTAVE)  # the top of the lowest bucket
+_log2, _ceil = math.log2, math.ceil
 
 
 class Histogram:
@@ -34,13 +36,17 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, seconds: float) -> None:
-        if seconds > 0:
-            k = min(max(math.ceil(math.log2(seconds) * PER_OCTAVE) - 1, LOWEST), HIGHEST)
+        # on every FUSE request: kept to a few operations
+        if seconds > FLOOR:
+            k = _ceil(_log2(seconds) * PER_OCTAVE) - 1
+            if k > HIGHEST:
+                k = HIGHEST
+            self.sum += seconds
         else:
             k = LOWEST
-        self.buckets[k] = self.buckets.get(k, 0) + 1
+        buckets = self.buckets
+        buckets[k] = buckets.get(k, 0) + 1
         self.count += 1
-        self.sum += max(seconds, 0.0)
 
     def quantile(self, q: float) -> float | None:
         """The q-quantile (0 < q <= 1), interpolated inside its bucket; None if empty."""
