@@ -148,9 +148,13 @@ class ControlServer:
         self.clients = 0
 
     async def serve(self) -> None:
-        """Accept clients until cancelled."""
+        """Accept clients until cancelled. If accepting itself fails for good, the
+        socket stops, the mount does not."""
         listener = trio.SocketListener(trio.socket.from_stdlib_socket(self._sock))
-        await trio.serve_listeners(self._client, [listener])
+        try:
+            await trio.serve_listeners(self._client, [listener])
+        except Exception as e:
+            log.error("control socket %s stopped serving: %s", self.path, e, exc_info=e)
 
     def close(self) -> None:
         """Remove the socket file, unless another mount has taken the path since."""
