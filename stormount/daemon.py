@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from stormount import registry
+from stormount import notify, registry
 from stormount.backends import Backend, open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
@@ -245,6 +245,26 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
         os.close(lock_fd)
 
 
+def _drain_status(vfs: Vfs) -> str:
+    return (f"uploading {len(vfs.writeback.pending())} queued file(s), then unmounting "
+            "(stop again to unmount at once: they stay queued)")
+
+
+async def _report_drain(vfs: Vfs) -> None:
+    """systemd's STATUS= follows the queue while it drains (systemctl status shows it)."""
+    while True:
+        await trio.sleep(1.0)
+        notify.notify(STATUS=_drain_status(vfs))
+
+
+async def _watchdog(interval: float) -> None:
+    """Ping systemd's watchdog from the event loop: a loop that stops turning (a hang)
+    stops the pings, and systemd restarts the mount."""
+    while True:
+        notify.notify(WATCHDOG=1)
+        await trio.sleep(interval)
+
+
 async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer,
                  on_ready: Callable[[], None]) -> list[str]:
     """Serve until unmounted, then upload what is queued: a signal starts that at once
@@ -256,9 +276,13 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
     async def drain() -> None:
         scope = trio.CancelScope()
         draining.append(scope)
+        notify.notify(STOPPING=1, STATUS=_drain_status(vfs))
         try:
             with scope:
-                await vfs.shutdown()
+                async with trio.open_nursery() as status:
+                    status.start_soon(_report_drain, vfs)
+                    await vfs.shutdown()
+                    status.cancel_scope.cancel()
         finally:
             drained.set()
 
@@ -275,6 +299,8 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
                 log.warning("cannot record the mount in %s: %s", registry.runtime_dir(), e)
             log.info("mounted %s at %s", redact(cfg.tiers[0].url), cfg.mountpoint)
             on_ready()
+            notify.notify(READY=1, STATUS=f"mounted {redact(cfg.tiers[0].url)} at "
+                          f"{cfg.mountpoint}; control socket {server.path}")
 
         async def drain_then_unmount() -> None:
             await drain()
@@ -301,6 +327,9 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
         nursery.start_soon(vfs.writeback.run)
         nursery.start_soon(chain.run)
         nursery.start_soon(server.serve)
+        interval = notify.watchdog_interval()
+        if interval is not None:
+            nursery.start_soon(_watchdog, interval)
         try:
             await pyfuse3.main()
             if not draining:
