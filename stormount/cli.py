@@ -333,46 +333,30 @@ def ctl_flush(ctx: click.Context, path: str, wait: float | None, as_json: bool) 
         progress.done()
 
 
-@ctl.command("queue")
-@_json_option
-@click.pass_context
-def ctl_queue(ctx: click.Context, as_json: bool) -> None:
-    """Pending uploads and tier repairs, with state, attempts and last error."""
-    _ask(ctx, {"command": "queue"}, as_json)
+def _plain_command(name: str, doc: str) -> None:
+    """`ctl NAME [--json]`: a request without arguments."""
+    @ctl.command(name, help=doc)
+    @_json_option
+    @click.pass_context
+    def command(ctx: click.Context, as_json: bool) -> None:
+        _ask(ctx, {"command": name}, as_json)
 
 
-@ctl.command("tiers")
-@_json_option
-@click.pass_context
-def ctl_tiers(ctx: click.Context, as_json: bool) -> None:
-    """The tiers with their roles and health."""
-    _ask(ctx, {"command": "tiers"}, as_json)
+def _tier_command(name: str, doc: str) -> None:
+    """`ctl NAME TIER [--json]`."""
+    @ctl.command(name, help=doc)
+    @click.argument("tier")
+    @_json_option
+    @click.pass_context
+    def command(ctx: click.Context, tier: str, as_json: bool) -> None:
+        _ask(ctx, {"command": name, "tier": tier}, as_json)
 
 
-@ctl.command("drain")
-@click.argument("tier")
-@_json_option
-@click.pass_context
-def ctl_drain(ctx: click.Context, tier: str, as_json: bool) -> None:
-    """Take TIER (number or URL) out of service: writes spill as in an outage."""
-    _ask(ctx, {"command": "drain", "tier": tier}, as_json)
-
-
-@ctl.command("undrain")
-@click.argument("tier")
-@_json_option
-@click.pass_context
-def ctl_undrain(ctx: click.Context, tier: str, as_json: bool) -> None:
-    """Put a drained TIER back in service."""
-    _ask(ctx, {"command": "undrain", "tier": tier}, as_json)
-
-
-@ctl.command("metrics")
-@_json_option
-@click.pass_context
-def ctl_metrics(ctx: click.Context, as_json: bool) -> None:
-    """The figures in Prometheus text format."""
-    _ask(ctx, {"command": "metrics"}, as_json)
+_plain_command("queue", "Pending uploads and tier repairs, with state, attempts and last error.")
+_plain_command("tiers", "The tiers with their roles and health.")
+_tier_command("drain", "Take TIER (number or URL) out of service: writes spill as in an outage.")
+_tier_command("undrain", "Put a drained TIER back in service.")
+_plain_command("metrics", "The figures in Prometheus text format.")
 
 
 def main() -> None:

@@ -1254,8 +1254,8 @@ class Vfs:
 
     async def hand_over(self, path: str = "") -> list[Upload]:
         """Queue what is written under `path` (a file or a directory, "" for everything),
-        files still open included, and upload it now (no debounce); the queue entries
-        chosen, for the caller to wait on (`Writeback.flush`)."""
+        files still open included; the queue entries under it, for the caller to upload
+        now and wait on (`Writeback.flush`)."""
         prefix = path.strip("/")
 
         def under(p: str) -> bool:

@@ -327,5 +327,23 @@ def test_ctl_errors_are_one_line_and_non_zero(file_store, make_mount, tmp_path):
     result = run("ctl", "health")  # the only mount running is found without -m
     assert result.returncode == 0, result
     assert "both" in run("ctl", "--socket", "x", "-m", str(m.path), "health").stderr
+    # -m names the mount: a STORMOUNT_SOCKET in the environment does not get in its way
+    result = run("ctl", "-m", str(m.path), "health", env={"STORMOUNT_SOCKET": "/nowhere"})
+    assert result.returncode == 0, result
+    assert "no control socket at /nowhere" in one_error_line(
+        run("ctl", "health", env={"STORMOUNT_SOCKET": "/nowhere"}))
     m.stop()
     assert "no stormount mount is running" in one_error_line(run("ctl", "health"))
+
+
+def test_a_metrics_port_in_use_stops_the_mount_with_one_line(file_store, mnt, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run("mount", file_store.url, str(mnt), "--cache-dir", str(tmp_path / "c"),
+                     "-o", f"metrics_listen=127.0.0.1:{port}")
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in one_error_line(result)
+    assert os.listdir(mnt) == []  # nothing was mounted
+    assert "metrics_listen: expected HOST:PORT" in one_error_line(
+        run("mount", file_store.url, str(mnt), "-o", "metrics_listen=nine"))
