@@ -25,6 +25,7 @@ from stormount.errors import StartupError, StormountError
 from stormount.writeback import read_pending
 
 READY_TIMEOUT = 120.0
+LOG_NAME = "stormount.log"  # in the cache directory, for mounts in the background
 EXIT_DEGRADED = 3  # `ctl health` of a mount that serves, with a tier down or uploads failing
 EXIT_DOWN = 4  # `ctl health` of a mount none of whose tiers is in service
 F = TypeVar("F", bound=Callable[..., Any])
@@ -55,23 +56,28 @@ def cli() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               help="Log verbosity (default: info, or log_level in the config).")
 @click.option("--ready-fd", type=int, hidden=True)
+@click.option("--sloppy", is_flag=True, hidden=True)  # mount -s: skip unknown -o options
 def mount(source: str, mountpoint: str, tiers: tuple[str, ...], config_file: str | None,
           cache_dir: str | None, socket: str | None, foreground: bool, options: tuple[str, ...],
-          log_level: str | None, ready_fd: int | None) -> None:
+          log_level: str | None, ready_fd: int | None, sloppy: bool) -> None:
     """Mount SOURCE (a storage URL or a TOML config file) at MOUNTPOINT.
 
     URLs: s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX], file:///ABS/DIR.
     Without --foreground, returns once the mount is ready.
     """
-    cfg = build_config(source, mountpoint, tier_urls=tiers, config_file=config_file,
-                       cache_dir=cache_dir, socket=socket, log_level=log_level,
-                       options=options)
-    level = cfg.log_level
+    def load() -> MountConfig:
+        return build_config(source, mountpoint, tier_urls=tiers, config_file=config_file,
+                            cache_dir=cache_dir, socket=socket, log_level=log_level,
+                            options=options, sloppy=sloppy)
+
+    cfg = load()
     if foreground:
-        _mount_foreground(cfg, level, ready_fd)
+        _mount_foreground(cfg, load, ready_fd)
         return
     daemon.check_mountpoint(cfg)  # the common mistakes, reported before forking
-    args = ["mount", source, mountpoint, "--foreground", "--log-level", level]
+    args = ["mount", source, mountpoint, "--foreground"]
+    if log_level:  # else the file's, which SIGHUP may change
+        args += ["--log-level", log_level]
     for url in tiers:
         args += ["--tier", url]
     for flag, value in (("--config", config_file), ("--cache-dir", cache_dir),
@@ -80,21 +86,35 @@ def mount(source: str, mountpoint: str, tiers: tuple[str, ...], config_file: str
             args += [flag, value]
     for opt in options:
         args += ["-o", opt]
+    if sloppy:
+        args.append("--sloppy")
+    if cfg.log_file is None:  # a file of its own, which SIGHUP reopens after a rotation
+        args += ["-o", f"log_file={os.path.join(cfg.cache.dir, LOG_NAME)}"]
     _mount_background(cfg, args)
 
 
-def _mount_foreground(cfg: MountConfig, level: str, ready_fd: int | None) -> None:
-    logs.setup(level, cfg.log_format)
+def _mount_foreground(cfg: MountConfig, load: Callable[[], MountConfig],
+                      ready_fd: int | None) -> None:
     if ready_fd is not None:
         os.set_inheritable(ready_fd, False)  # fusermount3 must not hold the pipe open
+    try:
+        logs.setup(cfg.log_level, cfg.log_format, file=cfg.log_file)
+    except OSError as e:
+        error = StartupError(f"cannot open log file {cfg.log_file}: {e.strerror}")
+        if ready_fd is not None:
+            os.write(ready_fd, f"error: {error}\n".encode())
+        raise error from None
 
     def on_ready() -> None:
         if ready_fd is not None:
             os.write(ready_fd, b"ready\n")
             os.close(ready_fd)
 
+    # SIGHUP reloads once the mount serves; before that (a start waiting for its tiers,
+    # a logrotate run) it must not end the daemon
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        code = trio.run(daemon.run, cfg, on_ready)
+        code = trio.run(daemon.run, cfg, on_ready, load)
     except StormountError as e:
         if ready_fd is not None:
             os.write(ready_fd, f"error: {e}\n".encode())
@@ -105,10 +125,15 @@ def _mount_foreground(cfg: MountConfig, level: str, ready_fd: int | None) -> Non
 def _mount_background(cfg: MountConfig, args: list[str]) -> None:
     try:
         os.makedirs(cfg.cache.dir, mode=0o700, exist_ok=True)
-        log = open(os.path.join(cfg.cache.dir, "stormount.log"), "ab")  # noqa: SIM115
     except OSError as e:
         raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e.strerror}") \
             from None
+    log_path = cfg.log_file or os.path.join(cfg.cache.dir, LOG_NAME)
+    try:  # the daemon's own crash output, should it have any, goes beside its log
+        log = open(log_path, "ab")  # noqa: SIM115
+    except OSError as e:
+        what = f"log file {log_path}" if cfg.log_file else f"cache directory {cfg.cache.dir}"
+        raise StartupError(f"cannot use {what}: {e.strerror}") from None
     read_end, write_end = os.pipe()
     args += ["--ready-fd", str(write_end)]
     with log:
@@ -116,28 +141,46 @@ def _mount_background(cfg: MountConfig, args: list[str]) -> None:
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True)
     os.close(write_end)
-    message = b""
+    # with on_unreachable = "wait" the daemon mounts whenever the tiers answer: the
+    # caller asked to wait for that, so no deadline then (the daemon's exit ends it)
+    wait = cfg.on_unreachable == "wait"
     deadline = time.monotonic() + READY_TIMEOUT
-    with os.fdopen(read_end, "rb", buffering=0) as pipe:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([pipe], [], [], deadline - time.monotonic())
-            if not ready:
-                break
-            chunk = pipe.read(4096)
-            if not chunk:
-                break
-            message += chunk
-            if message.endswith(b"\n"):
-                break
+    message = b""
+    try:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            while wait or time.monotonic() < deadline:
+                left = None if wait else deadline - time.monotonic()
+                ready, _, _ = select.select([pipe], [], [], left)
+                if not ready:
+                    break
+                chunk = pipe.read(4096)
+                if not chunk:
+                    break
+                message += chunk
+                if message.endswith(b"\n"):
+                    break
+    except BaseException:  # Ctrl-C on the waiting command: no daemon left behind
+        _stop(proc)
+        raise
     text = message.decode(errors="replace").strip()
     if text == "ready":
         return
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    _stop(proc)
     if text.startswith("error: "):
         raise StartupError(text[len("error: "):])
-    raise StartupError(f"the mount did not become ready; see {cfg.cache.dir}/stormount.log")
+    raise StartupError(f"the mount did not become ready; see {log_path}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End a daemon that did not become ready: SIGTERM (which also ends a wait for the
+    tiers, or unmounts a mount that came up just now), then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @cli.command()
@@ -357,6 +400,59 @@ _plain_command("tiers", "The tiers with their roles and health.")
 _tier_command("drain", "Take TIER (number or URL) out of service: writes spill as in an outage.")
 _tier_command("undrain", "Put a drained TIER back in service.")
 _plain_command("metrics", "The figures in Prometheus text format.")
+
+
+# mount(8)'s helper convention: 1 for a wrong invocation, 32 for a mount that failed
+HELPER_USAGE, HELPER_FAILED = 1, 32
+HELPER_TYPES = ("stormount", "fuse.stormount")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("source")
+@click.argument("mountpoint")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]")
+@click.option("-s", "sloppy", is_flag=True, help="Ignore mount options not known.")
+@click.option("-f", "fake", is_flag=True, help="Check everything, but do not mount.")
+@click.option("-n", "no_mtab", is_flag=True, help="Accepted (there is no mtab to write).")
+@click.option("-v", "verbose", is_flag=True, help="Say what was mounted.")
+@click.option("-r", "read_only", is_flag=True, help="Mount read-only (-o ro).")
+@click.option("-w", "read_write", is_flag=True, help="Mount read-write (-o rw).")
+@click.option("-t", "fstype", metavar="TYPE", help="stormount or fuse.stormount.")
+@click.option("-N", "namespace", metavar="NS", hidden=True)
+def mount_helper(source: str, mountpoint: str, options: tuple[str, ...], sloppy: bool,
+                 fake: bool, no_mtab: bool, verbose: bool, read_only: bool, read_write: bool,
+                 fstype: str | None, namespace: str | None) -> None:
+    """mount.stormount: what mount(8) runs for `mount -t stormount SOURCE MOUNTPOINT
+    -o OPTIONS` and for fstab lines of type stormount. Returns once the mount is ready."""
+    if fstype is not None and fstype not in HELPER_TYPES:
+        raise click.UsageError(f"filesystem type {fstype!r} is not stormount")
+    if namespace is not None:
+        raise click.UsageError("mounting in another mount namespace (-N) is not supported")
+    opts = options + (("ro",) if read_only else ()) + (("rw",) if read_write else ())
+    args = [source, mountpoint, *(f"-o{opt}" for opt in opts)]
+    if sloppy:
+        args.append("--sloppy")
+    if fake:
+        cfg = build_config(source, mountpoint, options=opts, sloppy=sloppy)
+        daemon.check_mountpoint(cfg)
+        return
+    mount.main(args, prog_name="mount.stormount", standalone_mode=False)
+    if verbose:
+        click.echo(f"mount.stormount: {source} mounted at {mount_path(mountpoint)}")
+
+
+def mount_helper_main() -> None:
+    """The entry point of mount.stormount, with mount(8)'s exit codes."""
+    try:
+        mount_helper.main(prog_name="mount.stormount", standalone_mode=False)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(HELPER_USAGE)
+    except StormountError as e:
+        click.echo(f"mount.stormount: {e}", err=True)
+        sys.exit(HELPER_FAILED)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        sys.exit(HELPER_FAILED)
 
 
 def main() -> None:

@@ -112,6 +112,7 @@ class FuseConfig:
     allow_other: bool = False
     default_permissions: bool = True  # the kernel checks modes against uid/gid
     read_only: bool = False
+    noexec: bool = False  # programs on the mount cannot be executed
     nonempty: bool = False  # allow mounting over a non-empty directory
 
 
@@ -128,6 +129,10 @@ class MountConfig:
     log_level: str = "info"
     log_format: str = "text"  # or "json": one JSON object per line
     metrics_listen: str | None = None  # "HOST:PORT" serves Prometheus /metrics; None: off
+    log_file: str | None = None  # log here instead of stderr; SIGHUP reopens it
+    # a tier that cannot be reached at start: "degraded" starts without it (from the warm
+    # cache when none answers), "wait" waits until every tier answers, "refuse" exits
+    on_unreachable: str = "degraded"
 
 
 def parse_size(value: object, what: str) -> int:
@@ -151,7 +156,7 @@ def parse_size(value: object, what: str) -> int:
         unit, number = "b", lower
     try:
         result = int(float(number) * units[unit])
-    except ValueError:
+    except (ValueError, OverflowError):  # "inf" overflows int()
         raise ConfigError(f"{what}: {value!r} is not a size (e.g. 8MiB)") from None
     if result < 0:
         raise ConfigError(f"{what}: size must not be negative")
@@ -161,7 +166,11 @@ def parse_size(value: object, what: str) -> int:
 def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierConfig:
     """s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX], file:///ABS/DIR, memory://[NAME];
     query parameters and `options` set the TierConfig fields of the same name."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as e:  # "s3://[x": an unclosed IPv6 bracket, a bad port
+        raise ConfigError(f"not a storage URL: {url!r}: {e}") from None
     scheme = parts.scheme.lower()
     if not scheme or "://" not in url:
         raise ConfigError(
@@ -262,13 +271,20 @@ def _to_mode(raw: object, what: str) -> int:
     return value
 
 
+def _path_text(raw: object, what: str) -> str:
+    text = str(raw)
+    if "\0" in text:  # only TOML can carry one ("\u0000"); the OS refuses it
+        raise ConfigError(f"{what}: a path must not contain a NUL character")
+    return text
+
+
 _FUSE_CONVERT = {
     "entry_timeout": _to_float, "attr_timeout": _to_float, "uid": _to_int, "gid": _to_int,
     "umask": _to_mode, "file_mode": _to_mode, "dir_mode": _to_mode,
     "allow_other": _to_bool, "default_permissions": _to_bool, "read_only": _to_bool,
-    "nonempty": _to_bool,
+    "noexec": _to_bool, "nonempty": _to_bool,
 }
-_CACHE_CONVERT = {"dir": lambda raw, what: str(raw), "metadata_ttl": _to_float,
+_CACHE_CONVERT = {"dir": _path_text, "metadata_ttl": _to_float,
                   "listing_ttl": _to_float, "negative_ttl": _to_float,
                   "block_size": parse_size, "max_size": parse_size, "min_free": parse_size,
                   "read_ahead_max": parse_size}
@@ -312,9 +328,9 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
-def parse_o_options(opts: tuple[str, ...]) -> dict[str, str]:
-    """'-o a=1,b' (repeatable) -> {'a': '1', 'b': ''}."""
-    out: dict[str, str] = {}
+def parse_o_options(opts: tuple[str, ...]) -> list[tuple[str, str]]:
+    """'-o a=1,b' (repeatable) -> [('a', '1'), ('b', '')], in order (`tier` repeats)."""
+    out: list[tuple[str, str]] = []
     for group in opts:
         for item in group.split(","):
             item = item.strip()
@@ -326,7 +342,9 @@ def parse_o_options(opts: tuple[str, ...]) -> dict[str, str]:
                 key = key.replace("-", "_")
             if key == "rw":
                 key, value = "ro", "false"
-            out[key] = value
+            elif key == "exec":
+                key, value = "noexec", "false"
+            out.append((key, value))
     return out
 
 
@@ -345,6 +363,16 @@ def default_cache_dir(source: str, mountpoint: str) -> str:
     return os.path.join(base, "stormount", digest)
 
 
+# -o options that mount(8) and fstab use for themselves, or that are always on
+_O_IGNORED = frozenset({"auto_unmount", "_netdev", "nofail", "noauto", "user", "users",
+                        "nouser", "owner", "group", "auto", "defaults",
+                        "suid", "nosuid", "dev", "nodev", "noatime", "relatime", "atime",
+                        "nodiratime", "sync", "async", "loop"})
+TOP_LEVEL = ("socket", "log_level", "log_format", "log_file", "metrics_listen",
+             "on_unreachable")
+UNREACHABLE = ("degraded", "wait", "refuse")
+
+
 def build_config(
     source: str,
     mountpoint: str,
@@ -355,23 +383,33 @@ def build_config(
     socket: str | None = None,
     log_level: str | None = None,
     options: tuple[str, ...] = (),
+    sloppy: bool = False,
 ) -> MountConfig:
-    """Merge, in rising priority: defaults, config file, flags, -o options."""
+    """Merge, in rising priority: defaults, config file, flags, -o options. Every flag
+    of `stormount mount` has an -o spelling (config=, tier=, cache_dir=, socket=, ...),
+    so that mount(8) and fstab can say everything; `sloppy` (mount -s) skips unknown
+    -o options instead of refusing them."""
+    o_values = parse_o_options(options)
+    o_tiers = tuple(value for key, value in o_values if key == "tier")
+    for key, value in o_values:
+        if key == "config":
+            config_file = value
     source_url: str | None = source
     if "://" not in source and (source.endswith(".toml") or os.path.isfile(source)):
         if config_file:
             raise ConfigError("give the config file either as SOURCE or with --config, not both")
         config_file, source_url = source, None
     data: dict[str, Any] = load_toml(config_file) if config_file else {}
-    known_top = {"tier", "cache", "fuse", "writeback", "chain", "socket", "log_level",
-                 "log_format", "metrics_listen"}
+    known_top = {"tier", "cache", "fuse", "writeback", "chain", *TOP_LEVEL}
     for key in data:
         if key not in known_top:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known_top))})")
 
+    # tier options given with -o apply to the primary tier, the first one named
+    primary_o = {key: value for key, value in o_values if key in TIER_OPTIONS}
     tiers: list[TierConfig] = []
     if source_url is not None:
-        tiers.append(parse_tier_url(source_url))
+        tiers.append(parse_tier_url(source_url, primary_o))
     raw_tiers = data.get("tier", [])
     if not isinstance(raw_tiers, list):
         raise ConfigError("[[tier]] must be an array of tables")
@@ -379,8 +417,11 @@ def build_config(
         if not isinstance(raw, dict) or "url" not in raw:
             raise ConfigError("every [[tier]] needs a url")
         opts = {k: v for k, v in raw.items() if k != "url"}
+        if not tiers:
+            opts.update(primary_o)
         tiers.append(parse_tier_url(str(raw["url"]), opts))
-    tiers.extend(parse_tier_url(url) for url in tier_urls)
+    tiers.extend(parse_tier_url(url, None if tiers else primary_o)
+                 for url in (*tier_urls, *o_tiers))
     if not tiers:
         raise ConfigError("no storage tier given: pass a URL or a config file with [[tier]]")
 
@@ -390,10 +431,10 @@ def build_config(
                        "writeback")
     chain = _apply(ChainConfig(), _CHAIN_CONVERT, _section(data, "chain"), "chain")
     # the daemon-wide settings, from the file, then flags, then -o
-    top: dict[str, Any] = {"socket": data.get("socket"),
-                           "log_level": data.get("log_level", "info"),
-                           "log_format": data.get("log_format", "text"),
-                           "metrics_listen": data.get("metrics_listen")}
+    top: dict[str, Any] = {key: data.get(key) for key in TOP_LEVEL}
+    top["log_level"] = top["log_level"] or "info"
+    top["log_format"] = top["log_format"] or "text"
+    top["on_unreachable"] = top["on_unreachable"] or "degraded"
 
     if cache_dir:
         cache = replace(cache, dir=cache_dir)
@@ -401,9 +442,8 @@ def build_config(
         top["socket"] = socket
     if log_level:
         top["log_level"] = log_level
-    o_values = parse_o_options(options)
     fuse_o: dict[str, Any] = {}
-    for key, value in o_values.items():
+    for key, value in o_values:
         key = _O_ALIASES.get(key, key)
         if key == "cache.dir":
             cache = replace(cache, dir=value)
@@ -417,15 +457,15 @@ def build_config(
             chain = _apply(chain, _CHAIN_CONVERT, {key[6:]: value}, "chain")
         elif key in top:
             top[key] = value
-        elif key in ("auto_unmount", "_netdev", "nofail", "noauto", "user", "nouser", "auto",
-                     "defaults", "exec", "noexec", "suid", "nosuid", "dev", "nodev", "noatime",
-                     "relatime", "atime") or key.startswith("x-"):
-            continue  # always on, or mount(8)/fstab options meant for other programs
+        elif key in ("config", "tier") or key in TIER_OPTIONS:
+            continue  # taken above
+        elif key in _O_IGNORED or key.startswith("x-") or sloppy:
+            continue  # mount(8)/fstab options meant for other programs
         else:
             raise ConfigError(f"unknown mount option -o {key}")
     fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
     log_level, log_format = str(top["log_level"]), str(top["log_format"])
-    sock = top["socket"]
+    on_unreachable = str(top["on_unreachable"]).lower()
 
     mountpoint = mount_path(mountpoint)
     if not cache.dir:
@@ -450,12 +490,23 @@ def build_config(
         raise ConfigError(f"log_level must be debug, info, warning or error, not {log_level!r}")
     if log_format.lower() not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {log_format!r}")
-    if sock is not None:
-        sock = os.path.abspath(os.path.expanduser(str(sock)))
+    if on_unreachable not in UNREACHABLE:
+        raise ConfigError(f"on_unreachable must be {', '.join(UNREACHABLE[:-1])} or "
+                          f"{UNREACHABLE[-1]}, not {top['on_unreachable']!r}")
     return MountConfig(source=source, mountpoint=mountpoint, tiers=tuple(tiers), cache=cache,
-                       fuse=fuse, writeback=writeback, chain=chain, socket=sock,
+                       fuse=fuse, writeback=writeback, chain=chain,
+                       socket=_abs_path(top["socket"], "socket"),
                        log_level=log_level.lower(), log_format=log_format.lower(),
-                       metrics_listen=_listen_address(top["metrics_listen"]))
+                       log_file=_abs_path(top["log_file"], "log_file"),
+                       metrics_listen=_listen_address(top["metrics_listen"]),
+                       on_unreachable=on_unreachable)
+
+
+def _abs_path(raw: object, what: str = "path") -> str | None:
+    if raw is None or raw == "":
+        return None
+    return os.path.abspath(os.path.expanduser(_path_text(raw, what)))
+
 
 
 def _listen_address(raw: object) -> str | None:

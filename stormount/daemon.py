@@ -14,12 +14,14 @@ import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import fields, replace
+from typing import TypeVar
 
 import pyfuse3
 import trio
 
-from stormount import notify, registry
+from stormount import logs, notify, registry
 from stormount.backends import Backend, open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
@@ -29,12 +31,13 @@ from stormount.chain.repair import RepairJournal
 from stormount.config import MountConfig
 from stormount.control.commands import Control
 from stormount.control.server import PATH_MAX, ControlServer
-from stormount.errors import BackendError, StartupError, Transient
+from stormount.errors import BackendError, StartupError, StormountError, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
 from stormount.writeback import Journal, Writeback
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 CHECK_TIMEOUT = 30.0
 READ_AHEAD_KB = 1024
 
@@ -61,6 +64,10 @@ def check_mountpoint(cfg: MountConfig) -> None:
     cache = os.path.realpath(cfg.cache.dir)
     if cache == os.path.realpath(mp) or cache.startswith(os.path.realpath(mp) + os.sep):
         raise StartupError(f"cache directory {cfg.cache.dir} must not be inside the mountpoint")
+    point, fstype = registry.filesystem_of(cfg.cache.dir)
+    if fstype == "fuse.stormount":
+        raise StartupError(f"cache directory {cfg.cache.dir} is on the stormount mount "
+                           f"{point}: the cache must be on a local disk")
 
 
 def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
@@ -81,6 +88,10 @@ def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
     staging = os.path.join(cache, "staging")
     try:
         os.makedirs(staging, mode=0o700, exist_ok=True)
+        # a directory that exists but takes no new files fails here, not at the first write
+        probe = os.path.join(cache, f".writable-{os.getpid()}")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        os.unlink(probe)
     except OSError as e:
         os.close(lock_fd)
         raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
@@ -111,6 +122,8 @@ def fuse_options(cfg: MountConfig) -> set[str]:
         options.add("allow_other")
     if cfg.fuse.read_only:
         options.add("ro")
+    if cfg.fuse.noexec:
+        options.add("noexec")
     return options
 
 
@@ -148,6 +161,144 @@ async def check_backend(backend: Backend, *, warm_cache: bool) -> None:
         raise StartupError(f"cannot use {redact(backend.url)}: {e}") from None
 
 
+async def _unreachable(tier: Tier) -> str | None:
+    """Why the tier cannot be reached now, or None if it answers. One that refuses us
+    (bad credentials, a missing bucket) is a StartupError: that needs fixing."""
+    timeout = min(tier.cfg.list_timeout, CHECK_TIMEOUT)
+    try:
+        with trio.fail_after(timeout):
+            await tier.backend.check()
+    except trio.TooSlowError:
+        return f"no answer within {timeout:g} s"
+    except Transient as e:
+        return str(e)
+    except BackendError as e:  # a missing bucket too: most likely a typo, never waited for
+        raise StartupError(f"cannot use {tier.url}: {e}") from None
+    return None
+
+
+async def wait_for_tiers(tiers: list[Tier]) -> None:
+    """Until every tier answers (on_unreachable = "wait")."""
+    delay, said = 1.0, ""
+    while True:
+        missing = {tier.index: why for tier in tiers
+                   if (why := await _unreachable(tier)) is not None}
+        if not missing:
+            if said:
+                log.info("every tier answers now; mounting")
+            return
+        text = "; ".join(f"tier {i} ({tiers[i].url}): {e}" for i, e in sorted(missing.items()))
+        if text != said:
+            log.warning("waiting for unreachable tier(s) before mounting (on_unreachable = "
+                        "wait): %s", text, extra={"event": "waiting_for_tier"})
+            said = text
+        notify.notify(STATUS=f"waiting for unreachable tier(s): {text}")
+        await trio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+async def check_tiers(cfg: MountConfig, chain: Chain, *, warm_cache: bool) -> None:
+    """The start-up check of the tiers, as on_unreachable says."""
+    if cfg.on_unreachable == "wait":
+        await wait_for_tiers(chain.tiers)
+    elif cfg.on_unreachable == "refuse":
+        down = [(tier, why) for tier in chain.tiers
+                if (why := await _unreachable(tier)) is not None]
+        if down:
+            raise StartupError("not mounting (on_unreachable = refuse): " + "; ".join(
+                f"tier {t.index} ({t.url}) cannot be reached: {why}" for t, why in down))
+    await check_backend(chain, warm_cache=warm_cache and cfg.on_unreachable == "degraded")
+
+
+async def until_signalled(step: Callable[[], Awaitable[None]],
+                          signals: AsyncIterator[int]) -> bool:
+    """Run a start-up step that may take long; SIGINT or SIGTERM gives it up. True if it
+    finished."""
+    finished = False
+    failure: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def body() -> None:
+            nonlocal finished, failure
+            try:
+                await step()
+                finished = True
+            except StormountError as e:
+                failure = e
+            nursery.cancel_scope.cancel()
+
+        async def watch() -> None:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("SIGHUP: nothing to re-read before the mount serves")
+                    continue
+                log.info("%s: stopped before mounting", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                return
+
+        nursery.start_soon(body)
+        nursery.start_soon(watch)
+    if failure is not None:
+        raise failure
+    return finished
+
+
+# what SIGHUP changes in a running mount; anything else waits for the next mount
+LIVE_TOP = ("log_level", "log_format", "log_file")
+LIVE_CACHE = ("metadata_ttl", "listing_ttl", "negative_ttl", "max_size", "min_free")
+LIVE_CHAIN = ("retries", "retry_delay", "retry_max_delay")
+LIVE_FUSE = ("entry_timeout", "attr_timeout")
+
+
+def _differences(old: object, new: object, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(old):  # type: ignore[arg-type]
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if a == b:
+            continue
+        if hasattr(a, "__dataclass_fields__"):
+            out += _differences(a, b, f"{prefix}{f.name}.")
+        else:
+            out.append(prefix + f.name)
+    return out
+
+
+def _live(old: T, new: T, names: tuple[str, ...]) -> T:
+    return replace(old, **{name: getattr(new, name) for name in names})  # type: ignore[type-var]
+
+
+def reload_config(old: MountConfig, new: MountConfig, vfs: Vfs, ops: Operations,
+                  chain: Chain, blocks: BlockCache) -> MountConfig:
+    """Put what can change at run time into force (SIGHUP); the config now in force."""
+    changed = _differences(old, new)
+    live = {*LIVE_TOP, *(f"cache.{n}" for n in LIVE_CACHE), *(f"chain.{n}" for n in LIVE_CHAIN),
+            *(f"fuse.{n}" for n in LIVE_FUSE), "writeback.debounce", "writeback.parallel",
+            "writeback.retries", "writeback.retry_delay", "writeback.retry_max_delay",
+            "writeback.failing_retry_delay", "writeback.fsync"}
+    later = [name for name in changed if name not in live]
+    now = [name for name in changed if name in live]
+    cfg = replace(old, cache=_live(old.cache, new.cache, LIVE_CACHE),
+                  chain=_live(old.chain, new.chain, LIVE_CHAIN),
+                  fuse=_live(old.fuse, new.fuse, LIVE_FUSE), writeback=new.writeback,
+                  **{name: getattr(new, name) for name in LIVE_TOP})
+    try:
+        logs.setup(cfg.log_level, cfg.log_format, file=cfg.log_file)
+    except OSError as e:  # the log stays where it was
+        log.error("SIGHUP: cannot open log file %s: %s", cfg.log_file, e.strerror)
+        cfg = replace(cfg, log_file=old.log_file)
+    vfs.cache = cfg.cache
+    blocks.max_bytes, blocks.min_free_bytes = cfg.cache.max_size, cfg.cache.min_free
+    vfs.writeback.reconfigure(cfg.writeback)
+    vfs.fsync_upload = cfg.writeback.fsync == "upload"
+    chain.cfg = cfg.chain
+    vfs.fuse = ops.fuse = cfg.fuse
+    log.info("SIGHUP: log reopened; configuration re-read: %s%s",
+             "changed now: " + ", ".join(now) if now else "nothing changed that applies now",
+             "; takes a new mount to change: " + ", ".join(later) if later else "",
+             extra={"event": "reloaded"})
+    return cfg
+
+
 def socket_path(cfg: MountConfig) -> str:
     """Where the control socket goes: --socket; else systemd's RuntimeDirectory; else
     the cache directory; else, when that path is too long for a Unix socket, the
@@ -168,9 +319,19 @@ def redact(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> int:
-    """Mount and serve until unmounted or signalled; the exit status."""
+async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None,
+              load: Callable[[], MountConfig] | None = None) -> int:
+    """Mount and serve until unmounted or signalled; the exit status. `load` builds the
+    configuration anew, for SIGHUP."""
     check_mountpoint(cfg)
+    # one receiver from here to the exit: a signal at any moment of the start is seen
+    # (and acted on once the mount serves), never the default action that kills
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        return await _run(cfg, on_ready, load, signals)
+
+
+async def _run(cfg: MountConfig, on_ready: Callable[[], None],
+               load: Callable[[], MountConfig] | None, signals: AsyncIterator[int]) -> int:
     lock_fd, staging = prepare_cache(cfg)
     backends: list[Backend] = []
     try:
@@ -198,8 +359,29 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
                 keep_unqueued(cfg.cache.dir, staging, {up.staging for up in restored})
             except OSError as e:
                 raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e}") from None
-            await check_backend(chain, warm_cache=not meta.is_empty() or bool(restored))
+            warm = not meta.is_empty() or bool(restored)
+            if not await until_signalled(lambda: check_tiers(cfg, chain, warm_cache=warm),
+                                         signals):
+                return 0
             ops = Operations(vfs, cfg.fuse)
+            in_force = cfg
+
+            async def reload() -> None:
+                nonlocal in_force
+                try:
+                    new = in_force if load is None else await trio.to_thread.run_sync(load)
+                except StormountError as e:
+                    log.error("SIGHUP: configuration not re-read, nothing changed: %s", e)
+                    return
+                except Exception as e:  # a reload must never end the mount
+                    log.exception("SIGHUP: configuration not re-read, nothing changed: %r", e)
+                    return
+                try:
+                    in_force = reload_config(in_force, new, vfs, ops, chain, blocks)
+                except Exception as e:
+                    log.exception("SIGHUP: the new configuration was applied only in part; "
+                                  "restart the mount to apply all of it: %r", e)
+
             control = Control(cfg, vfs, ops, chain)
             server = ControlServer(socket_path(cfg), control.handle)
             metrics = None
@@ -213,7 +395,8 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None) -> 
                 except RuntimeError as e:
                     raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
                 try:
-                    pending = await _serve(cfg, vfs, chain, server, on_ready)
+                    pending = await _serve(cfg, vfs, chain, server, on_ready, reload,
+                                           signals)
                 finally:
                     pyfuse3.close(unmount=True)
                     registry.unregister(cfg.mountpoint)
@@ -266,7 +449,8 @@ async def _watchdog(interval: float) -> None:
 
 
 async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer,
-                 on_ready: Callable[[], None]) -> list[str]:
+                 on_ready: Callable[[], None], reload: Callable[[], Awaitable[None]],
+                 signals: AsyncIterator[int]) -> list[str]:
     """Serve until unmounted, then upload what is queued: a signal starts that at once
     and unmounts after it; a second signal stops waiting (the queue stays journaled).
     Returns the paths still pending."""
@@ -307,17 +491,18 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
             pyfuse3.terminate()
 
         async def on_signals() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if not draining:
-                        log.info("%s: uploading %d queued file(s), then unmounting (signal "
-                                 "again to unmount at once: they stay queued)", name,
-                                 len(vfs.writeback.pending()))
-                        nursery.start_soon(drain_then_unmount)
-                    else:
-                        log.info("%s: unmounting now", name)
-                        draining[-1].cancel()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if signum == signal.SIGHUP:
+                    await reload()
+                elif not draining:
+                    log.info("%s: uploading %d queued file(s), then unmounting (signal "
+                             "again to unmount at once: they stay queued)", name,
+                             len(vfs.writeback.pending()))
+                    nursery.start_soon(drain_then_unmount)
+                else:
+                    log.info("%s: unmounting now", name)
+                    draining[-1].cancel()
 
         vfs.background = nursery  # listing refreshes run beside the requests
         if vfs.reader is not None:

@@ -43,22 +43,34 @@ class JournalFormatter(logging.Formatter):
         return prefix + super().format(record).replace("\n", "\n" + prefix)
 
 
-def formatter(fmt: str, stream: TextIO) -> logging.Formatter:
+def formatter(fmt: str, stream: TextIO | None) -> logging.Formatter:
+    """The formatter for `fmt` on `stream` (None: a file of our own)."""
     if fmt == "json":
         return JsonFormatter("%(levelname)s %(name)s %(message)s", timestamp="time",
                              rename_fields={"levelname": "level", "name": "logger"})
-    if under_journald(stream):
+    if stream is not None and under_journald(stream):
         return JournalFormatter()
     return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def setup(level: str, fmt: str = "text", stream: TextIO | None = None) -> None:
-    stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(formatter(fmt, stream))
+def setup(level: str, fmt: str = "text", stream: TextIO | None = None,
+          file: str | None = None) -> None:
+    """Send the log to `file` (appended; opened anew at each call, which is how SIGHUP
+    follows a rotation) or else to `stream` (stderr). Raises OSError if `file` cannot be
+    opened; the handlers before stay in place then."""
+    handler: logging.Handler
+    if file is not None:
+        to_file = logging.FileHandler(file, encoding="utf-8")
+        to_file.setFormatter(formatter(fmt, None))
+        handler = to_file
+    else:
+        stream = stream or sys.stderr
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter(fmt, stream))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        old.close()
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for noisy in NOISY:

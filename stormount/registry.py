@@ -92,19 +92,39 @@ def all_records() -> list[MountRecord]:
     return out
 
 
-def mounted_fuse(mountpoint: str) -> str | None:
-    """The filesystem type mounted exactly at `mountpoint` (e.g. 'fuse.stormount'), if any."""
-    target = mount_path(mountpoint)
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount this process sees, in order."""
     try:
         with open("/proc/self/mountinfo") as f:
             lines = f.read().splitlines()
     except OSError:
-        return None
-    found = None
+        return []
+    out = []
     for line in lines:
         fields = line.split()
         sep = fields.index("-")
         point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        out.append((point, fields[sep + 1]))
+    return out
+
+
+def mounted_fuse(mountpoint: str) -> str | None:
+    """The filesystem type mounted exactly at `mountpoint` (e.g. 'fuse.stormount'), if any."""
+    target = mount_path(mountpoint)
+    found = None
+    for point, fstype in _mounts():
         if point == target:
-            found = fields[sep + 1]
+            found = fstype  # the last one mounted there is the one seen
     return found
+
+
+def filesystem_of(path: str) -> tuple[str, str]:
+    """(mount point, filesystem type) of the mount that holds `path`, which need not
+    exist yet (symlinks in the part that exists are followed)."""
+    target = os.path.realpath(path)
+    best = ("/", "")
+    for point, fstype in _mounts():
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best[0]):
+            best = (point, fstype)
+    return best

@@ -211,6 +211,18 @@ class Writeback:
         self._schedule(up, trio.current_time() + (0 if self._draining else self.cfg.debounce))
         return up
 
+    def reconfigure(self, cfg: WritebackConfig) -> None:
+        """New settings while running (SIGHUP). A shorter debounce brings the uploads
+        waiting for theirs forward; a failing upload keeps its retry time."""
+        old, self.cfg = self.cfg, cfg
+        now = trio.current_time()
+        for up in list(self._uploads.values()):
+            if up.state == QUEUED and up.attempts == 0:
+                due = max(now, up.due - old.debounce + cfg.debounce)
+                if due < up.due:
+                    self._schedule(up, due)
+        self._wake.set()  # a higher `parallel` may start more at once
+
     def _schedule(self, up: Upload, due: float) -> None:
         up.due = due
         heapq.heappush(self._due, (due, next(self._seq), up))

@@ -18,20 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.cli import one_error_line, run
 from tests.helpers.mounts import wait_for
-from tests.helpers.proxy import OutageProxy
+from tests.helpers.proxy import OutageProxy, proxied
 from tests.stores import S3Store, free_port, unique_name
 
 pytestmark = pytest.mark.timeout(180)
 NOBODY = 65534
-
-
-def proxied(store: S3Store, proxy: OutageProxy, **options: object) -> str:
-    """The store through `proxy`, with short SDK timeouts and probes every second."""
-    opts = {"connect_timeout": 1, "read_timeout": 2, "sdk_retries": 0, "probe_interval": 1,
-            "probe_interval_down": 1, **options}
-    query = "&".join(f"{k}={v}" for k, v in opts.items())
-    port = urllib.parse.urlsplit(store.endpoint).port
-    return store.url.replace(f":{port}", f":{proxy.port}") + "&" + query
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

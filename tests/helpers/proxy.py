@@ -12,8 +12,12 @@ import errno
 import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from tests.stores import S3Store
 
 
 class CountingProxy:
@@ -351,3 +355,12 @@ class OutageProxy:
                 if not conn.held:
                     self._break(conn)
             self._release(conn)
+
+
+def proxied(store: S3Store, proxy: OutageProxy, **options: object) -> str:
+    """The store through `proxy`, with short SDK timeouts and probes every second."""
+    opts = {"connect_timeout": 1, "read_timeout": 2, "sdk_retries": 0, "probe_interval": 1,
+            "probe_interval_down": 1, **options}
+    query = "&".join(f"{k}={v}" for k, v in opts.items())
+    port = urllib.parse.urlsplit(store.endpoint).port
+    return store.url.replace(f":{port}", f":{proxy.port}") + "&" + query

@@ -28,6 +28,7 @@ def test_url_forms():
     ("s3://b?colour=red", "unknown tier option 'colour'"),
     ("s3://b?max_connections=x", "expected an integer"),
     ("s3://b?part_size=1MiB", "at least 5MiB"),
+    ("s3://[bucket", "not a storage URL"),
 ])
 def test_bad_urls(url, message):
     with pytest.raises(ConfigError, match=message):
@@ -38,8 +39,9 @@ def test_sizes():
     assert parse_size("8MiB", "x") == 8 * MiB
     assert parse_size("10MB", "x") == 10_000_000
     assert parse_size(4096, "x") == 4096
-    with pytest.raises(ConfigError):
-        parse_size("lots", "x")
+    for bad in ("lots", "inf", "infGiB", float("inf")):
+        with pytest.raises(ConfigError):
+            parse_size(bad, "x")
 
 
 def test_precedence_file_then_flags_then_o(tmp_path):
@@ -62,6 +64,15 @@ def test_fstab_options_are_accepted(tmp_path):
     cfg = build_config("file:///srv", str(tmp_path),
                        options=("_netdev,nofail,x-systemd.automount,rw",))
     assert not cfg.fuse.read_only
+    assert build_config("file:///srv", str(tmp_path), options=("noexec",)).fuse.noexec
+    assert not build_config("file:///srv", str(tmp_path), options=("noexec,exec",)).fuse.noexec
+
+
+def test_a_path_with_a_nul_from_toml_is_a_config_error(tmp_path):
+    config = tmp_path / "m.toml"
+    config.write_text('log_file = "/var/log/a\\u0000b"\n[[tier]]\nurl = "file:///srv"\n')
+    with pytest.raises(ConfigError, match="log_file: a path must not contain a NUL"):
+        build_config(str(config), str(tmp_path / "mnt"))
 
 
 def test_default_cache_dir_is_per_source_and_mountpoint(tmp_path, monkeypatch):

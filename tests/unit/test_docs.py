@@ -45,3 +45,27 @@ def test_every_control_command_is_documented():
     headings = {name for line in re.findall(r"^### .*$", text, re.M)
                 for name in re.findall(r"`(\w+)", line)}
     assert sorted(set(COMMANDS) - headings) == []
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    anchors = set()
+    for heading in re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_every_link_between_the_documents_resolves():
+    broken = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            if "://" in target:
+                continue
+            file, _, anchor = target.partition("#")
+            path = (doc.parent / file).resolve() if file else doc
+            missing_anchor = bool(anchor) and path.suffix == ".md" and (
+                not path.exists() or anchor not in _anchors(path))
+            if not path.exists() or missing_anchor:
+                broken.append(f"{doc.name}: {target}")
+    assert broken == []
