@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUNDIR := $(CURDIR)/.run
 
-.PHONY: install system-deps run test check bench clean
+.PHONY: install system-deps run test check bench clean install-systemd
 
 install: system-deps $(STAMP)
 
@@ -34,6 +34,13 @@ check: install
 	$(BIN)/ruff check stormount tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# As root: a venv in /opt/stormount, /usr/local/bin/stormount, /sbin/mount.stormount (for
+# mount -t stormount and fstab), the stormount@.service template and the docs
+# (docs/OPERATIONS.md). DESTDIR=DIR with STORMOUNT_VENV=VENV stages the files under DIR.
+install-systemd:
+	@bash scripts/install-system-deps.sh --runtime
+	@bash scripts/install-systemd.sh
 
 # The benchmark suite (benchmarks/, see benchmarks/results/README.md): installs fio and
 # rclone when missing, then measures stormount beside boto3, local files and rclone in one
