@@ -22,6 +22,9 @@ from stormount import __version__, daemon, logs, registry
 from stormount.config import MountConfig, build_config, mount_path
 from stormount.control import client
 from stormount.errors import StartupError, StormountError
+from stormount.manage import report
+from stormount.manage import usage as usage_scan
+from stormount.manage.store import folder_prefix, open_store
 from stormount.writeback import read_pending
 
 READY_TIMEOUT = 120.0
@@ -439,6 +442,77 @@ def mount_helper(source: str, mountpoint: str, options: tuple[str, ...], sloppy:
     mount.main(args, prog_name="mount.stormount", standalone_mode=False)
     if verbose:
         click.echo(f"mount.stormount: {source} mounted at {mount_path(mountpoint)}")
+
+
+# --- storage management: commands on the store itself ---------------------------------
+
+
+def _store_options(fn: F) -> F:
+    """The ways to name the store's tiers beyond SOURCE, as `mount` has them."""
+    fn = click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+                      help="Tier options for the primary tier (region=, endpoint=, ...).")(fn)
+    fn = click.option("--config", "config_file", metavar="FILE",
+                      help="A TOML configuration to read beside a URL SOURCE.")(fn)
+    fn = click.option("--tier", "tiers", multiple=True, metavar="URL",
+                      help="A lower-priority tier (repeatable).")(fn)
+    return fn
+
+
+def split_source(arg: str) -> tuple[str, str]:
+    """SOURCE[/PATH] -> (SOURCE, PATH): for a URL the path is part of its prefix; a
+    config file may be followed by /PATH inside the tree it names."""
+    if "://" not in arg:
+        head, sep, rest = arg.partition(".toml/")
+        if sep:
+            return head + ".toml", rest.strip("/")
+    return arg, ""
+
+
+def _store_config(source: str, tiers: tuple[str, ...], config_file: str | None,
+                  options: tuple[str, ...]) -> MountConfig:
+    # a configuration of the store alone: there is no mountpoint for these commands
+    return build_config(source, "/", tier_urls=tiers, config_file=config_file,
+                        options=options)
+
+
+def _print_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2))
+
+
+@cli.command()
+@click.argument("target", metavar="SOURCE|MOUNTPOINT")
+@click.option("--depth", type=click.IntRange(0, 100), default=1, show_default=True,
+              help="Folder levels to total separately.")
+@click.option("--by", type=click.Choice(["folder", "tier"]), default="folder",
+              show_default=True, help="Group the table by folder, or by tier and folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_store_options
+def usage(target: str, depth: int, by: str, as_json: bool, tiers: tuple[str, ...],
+          config_file: str | None, options: tuple[str, ...]) -> None:
+    """Files and bytes per folder and per tier, of a store or a running mount."""
+    if "://" not in target and os.path.isdir(target) and registry.filesystem_of(
+            os.path.abspath(target))[1] == "fuse.stormount":
+        if by == "tier":
+            raise StormountError(
+                "--by tier needs the store (a URL or config file) as SOURCE: a mountpoint "
+                "shows one merged tree")
+        with report.scan_progress() as progress:
+            result = usage_scan.of_mount(os.path.abspath(target), depth, progress)
+    else:
+        source, path = split_source(target)
+        cfg = _store_config(source, tiers, config_file, options)
+        prefix = folder_prefix(path)
+
+        async def scan() -> dict[str, Any]:
+            async with open_store(cfg) as store:
+                return await usage_scan.of_store(store, prefix, depth, progress)
+
+        with report.scan_progress() as progress:
+            result = trio.run(scan)
+    if as_json:
+        _print_json(result)
+    else:
+        report.print_tables(report.usage_tables(result, by))
 
 
 def mount_helper_main() -> None:

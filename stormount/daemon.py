@@ -28,6 +28,7 @@ from stormount.cache.meta import MetaStore
 from stormount.chain import Chain, Tier
 from stormount.chain.chain import spool_dir
 from stormount.chain.repair import RepairJournal
+from stormount.chain.tier import redact
 from stormount.config import MountConfig
 from stormount.control.commands import Control
 from stormount.control.server import PATH_MAX, ControlServer
@@ -312,11 +313,6 @@ def socket_path(cfg: MountConfig) -> str:
     if len(os.fsencode(path)) <= PATH_MAX:
         return path
     return os.path.join(registry.runtime_dir(), registry.record_name(cfg.mountpoint, ".sock"))
-
-
-def redact(url: str) -> str:
-    """A URL without its query, which may hold credentials."""
-    return url.split("?", 1)[0]
 
 
 async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None,

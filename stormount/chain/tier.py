@@ -52,6 +52,7 @@ def unavailable(exc: BaseException) -> bool:
 
 
 def redact(url: str) -> str:
+    """A URL without its query, which may hold credentials."""
     return url.split("?", 1)[0]
 
 

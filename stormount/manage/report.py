@@ -1,0 +1,91 @@
+"""What the management commands print: rich tables and progress on a terminal, JSON
+with --json. Progress goes to stderr, and only to a terminal."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from stormount.control.render import console, size
+
+
+def usage_tables(report: dict[str, Any], by: str) -> list[Table]:
+    where = report["path"] or "/"
+    if by == "tier" and "tiers" in report:
+        table = Table(title=f"Usage of {where} by tier", title_justify="left")
+        for col, justify in (("tier", "left"), ("folder", "left"), ("files", "right"),
+                             ("bytes", "right")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for tier in report["tiers"]:
+            name = f"{tier['index']} {tier['url']}"
+            for row in tier["folders"]:
+                table.add_row(name, row["path"], f"{row['files']:,}", size(row["bytes"]))
+            table.add_row(name, "(all)", f"{tier['files']:,}", size(tier["bytes"]),
+                          style="bold")
+        return [table]
+    table = Table(title=f"Usage of {where}", title_justify="left")
+    for col, justify in (("folder", "left"), ("files", "right"), ("bytes", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for row in report["folders"]:
+        table.add_row(row["path"], f"{row['files']:,}", size(row["bytes"]))
+    table.add_row("(all)", f"{report['files']:,}", size(report["bytes"]), style="bold")
+    return [table]
+
+
+def print_tables(tables: list[Table]) -> None:
+    out = console()
+    for table in tables:
+        out.print(table)
+
+
+def _stderr() -> Console | None:
+    return Console(stderr=True) if sys.stderr.isatty() else None
+
+
+@contextmanager
+def scan_progress() -> Iterator[Any]:
+    """A callable (what, files, bytes) that shows how a scan goes, on a terminal."""
+    err = _stderr()
+    if err is None:
+        yield lambda what, files, nbytes: None
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=err,
+                  transient=True) as bar:
+        task = bar.add_task("scanning")
+
+        def show(what: str, files: int, nbytes: int) -> None:
+            bar.update(task, description=f"scanning {what}: {files:,} files, {size(nbytes)}")
+        yield show
+
+
+@contextmanager
+def transfer_progress(verb: str) -> Iterator[Any]:
+    """(done_bytes, total_bytes, done_files, total_files) -> None, drawn as a bar with
+    bytes, files and rate on a terminal."""
+    err = _stderr()
+    if err is None:
+        yield lambda done, total, files, nfiles: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=err,
+                  transient=True) as bar:
+        task = bar.add_task(verb, total=None)
+
+        def show(done: int, total: int, files: int, nfiles: int) -> None:
+            bar.update(task, completed=done, total=total,
+                       description=f"{verb} {files:,}/{nfiles:,} files")
+        yield show

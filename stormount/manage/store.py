@@ -1,0 +1,104 @@
+"""The tiers of a configuration, opened for a management command."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import trio
+
+from stormount.backends import open_backend
+from stormount.backends.base import Backend, ObjectInfo
+from stormount.chain.health import RESERVED
+from stormount.chain.retry import retrying
+from stormount.chain.tier import redact
+from stormount.config import ChainConfig, MountConfig, TierConfig
+from stormount.errors import BackendError, StormountError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Tier:
+    index: int
+    cfg: TierConfig
+    backend: Backend
+
+    @property
+    def url(self) -> str:
+        return redact(self.cfg.url)
+
+
+@dataclass(frozen=True)
+class Store:
+    cfg: MountConfig
+    tiers: list[Tier]
+
+    @property
+    def primary(self) -> Tier:
+        return self.tiers[0]
+
+    async def call(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """One request, retried on transient errors as the mount would retry it."""
+        return await retried(self.cfg.chain, what, attempt)
+
+
+async def retried(cfg: ChainConfig, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async for try_ in retrying(cfg):
+        with try_:
+            return await attempt()
+    raise AssertionError("unreachable")  # tenacity re-raises the last error
+
+
+@asynccontextmanager
+async def open_store(cfg: MountConfig, *, check: bool = True) -> AsyncIterator[Store]:
+    """Every tier of `cfg`, checked (the bucket exists, the credentials work) unless told
+    not to, and closed on the way out."""
+    tiers: list[Tier] = []
+    try:
+        for index, tier_cfg in enumerate(cfg.tiers):
+            tiers.append(Tier(index, tier_cfg, open_backend(tier_cfg)))
+        store = Store(cfg, tiers)
+        if check:
+            for tier in tiers:
+                try:
+                    await store.call("check", tier.backend.check)
+                except BackendError as e:
+                    raise StormountError(f"tier {tier.index} ({tier.url}): {e}") from None
+        yield store
+    finally:
+        with trio.CancelScope(shield=True):
+            for tier in tiers:
+                await tier.backend.aclose()
+
+
+def reserved(key: str) -> bool:
+    """The chain's own objects (health probes), which no command counts or copies."""
+    return key.startswith(RESERVED)
+
+
+def folder_prefix(path: str) -> str:
+    """A folder of the mount as a key prefix: '' for the root, else 'a/b/'."""
+    path = path.strip("/")
+    if any(part in ("", ".", "..") for part in path.split("/")) and path:
+        raise StormountError(f"not a folder path: {path!r}")
+    return f"{path}/" if path else ""
+
+
+async def objects(store: Store, tier: Tier, prefix: str) -> AsyncIterator[ObjectInfo]:
+    """Every object under `prefix` on one tier, in key order, page by page (a flat
+    listing: no delimiter), each page retried; directory markers included."""
+    token: str | None = None
+    while True:
+        page = await store.call(
+            "list", lambda: tier.backend.list(prefix, "", token))  # noqa: B023 - awaited here
+        for info in page.objects:
+            if not reserved(info.key):
+                yield info
+        token = page.token
+        if token is None:
+            return

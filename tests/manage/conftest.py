@@ -1,0 +1,1 @@
+from tests.fuse.conftest import data, mnt  # noqa: F401 - the same fixtures
