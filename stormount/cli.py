@@ -22,7 +22,7 @@ from stormount import __version__, daemon, logs, registry
 from stormount.config import MountConfig, build_config, mount_path
 from stormount.control import client
 from stormount.errors import StartupError, StormountError
-from stormount.manage import report
+from stormount.manage import report, transfer
 from stormount.manage import usage as usage_scan
 from stormount.manage.store import folder_prefix, open_store
 from stormount.writeback import read_pending
@@ -513,6 +513,60 @@ def usage(target: str, depth: int, by: str, as_json: bool, tiers: tuple[str, ...
         _print_json(result)
     else:
         report.print_tables(report.usage_tables(result, by))
+
+
+def _transfer(verb: str, run_it: Callable[[Any, Any], Any], cfg: MountConfig,
+              as_json: bool) -> None:
+    async def go() -> transfer.Summary:
+        async with open_store(cfg) as store:
+            return await run_it(store, progress)
+
+    with report.transfer_progress(verb) as progress:
+        summary = trio.run(go)
+    result = summary.as_dict()
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(report.transfer_line(result, summary.verb))
+    if summary.failed:
+        shown = "; ".join(f"{f['path']}: {f['error']}" for f in summary.failed[:10])
+        more = f" (and {len(summary.failed) - 10} more)" if len(summary.failed) > 10 else ""
+        _fail(f"{len(summary.failed)} of {summary.files} file(s) failed: {shown}{more}; "
+              "run the command again to retry them")
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE[/PATH]")
+@click.argument("local_dir")
+@click.option("--parallel", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Files fetched at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_store_options
+def pull(source: str, local_dir: str, parallel: int, as_json: bool, tiers: tuple[str, ...],
+         config_file: str | None, options: tuple[str, ...]) -> None:
+    """Download a folder of the store into LOCAL_DIR; run again, it resumes."""
+    source, path = split_source(source)
+    cfg = _store_config(source, tiers, config_file, options)
+    prefix = folder_prefix(path)
+    _transfer("pulling", lambda store, progress: transfer.pull(
+        store, prefix, local_dir, parallel=parallel, progress=progress), cfg, as_json)
+
+
+@cli.command()
+@click.argument("local_dir")
+@click.argument("source", metavar="SOURCE[/PATH]")
+@click.option("--parallel", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Files sent at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_store_options
+def push(local_dir: str, source: str, parallel: int, as_json: bool, tiers: tuple[str, ...],
+         config_file: str | None, options: tuple[str, ...]) -> None:
+    """Upload LOCAL_DIR into a folder of the store; run again, it sends what is missing."""
+    source, path = split_source(source)
+    cfg = _store_config(source, tiers, config_file, options)
+    prefix = folder_prefix(path)
+    _transfer("pushing", lambda store, progress: transfer.push(
+        store, local_dir, prefix, parallel=parallel, progress=progress), cfg, as_json)
 
 
 def mount_helper_main() -> None:

@@ -89,3 +89,12 @@ def transfer_progress(verb: str) -> Iterator[Any]:
             bar.update(task, completed=done, total=total,
                        description=f"{verb} {files:,}/{nfiles:,} files")
         yield show
+
+
+def transfer_line(result: dict[str, Any], verb: str) -> str:
+    """One line of what a pull or push did."""
+    rate = size(result["rate"]) + "/s"
+    return (f"{result['files']:,} file(s), {size(result['bytes'])}: {result[verb]:,} {verb}, "
+            f"{result['skipped']:,} already there, {result['resumed']:,} resumed, "
+            f"{len(result['failed']):,} failed; {size(result['transferred_bytes'])} in "
+            f"{result['seconds']:.1f} s ({rate})")
