@@ -22,6 +22,7 @@ from stormount import __version__, daemon, logs, registry
 from stormount.config import MountConfig, build_config, mount_path
 from stormount.control import client
 from stormount.errors import StartupError, StormountError
+from stormount.manage import gc as orphans
 from stormount.manage import report, transfer
 from stormount.manage import usage as usage_scan
 from stormount.manage.store import folder_prefix, open_store
@@ -567,6 +568,51 @@ def push(local_dir: str, source: str, parallel: int, as_json: bool, tiers: tuple
     prefix = folder_prefix(path)
     _transfer("pushing", lambda store, progress: transfer.push(
         store, local_dir, prefix, parallel=parallel, progress=progress), cfg, as_json)
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE[/PATH]")
+@click.option("--dry-run", "apply", flag_value=False, default=False,
+              help="Only list what would be removed (the default).")
+@click.option("--apply", "apply", flag_value=True, help="Remove what is listed.")
+@click.option("--older-than", "older_than", default="1d", show_default=True, metavar="AGE",
+              help="Leave alone what is younger (30m, 12h, 7d, 2w, or seconds).")
+@click.option("--cache-dir", metavar="DIR",
+              help="Also check a mount's cache directory (with that mount stopped).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_store_options
+def gc(source: str, apply: bool, older_than: str, cache_dir: str | None, as_json: bool,
+       tiers: tuple[str, ...], config_file: str | None, options: tuple[str, ...]) -> None:
+    """Find what crashes and failed uploads left behind; --apply removes it."""
+    age = orphans.parse_age(older_than)
+    source, path = split_source(source)
+    cfg = _store_config(source, tiers, config_file, options)
+    prefix = folder_prefix(path)
+
+    async def run_gc() -> list[orphans.Finding]:
+        async with open_store(cfg) as store:
+            sweep = orphans.Gc(store, prefix, age)
+            await sweep.scan()
+            if apply:
+                await sweep.apply()
+            return sweep.findings
+
+    with report.scan_progress() as progress:
+        progress("the store", 0, 0)
+        findings = trio.run(run_gc)
+    if cache_dir:
+        findings += orphans.scan_cache(cache_dir, age, apply)
+    rows = [f.as_dict() for f in findings]
+    failed = [f for f in findings if f.error]
+    if as_json:
+        _print_json({"apply": apply, "older_than": age, "findings": rows,
+                     "done": sum(f.done for f in findings), "failed": len(failed)})
+    else:
+        report.print_tables([report.gc_table(rows, apply)])
+        click.echo(report.gc_line(rows, apply))
+    if failed:
+        _fail(f"{len(failed)} could not be removed: " + "; ".join(
+            f"{f.what}: {f.error}" for f in failed[:10]))
 
 
 def mount_helper_main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from stormount.backends.base import Backend, ListPage, ObjectInfo, list_all
+from stormount.backends.base import Backend, ListPage, ObjectInfo, ObjectStore, list_all
 from stormount.config import TierConfig
 
 # scheme -> "module:class"; imported on use so a mount of one store loads one SDK
@@ -16,11 +16,12 @@ SCHEMES = {
 }
 
 
-def open_backend(tier: TierConfig) -> Backend:
+def open_backend(tier: TierConfig) -> ObjectStore:
     module_name, _, cls_name = SCHEMES[tier.scheme].partition(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
-    backend: Backend = cls(tier)
+    backend: ObjectStore = cls(tier)
     return backend
 
 
-__all__ = ["SCHEMES", "Backend", "ListPage", "ObjectInfo", "list_all", "open_backend"]
+__all__ = ["SCHEMES", "Backend", "ListPage", "ObjectInfo", "ObjectStore", "list_all",
+           "open_backend"]

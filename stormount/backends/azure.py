@@ -10,6 +10,8 @@ with a key or SAS token from the environment.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import ipaddress
 import logging
 import os
@@ -17,7 +19,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import requests
@@ -28,6 +30,9 @@ from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
     HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
     ServiceRequestError,
     ServiceResponseError,
 )
@@ -40,6 +45,7 @@ from stormount.backends.base import (
     ExactFile,
     ListPage,
     ObjectInfo,
+    Unfinished,
     checked_metadata,
     lower_keys,
     run_blocking,
@@ -442,6 +448,51 @@ class AzureBackend:
             # an empty metadata set in Copy Blob means "keep the source's"
             await self._call("set metadata", dst, target.set_blob_metadata, {})
         return await self.head(dst)
+
+    async def unfinished(self, prefix: str) -> builtins.list[Unfinished]:
+        """Blobs that have staged blocks and were never committed (a writer that died
+        mid-upload). Azure drops such blocks after a week; this frees them sooner."""
+        full = self._full(prefix)
+
+        def _list() -> builtins.list[Unfinished]:
+            committed = {b.name for b in self._container.list_blobs(
+                name_starts_with=full or None)}
+            out = []
+            for b in self._container.list_blobs(name_starts_with=full or None,
+                                                 include=["uncommittedblobs"]):
+                if b.name not in committed:
+                    when = b.last_modified or b.creation_time
+                    out.append(Unfinished(key=self._rel(b.name), ident=b.name,
+                                          started=when.timestamp() if when else time.time(),
+                                          size=b.size or None))
+            return out
+        return await self._call("list uncommitted", prefix, _list)
+
+    async def discard(self, item: Unfinished) -> None:
+        """Uncommitted blocks go with their blob. Deleted only if not modified since it
+        was listed, so a blob its writer committed meanwhile stays. Where the store does
+        not delete a blob that has no committed content, an empty one is committed over
+        it (only while none exists) and deleted by its etag."""
+        blob = self._container.get_blob_client(item.ident)
+        since = datetime.fromtimestamp(item.started, tz=UTC)
+
+        def _discard() -> None:
+            try:
+                blob.delete_blob(if_unmodified_since=since)
+                return
+            except ResourceModifiedError:
+                return  # committed meanwhile: a real object now
+            except ResourceNotFoundError:
+                pass
+            try:
+                resp = blob.commit_block_list([], match_condition=MatchConditions.IfMissing)
+            except ResourceExistsError:
+                return
+            with contextlib.suppress(ResourceModifiedError, ResourceNotFoundError):
+                blob.delete_blob(etag=str(resp["etag"]),
+                                 match_condition=MatchConditions.IfNotModified)
+        with contextlib.suppress(NotFound):
+            await self._call("discard", item.key, _discard)
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -7,6 +7,7 @@ keys; what the keys mean (mode, uid, gid, mtime, ...) is the vfs layer's busines
 
 from __future__ import annotations
 
+import builtins
 import errno
 import functools
 import os
@@ -36,6 +37,16 @@ class ListPage:
     objects: list[ObjectInfo] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)  # "common prefixes", each ending in "/"
     token: str | None = None  # pass back to get the next page; None when this was the last
+
+
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    """An upload a writer began and never finished (an S3 multipart upload, Azure blocks
+    never committed, a local temporary file): it holds storage until it is discarded."""
+    key: str  # the object it was to become ("" when the store cannot say)
+    ident: str  # the store's handle of it: an upload id, a blob or file name
+    started: float  # seconds since the epoch
+    size: int | None = None  # bytes held, where the store says
 
 
 class Backend(Protocol):
@@ -79,6 +90,17 @@ class Backend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and threads."""
+
+
+class ObjectStore(Backend, Protocol):
+    """A store itself (what open_backend gives), beyond what the layers above use:
+    the leftovers of uploads cut short, for orphan cleanup."""
+
+    async def unfinished(self, prefix: str) -> builtins.list[Unfinished]:
+        """Uploads under `prefix` that were begun and never finished."""
+
+    async def discard(self, item: Unfinished) -> None:
+        """Free what an unfinished upload holds; one gone already is not an error."""
 
 
 async def list_all(

@@ -9,6 +9,7 @@ place, so a reader never sees a half-written object.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import logging
@@ -21,7 +22,7 @@ from typing import TypeVar
 
 import trio
 
-from stormount.backends.base import ListPage, ObjectInfo, run_blocking
+from stormount.backends.base import ListPage, ObjectInfo, Unfinished, run_blocking
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -327,6 +328,28 @@ class LocalBackend:
                     shutil.copyfileobj(f, out, 1 << 20)
             return self._install(dst, _fill, meta)
         return await self._run(_copy, key=src)
+
+    async def unfinished(self, prefix: str) -> builtins.list[Unfinished]:
+        """Temporary files of writes that never reached their rename (a crash)."""
+        def _list() -> builtins.list[Unfinished]:
+            tmp = os.path.join(self.root, RESERVED, "tmp")
+            out = []
+            with contextlib.suppress(FileNotFoundError), os.scandir(tmp) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat(follow_symlinks=False)
+                        out.append(Unfinished(key="", ident=entry.name, started=st.st_mtime,
+                                              size=st.st_size))
+            return out
+        return await self._run(_list, key=prefix)
+
+    async def discard(self, item: Unfinished) -> None:
+        path = os.path.join(self.root, RESERVED, "tmp", os.path.basename(item.ident))
+
+        def _discard() -> None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        await self._run(_discard)
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import builtins
 import hashlib
 import time
 from collections.abc import Mapping
@@ -10,7 +11,7 @@ from dataclasses import replace
 
 import trio
 
-from stormount.backends.base import ListPage, ObjectInfo
+from stormount.backends.base import ListPage, ObjectInfo, Unfinished
 from stormount.config import TierConfig
 from stormount.errors import Changed, NotFound
 
@@ -114,6 +115,13 @@ class MemoryBackend:
         data, info = self._get(src)
         return await self.put_bytes(dst, data, info.metadata or {} if metadata is None
                                     else metadata)
+
+    async def unfinished(self, prefix: str) -> builtins.list[Unfinished]:
+        await trio.lowlevel.checkpoint()
+        return []  # every write lands whole or not at all
+
+    async def discard(self, item: Unfinished) -> None:
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

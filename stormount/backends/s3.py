@@ -8,6 +8,7 @@ boto3's own sources (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ~/.aws/config, ...).
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import email.utils
 import errno
@@ -29,6 +30,7 @@ from stormount.backends.base import (
     ExactFile,
     ListPage,
     ObjectInfo,
+    Unfinished,
     checked_metadata,
     lower_keys,
     run_blocking,
@@ -505,6 +507,28 @@ class S3Backend:
                  else _response_time(resp))
         return ObjectInfo(key=dst, size=size, mtime=mtime, etag=strip_etag(result.get("ETag")),
                           metadata=meta)
+
+    async def unfinished(self, prefix: str) -> builtins.list[Unfinished]:
+        """Multipart uploads never completed or aborted (a writer that died mid-upload):
+        S3 keeps, and bills, their parts until they are aborted."""
+        def _list() -> builtins.list[Unfinished]:
+            out: builtins.list[Unfinished] = []
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._full(prefix)}
+            while True:
+                resp = self._client.list_multipart_uploads(**kwargs)
+                for up in resp.get("Uploads", []):
+                    out.append(Unfinished(key=self._rel(up["Key"]), ident=up["UploadId"],
+                                          started=_epoch(up.get("Initiated"))))
+                if not resp.get("IsTruncated"):
+                    return out
+                kwargs["KeyMarker"] = resp.get("NextKeyMarker")
+                kwargs["UploadIdMarker"] = resp.get("NextUploadIdMarker")
+        return await self._call("list uploads", prefix, _list)
+
+    async def discard(self, item: Unfinished) -> None:
+        with contextlib.suppress(NotFound):  # aborted or completed meanwhile
+            await self._call("abort upload", item.key, self._client.abort_multipart_upload,
+                             Bucket=self.bucket, Key=self._full(item.key), UploadId=item.ident)
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()

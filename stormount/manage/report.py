@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from stormount.control.render import console, size
+from stormount.control.render import console, duration, size
 
 
 def usage_tables(report: dict[str, Any], by: str) -> list[Table]:
@@ -98,3 +98,31 @@ def transfer_line(result: dict[str, Any], verb: str) -> str:
             f"{result['skipped']:,} already there, {result['resumed']:,} resumed, "
             f"{len(result['failed']):,} failed; {size(result['transferred_bytes'])} in "
             f"{result['seconds']:.1f} s ({rate})")
+
+
+def gc_table(rows: list[dict[str, Any]], applied: bool) -> Table:
+    table = Table(title="Leftovers" + ("" if applied else " (dry run: nothing changed)"),
+                  title_justify="left")
+    for col in ("kind", "where", "what", "size", "age", "action"):
+        table.add_column(col, justify="right" if col in ("size", "age") else "left")
+    for row in rows:
+        action = row["action"]
+        if applied and row["done"]:
+            action = {"remove": "removed", "recover": "moved to recovered/",
+                      "drop": "dropped"}.get(action, action)
+        elif row["error"]:
+            action = f"{action} failed: {row['error']}"
+        table.add_row(row["kind"], row["where"], row["what"],
+                      "-" if row["size"] is None else size(row["size"]),
+                      duration(row["age"]), action)
+    return table
+
+
+def gc_line(rows: list[dict[str, Any]], applied: bool) -> str:
+    act = [r for r in rows if r["action"] != "keep"]
+    held = sum(r["size"] or 0 for r in act)
+    if applied:
+        done = sum(1 for r in act if r["done"])
+        return f"{done} of {len(act)} leftover(s) cleaned up ({size(held)})"
+    return (f"{len(act)} leftover(s) ({size(held)}) would be cleaned up; nothing was "
+            "changed: run with --apply to do it")

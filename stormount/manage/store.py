@@ -11,7 +11,7 @@ from typing import TypeVar
 import trio
 
 from stormount.backends import open_backend
-from stormount.backends.base import Backend, ObjectInfo
+from stormount.backends.base import ObjectInfo, ObjectStore
 from stormount.chain.health import RESERVED
 from stormount.chain.retry import retrying
 from stormount.chain.tier import redact
@@ -26,7 +26,7 @@ T = TypeVar("T")
 class Tier:
     index: int
     cfg: TierConfig
-    backend: Backend
+    backend: ObjectStore
 
     @property
     def url(self) -> str:

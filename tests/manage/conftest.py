@@ -1,1 +1,1 @@
-from tests.fuse.conftest import data, mnt  # noqa: F401 - the same fixtures
+from tests.fuse.conftest import data, make_mount, mnt  # noqa: F401 - the same fixtures

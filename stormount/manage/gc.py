@@ -1,0 +1,248 @@
+"""`stormount gc`: what crashes and failed uploads leave behind, found, and removed only
+with --apply.
+
+In the store (every tier, under the folder given):
+- unfinished uploads: S3 multipart uploads never completed or aborted, Azure blobs with
+  blocks never committed, a local tier's temporary files. They hold (and are billed
+  for) storage nobody can read. Removed.
+- probe objects under `.stormount/probe/` that a health probe could not delete. Removed.
+- spilled copies already repaired: an object on a spill-over tier whose primary holds
+  the same version (a copy up that finished but whose clean-up was lost). Removed. A
+  spilled object the primary does not hold yet is reported and kept: a mount copies it
+  up.
+
+In a cache directory (`--cache-dir`, only while no mount uses it):
+- staging files no journal row names (files still open when a daemon died): never
+  acknowledged, never deleted: moved to `recovered/`, as the next mount would.
+- journal rows whose staging file is gone: reported, and dropped with --apply (their
+  data cannot be uploaded).
+- `recovered/` folders: reported, never removed: their owner decides.
+
+Only what is older than `--older-than` (a day by default) is touched, so an upload in
+progress elsewhere is not cut.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+
+from stormount.backends.base import ObjectInfo, Unfinished
+from stormount.chain.health import PROBE_PREFIX
+from stormount.chain.repair import STAMP
+from stormount.errors import BackendError, NotFound, StormountError
+from stormount.manage.store import Store, Tier, objects
+
+REMOVE, RECOVER, DROP, KEEP = "remove", "recover", "drop", "keep"
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w' or plain seconds."""
+    match = _AGE.match(text.lower())
+    if match is None:
+        raise StormountError(f"--older-than: expected an age such as 30m, 12h or 7d, got "
+                             f"{text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+@dataclass
+class Finding:
+    kind: str  # unfinished-upload, probe, repaired-spill, unrepaired-spill, ...
+    where: str  # "tier N (URL)" or the cache directory
+    what: str  # a key, an upload, a path
+    size: int | None
+    age: float  # seconds
+    action: str  # remove, recover, drop or keep
+    done: bool = False
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class Gc:
+    def __init__(self, store: Store, prefix: str, older_than: float) -> None:
+        self.store, self.prefix, self.older_than = store, prefix, older_than
+        self.now = time.time()
+        self.findings: list[Finding] = []
+        self._undo: list[tuple[Finding, Tier, object]] = []  # what --apply does, per finding
+
+    def _old(self, when: float) -> bool:
+        return self.now - when >= self.older_than
+
+    def _found(self, finding: Finding, tier: Tier | None = None, item: object = None) -> None:
+        self.findings.append(finding)
+        if tier is not None:
+            self._undo.append((finding, tier, item))
+
+    async def scan(self) -> None:
+        for tier in self.store.tiers:
+            where = f"tier {tier.index} ({tier.url})"
+            for up in await self.store.call("list uploads",
+                                            partial(tier.backend.unfinished, self.prefix)):
+                if self._old(up.started):
+                    # an upload id where the store has one (S3), else the name alone
+                    what = up.key if up.ident.endswith(up.key) and up.key else (
+                        f"{up.key} (upload {up.ident})" if up.key else up.ident)
+                    self._found(Finding("unfinished-upload", where, what, up.size,
+                                        self.now - up.started, REMOVE), tier, up)
+            await self._probes(tier, where)
+            if tier.index > 0 and not tier.cfg.mirror:
+                await self._spills(tier, where)
+
+    async def _probes(self, tier: Tier, where: str) -> None:
+        token: str | None = None
+        while True:
+            page = await self.store.call(
+                "list", partial(tier.backend.list, PROBE_PREFIX, "", token))
+            for info in page.objects:
+                if self._old(info.mtime):
+                    self._found(Finding("probe", where, info.key, info.size,
+                                        self.now - info.mtime, REMOVE), tier, info.key)
+            token = page.token
+            if token is None:
+                return
+
+    async def _spills(self, tier: Tier, where: str) -> None:
+        primary = self.store.primary
+        async for listed in objects(self.store, tier, self.prefix):
+            if not self._old(listed.mtime):
+                continue
+            copy = await self.store.call("head", partial(tier.backend.head, listed.key))
+            up: ObjectInfo | None
+            try:
+                up = await self.store.call("head", partial(primary.backend.head, listed.key))
+            except NotFound:
+                up = None
+            if up is not None and _same_version(copy, up):
+                self._found(Finding("repaired-spill", where, listed.key, listed.size,
+                                    self.now - listed.mtime, REMOVE), tier, listed.key)
+            elif up is None:
+                self._found(Finding("unrepaired-spill", where, listed.key, listed.size,
+                                    self.now - listed.mtime, KEEP))
+
+    async def apply(self) -> None:
+        for finding, tier, item in self._undo:
+            try:
+                if isinstance(item, Unfinished):
+                    await self.store.call("discard", partial(tier.backend.discard, item))
+                else:
+                    await self.store.call("delete", partial(tier.backend.delete, str(item)))
+                finding.done = True
+            except BackendError as e:
+                finding.error = str(e)
+
+
+def _same_version(copy: ObjectInfo, primary: ObjectInfo) -> bool:
+    """The primary holds the version of this spilled copy: its copy up finished."""
+    versions = {copy.etag, (copy.metadata or {}).get(STAMP)} - {None, ""}
+    return copy.size == primary.size and bool(
+        versions & {primary.etag, (primary.metadata or {}).get(STAMP)})
+
+
+# --- a cache directory ----------------------------------------------------------------
+
+
+def scan_cache(cache_dir: str, older_than: float, apply: bool) -> list[Finding]:
+    """Leftovers in a mount's cache directory; with `apply`, staging files no journal
+    row names are moved to recovered/ and rows whose staging is gone are dropped."""
+    cache_dir = os.path.abspath(cache_dir)
+    journal = os.path.join(cache_dir, "journal.sqlite3")
+    staging = os.path.join(cache_dir, "staging")
+    if not os.path.isdir(cache_dir):
+        raise StormountError(f"cache directory {cache_dir} does not exist")
+    now = time.time()
+    findings: list[Finding] = []
+    with _unused(cache_dir):
+        rows = _journal_rows(journal)
+        named = {path for _, path in rows}
+        for key, path in rows:
+            if not os.path.exists(path):
+                findings.append(Finding("lost-staging", cache_dir, key, None, 0.0, DROP))
+        recovered = os.path.join(cache_dir, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+        for name in sorted(os.listdir(staging)) if os.path.isdir(staging) else []:
+            path = os.path.join(staging, name)
+            st = os.stat(path)
+            if path not in named and now - st.st_mtime >= older_than:
+                findings.append(Finding("unqueued-staging", cache_dir, path, st.st_size,
+                                        now - st.st_mtime, RECOVER))
+        kept = os.path.join(cache_dir, "recovered")
+        for name in sorted(os.listdir(kept)) if os.path.isdir(kept) else []:
+            path = os.path.join(kept, name)
+            findings.append(Finding("recovered", cache_dir, path, _bytes_in(path),
+                                    now - os.stat(path).st_mtime, KEEP))
+        if apply:
+            _apply_cache(findings, journal, recovered)
+    return findings
+
+
+def _apply_cache(findings: list[Finding], journal: str, recovered: str) -> None:
+    for finding in findings:
+        try:
+            if finding.action == RECOVER:
+                os.makedirs(recovered, exist_ok=True)
+                os.rename(finding.what, os.path.join(recovered, os.path.basename(finding.what)))
+                finding.done = True
+            elif finding.action == DROP:
+                db = sqlite3.connect(journal)
+                try:
+                    with db:
+                        db.execute("DELETE FROM pending WHERE path = ?", (finding.what,))
+                finally:
+                    db.close()
+                finding.done = True
+        except (OSError, sqlite3.Error) as e:
+            finding.error = str(e)
+
+
+class _unused:
+    """Holds the cache directory's lock, as a mount would: refused while one runs."""
+
+    def __init__(self, cache_dir: str) -> None:
+        self.path = os.path.join(cache_dir, "lock")
+
+    def __enter__(self) -> None:
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StormountError(f"cannot use {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise StormountError(f"cache directory {os.path.dirname(self.path)} is in use "
+                                 "by a running mount: its leftovers are checked with the "
+                                 "mount stopped") from None
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+def _journal_rows(path: str) -> list[tuple[str, str]]:
+    if not os.path.exists(path):
+        return []
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        return [(str(k), str(s)) for k, s in db.execute("SELECT path, staging FROM pending")]
+    except sqlite3.Error as e:
+        raise StormountError(f"cannot read the journal {path}: {e}") from None
+    finally:
+        db.close()
+
+
+def _bytes_in(path: str) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except FileNotFoundError:
+                continue
+    return total
