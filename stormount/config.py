@@ -117,6 +117,14 @@ class FuseConfig:
 
 
 @dataclass(frozen=True)
+class QuotaConfig:
+    """A limit on what a folder of the mount (and everything below it) may hold."""
+    path: str  # "" for the whole mount, else "a/b"
+    max_bytes: int | None = None
+    max_files: int | None = None
+
+
+@dataclass(frozen=True)
 class MountConfig:
     source: str
     mountpoint: str
@@ -133,6 +141,9 @@ class MountConfig:
     # a tier that cannot be reached at start: "degraded" starts without it (from the warm
     # cache when none answers), "wait" waits until every tier answers, "refuse" exits
     on_unreachable: str = "degraded"
+    quotas: tuple[QuotaConfig, ...] = ()
+    # how often quota usage is counted again from the store (between, writes count it)
+    quota_interval: float = 300.0
 
 
 def parse_size(value: object, what: str) -> int:
@@ -369,7 +380,7 @@ _O_IGNORED = frozenset({"auto_unmount", "_netdev", "nofail", "noauto", "user", "
                         "suid", "nosuid", "dev", "nodev", "noatime", "relatime", "atime",
                         "nodiratime", "sync", "async", "loop"})
 TOP_LEVEL = ("socket", "log_level", "log_format", "log_file", "metrics_listen",
-             "on_unreachable")
+             "on_unreachable", "quota_interval")
 UNREACHABLE = ("degraded", "wait", "refuse")
 
 
@@ -400,7 +411,7 @@ def build_config(
             raise ConfigError("give the config file either as SOURCE or with --config, not both")
         config_file, source_url = source, None
     data: dict[str, Any] = load_toml(config_file) if config_file else {}
-    known_top = {"tier", "cache", "fuse", "writeback", "chain", *TOP_LEVEL}
+    known_top = {"tier", "cache", "fuse", "writeback", "chain", "quota", *TOP_LEVEL}
     for key in data:
         if key not in known_top:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known_top))})")
@@ -493,13 +504,48 @@ def build_config(
     if on_unreachable not in UNREACHABLE:
         raise ConfigError(f"on_unreachable must be {', '.join(UNREACHABLE[:-1])} or "
                           f"{UNREACHABLE[-1]}, not {top['on_unreachable']!r}")
+    quota_interval = 300.0 if top["quota_interval"] is None else _to_float(
+        top["quota_interval"], "quota_interval")
+    if quota_interval < 1:
+        raise ConfigError("quota_interval must be at least 1 s")
     return MountConfig(source=source, mountpoint=mountpoint, tiers=tuple(tiers), cache=cache,
                        fuse=fuse, writeback=writeback, chain=chain,
                        socket=_abs_path(top["socket"], "socket"),
                        log_level=log_level.lower(), log_format=log_format.lower(),
                        log_file=_abs_path(top["log_file"], "log_file"),
                        metrics_listen=_listen_address(top["metrics_listen"]),
-                       on_unreachable=on_unreachable)
+                       on_unreachable=on_unreachable, quotas=_quotas(data.get("quota", [])),
+                       quota_interval=quota_interval)
+
+
+def _quotas(raw: object) -> tuple[QuotaConfig, ...]:
+    """[[quota]] tables: path (a folder of the mount, "/" for all of it) and max_bytes
+    and/or max_files."""
+    if not isinstance(raw, list):
+        raise ConfigError("[[quota]] must be an array of tables")
+    out: dict[str, QuotaConfig] = {}
+    for item in raw:
+        if not isinstance(item, dict):
+            raise ConfigError("[[quota]] must be an array of tables")
+        unknown = set(item) - {"path", "max_bytes", "max_files"}
+        if unknown:
+            raise ConfigError(f"unknown option {sorted(unknown)[0]!r} in [[quota]] "
+                              "(known: max_bytes, max_files, path)")
+        path = str(item.get("path", "/")).strip("/")
+        if any(part in ("", ".", "..") for part in path.split("/")) and path:
+            raise ConfigError(f"[[quota]] path {item.get('path')!r} is not a folder of the mount")
+        max_bytes = None if item.get("max_bytes") is None else parse_size(
+            item["max_bytes"], f"[[quota]] {path or '/'} max_bytes")
+        max_files = None if item.get("max_files") is None else _to_int(
+            item["max_files"], f"[[quota]] {path or '/'} max_files")
+        if max_bytes is None and max_files is None:
+            raise ConfigError(f"[[quota]] {path or '/'}: give max_bytes, max_files or both")
+        if (max_files or 0) < 0:
+            raise ConfigError(f"[[quota]] {path or '/'}: max_files must not be negative")
+        if path in out:
+            raise ConfigError(f"[[quota]] {path or '/'} is given twice")
+        out[path] = QuotaConfig(path, max_bytes, max_files)
+    return tuple(out.values())
 
 
 def _abs_path(raw: object, what: str = "path") -> str | None:

@@ -35,6 +35,7 @@ from stormount.control.server import PATH_MAX, ControlServer
 from stormount.errors import BackendError, StartupError, StormountError, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
+from stormount.vfs.quota import Quotas
 from stormount.writeback import Journal, Writeback
 
 log = logging.getLogger(__name__)
@@ -349,7 +350,8 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                      for i, (backend, tier_cfg) in enumerate(zip(backends, cfg.tiers, strict=True))]
             chain = Chain(tiers, repair, cfg.chain, spool)
             writeback = Writeback(chain, journal, cfg.writeback)
-            vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta)
+            vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta,
+                      quotas=Quotas(cfg.quotas) if cfg.quotas else None)
             restored = vfs.restore()
             try:
                 keep_unqueued(cfg.cache.dir, staging, {up.staging for up in restored})
@@ -359,6 +361,7 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
             if not await until_signalled(lambda: check_tiers(cfg, chain, warm_cache=warm),
                                          signals):
                 return 0
+            await _recount_quotas(vfs)  # before the first write can be refused
             ops = Operations(vfs, cfg.fuse)
             in_force = cfg
 
@@ -436,6 +439,27 @@ async def _report_drain(vfs: Vfs) -> None:
         notify.notify(STATUS=_drain_status(vfs))
 
 
+async def _recount_quotas(vfs: Vfs, level: int = logging.INFO) -> None:
+    if vfs.quotas is None:
+        return
+    try:
+        await vfs.recount_quotas()
+    except BackendError as e:  # counted from the mount's own changes until the next try
+        log.warning("cannot count quota usage in the store now: %s", e)
+        return
+    for row in vfs.quotas.report():
+        log.log(level, "quota %s: %s of %s bytes, %s of %s files", row["path"], row["bytes"],
+                row["max_bytes"] or "unlimited", row["files"], row["max_files"] or "unlimited")
+
+
+async def _recount_quotas_every(vfs: Vfs, interval: float) -> None:
+    """Usage counted anew from the store now and then: what other clients changed, and
+    any drift of the counts kept between, are caught up."""
+    while True:
+        await trio.sleep(interval)
+        await _recount_quotas(vfs, logging.DEBUG)
+
+
 async def _watchdog(interval: float) -> None:
     """Ping systemd's watchdog from the event loop: a loop that stops turning (a hang)
     stops the pings, and systemd restarts the mount."""
@@ -508,6 +532,8 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
         nursery.start_soon(vfs.writeback.run)
         nursery.start_soon(chain.run)
         nursery.start_soon(server.serve)
+        if vfs.quotas is not None:
+            nursery.start_soon(_recount_quotas_every, vfs, cfg.quota_interval)
         interval = notify.watchdog_interval()
         if interval is not None:
             nursery.start_soon(_watchdog, interval)

@@ -34,6 +34,7 @@ from stormount.vfs.attrs import (
     now_ns,
 )
 from stormount.vfs.nodes import InodeTable, Listing, Node, Staging
+from stormount.vfs.quota import Quotas
 from stormount.vfs.reader import Reader, ReadState
 from stormount.writeback import MARKER, Upload, Writeback
 
@@ -91,8 +92,9 @@ def _join(parent: Node, name: str) -> str:
 class Vfs:
     def __init__(self, backend: Backend, fuse: FuseConfig, cache: CacheConfig,
                  staging_dir: str, writeback: Writeback, blocks: BlockCache | None = None,
-                 meta: MetaStore | None = None) -> None:
+                 meta: MetaStore | None = None, quotas: Quotas | None = None) -> None:
         self.backend = backend
+        self.quotas = quotas  # None: no [[quota]] configured
         self.writeback = writeback  # the upload queue; it reports back to us
         writeback.on_uploaded = self._uploaded
         writeback.on_conflict = self._conflicted
@@ -588,8 +590,14 @@ class Vfs:
                 raise FsError(errno.EINVAL, "cannot truncate a symbolic link")
         async with node.lock:
             if size is not None:
-                staging = await self._stage(node, load=size > 0)
-                os.ftruncate(staging.fd, size)
+                self._charge(node.path, size - node.attrs.size)
+                try:
+                    staging = await self._stage(node, load=size > 0)
+                    os.ftruncate(staging.fd, size)
+                except BaseException:
+                    if self.quotas is not None:
+                        self.quotas.charge(node.path, node.attrs.size - size, check=False)
+                    raise
                 staging.dirty = True
                 staging.generation += 1
                 node.attrs.size = size
@@ -641,9 +649,43 @@ class Vfs:
         return (bits & mode) == mode
 
     def statfs(self) -> StatFs:
-        # object stores have no fixed size: report a large, honest "unknown"
-        return StatFs(block_size=4096, blocks=2**40, blocks_free=2**40, files=2**32,
-                      files_free=2**32, name_max=NAME_MAX)
+        # object stores have no fixed size: report a large, honest "unknown", or the
+        # quota of the whole mount
+        blocks, blocks_free, files, files_free = 2**40, 2**40, 2**32, 2**32
+        whole = self.quotas.whole() if self.quotas is not None else None
+        if whole is not None:
+            limit, used = whole
+            if limit.max_bytes is not None:
+                blocks = -(-limit.max_bytes // 4096)
+                blocks_free = max(0, limit.max_bytes - used.bytes) // 4096
+            if limit.max_files is not None:
+                files, files_free = limit.max_files, max(0, limit.max_files - used.files)
+        return StatFs(block_size=4096, blocks=blocks, blocks_free=blocks_free, files=files,
+                      files_free=files_free, name_max=NAME_MAX)
+
+    def _charge(self, path: str, nbytes: int, nfiles: int = 0) -> None:
+        if self.quotas is not None and (nbytes or nfiles):
+            self.quotas.charge(path, nbytes, nfiles)
+
+    async def recount_quotas(self) -> None:
+        """Count quota usage anew: every file in the store, and files not uploaded yet
+        (or being written) at their local size."""
+        if self.quotas is None:
+            return
+        sizes: dict[str, int] = {}
+        token: str | None = None
+        while True:
+            page = await self.backend.list("", "", token)
+            for info in page.objects:
+                if not info.key.endswith("/"):
+                    sizes[info.key] = info.size
+            token = page.token
+            if token is None:
+                break
+        for node in self.inodes.all():
+            if node.kind != DIR and node.staging is not None and not node.unlinked:
+                sizes[node.key] = node.attrs.size
+        self.quotas.recount(sizes.items())
 
     # --- directories ----------------------------------------------------------------
 
@@ -864,6 +906,7 @@ class Vfs:
             self._check_writable()
         if writable and flags & os.O_TRUNC:
             async with node.lock:
+                self._charge(node.path, -node.attrs.size)
                 staging = await self._stage(node, load=False)
                 os.ftruncate(staging.fd, 0)
                 staging.dirty = True
@@ -885,6 +928,7 @@ class Vfs:
                 raise FsError(errno.EISDIR, f"{existing.path} is a directory")
             existing.lookups += 1
             return await self.open(existing.ino, flags), existing  # O_CREAT alone keeps data
+        self._charge(_join(parent, name), 0, 1)
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
                       mtime_ns=now, ctime_ns=now)
@@ -924,13 +968,23 @@ class Vfs:
         if staging is None:
             async with node.lock:
                 staging = await self._stage(node)
+        growth = max(0, offset + len(data) - node.attrs.size)
+        self._charge(node.path, growth)  # EDQUOT here writes nothing
         try:
-            written = os.pwrite(staging.fd, data, offset)
-        except OSError as e:
-            if e.errno != errno.ENOSPC or not await trio.to_thread.run_sync(
-                    self._make_room, max(len(data), 64 << 20)):
-                raise
-            written = os.pwrite(staging.fd, data, offset)
+            try:
+                written = os.pwrite(staging.fd, data, offset)
+            except OSError as e:
+                if e.errno != errno.ENOSPC or not await trio.to_thread.run_sync(
+                        self._make_room, max(len(data), 64 << 20)):
+                    raise
+                written = os.pwrite(staging.fd, data, offset)
+        except BaseException:
+            if self.quotas is not None and growth:
+                self.quotas.charge(node.path, -growth, check=False)
+            raise
+        if self.quotas is not None and written < len(data):  # a short write grew less
+            self.quotas.charge(node.path, max(0, offset + written - node.attrs.size) - growth,
+                               check=False)
         staging.dirty = True
         staging.generation += 1
         node.attrs.size = max(node.attrs.size, offset + written)
@@ -980,6 +1034,7 @@ class Vfs:
             if node.etag is not None:
                 await self.backend.delete(node.key)
             node.unlinked = True
+            self._charge(node.path, -node.attrs.size, -1)
         self._listing_drop(parent, name)
         self.inodes.detach(node)
         self._drop_staging_if_clean(node)
@@ -991,7 +1046,12 @@ class Vfs:
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, size=len(data),
                       mtime_ns=now, ctime_ns=now)
-        info = await self.backend.put_bytes(_join(parent, name), data, metadata_of(attrs))
+        self._charge(_join(parent, name), len(data), 1)
+        try:
+            info = await self.backend.put_bytes(_join(parent, name), data, metadata_of(attrs))
+        except BaseException:
+            self._charge(_join(parent, name), -len(data), -1)
+            raise
         node = self._child_from_object(parent, name, LINK, info, complete=True)
         node.link_target = target
         self._listing_put(parent, name, LINK, info)
@@ -1028,6 +1088,64 @@ class Vfs:
         if dst is not None and flags & RENAME_NOREPLACE:
             raise FsError(errno.EEXIST, f"{dst.path} exists")
         new_path = _join(new_parent, new_name)
+        # quotas first: a refused move must change nothing
+        taken = await self._quota_rename(src, dst, new_path)
+        try:
+            await self._rename_objects(src, dst, new_path, new_parent)
+        except BaseException:
+            if taken is not None and self.quotas is not None:
+                self.quotas.move(new_path, src.path, *taken, check=False)
+                if dst is not None and dst.kind != DIR:
+                    self.quotas.charge(new_path, dst.attrs.size, 1, check=False)
+            raise
+        if dst is not None:
+            dst.unlinked = True
+            self.inodes.detach(dst)
+            if dst.kind != DIR and taken is None and self.quotas is not None:
+                self.quotas.charge(new_path, -dst.attrs.size, -1, check=False)
+        kind, etag = src.kind, src.etag
+        self._listing_drop(old_parent, old_name)
+        if old_parent.children.get(old_name) is src:
+            del old_parent.children[old_name]
+        src.name, src.parent = new_name, new_parent
+        new_parent.children[new_name] = src
+        info = None if kind == DIR or etag is None else ObjectInfo(
+            key=new_path, size=src.attrs.size, mtime=src.attrs.mtime_ns / 1e9, etag=etag,
+            metadata=metadata_of(src.attrs))
+        self._listing_put(new_parent, new_name, kind, info)
+        self.inodes.maybe_drop(old_parent)
+
+    async def _quota_rename(self, src: Node, dst: Node | None,
+                            new_path: str) -> tuple[int, int] | None:
+        """Move the usage of what a rename moves; EDQUOT when the new place has no room.
+        The (bytes, files) moved, or None when no quota is concerned."""
+        quotas = self.quotas
+        if quotas is None or set(quotas.folders(src.path)) == set(quotas.folders(new_path)):
+            return None
+        if src.kind == DIR:
+            moved = await self._subtree_usage(src)
+        else:
+            moved = (src.attrs.size, 1)
+        if dst is not None and dst.kind != DIR:  # the file it replaces frees its room
+            quotas.charge(new_path, -dst.attrs.size, -1, check=False)
+        try:
+            quotas.move(src.path, new_path, *moved)
+        except FsError:
+            if dst is not None and dst.kind != DIR:
+                quotas.charge(new_path, dst.attrs.size, 1, check=False)
+            raise
+        return moved
+
+    async def _subtree_usage(self, top: Node) -> tuple[int, int]:
+        sizes = {info.key: info.size for info in (await list_all(self.backend, top.key, ""))[0]
+                 if not info.key.endswith("/")}
+        for node in self._subtree(top):
+            if node.kind != DIR and node.staging is not None and not node.unlinked:
+                sizes[node.key] = node.attrs.size
+        return sum(sizes.values()), len(sizes)
+
+    async def _rename_objects(self, src: Node, dst: Node | None, new_path: str,
+                              new_parent: Node) -> None:
         if src.kind == DIR:
             if new_parent.is_under(src):
                 raise FsError(errno.EINVAL, "cannot move a directory into itself")
@@ -1056,20 +1174,6 @@ class Vfs:
                     await self.writeback.discard(dst.key)  # its queued content is replaced
                     replaced = dst.etag
             await self._move_file(src, new_path, replaced)
-        if dst is not None:
-            dst.unlinked = True
-            self.inodes.detach(dst)
-        kind, etag = src.kind, src.etag
-        self._listing_drop(old_parent, old_name)
-        if old_parent.children.get(old_name) is src:
-            del old_parent.children[old_name]
-        src.name, src.parent = new_name, new_parent
-        new_parent.children[new_name] = src
-        info = None if kind == DIR or etag is None else ObjectInfo(
-            key=new_path, size=src.attrs.size, mtime=src.attrs.mtime_ns / 1e9, etag=etag,
-            metadata=metadata_of(src.attrs))
-        self._listing_put(new_parent, new_name, kind, info)
-        self.inodes.maybe_drop(old_parent)
 
     async def _move_file(self, src: Node, new_key: str, replaced: str | None) -> None:
         """Move a file's object; `replaced` is the version of the object it replaces at

@@ -1,0 +1,94 @@
+"""Quotas: limits on the bytes and files a folder of the mount holds, enforced as the
+mount's own operations change them.
+
+Usage is counted once from the store (a flat listing, at start and every
+`quota_interval`), with files not uploaded yet at their local size, and between counts
+every write, truncate, create, unlink and rename moves it by what it changes. A change
+that would take a folder past a limit fails with EDQUOT before anything is written, so
+nothing acknowledged is lost: what was written before stays, and uploads.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from stormount.config import QuotaConfig
+from stormount.errors import FsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Usage:
+    bytes: int = 0
+    files: int = 0
+
+
+def _inside(path: str, folder: str) -> bool:
+    return not folder or path == folder or path.startswith(folder + "/")
+
+
+class Quotas:
+    def __init__(self, limits: Iterable[QuotaConfig]) -> None:
+        self.limits = {q.path: q for q in limits}
+        self.usage = {path: Usage() for path in self.limits}
+        self.counted = False  # usage has been counted from the store at least once
+
+    def folders(self, path: str) -> list[str]:
+        """The quota folders `path` is in."""
+        return [folder for folder in self.limits if _inside(path, folder)]
+
+    def charge(self, path: str, nbytes: int, nfiles: int = 0, *, check: bool = True) -> None:
+        """Count a change of `path` (a file, or something inside folder `path`); growth
+        past a limit of a folder it is in fails with EDQUOT and counts nothing.
+        `check=False` counts without refusing (to give back what a failed change took)."""
+        self.move(None, path, nbytes, nfiles, check=check)
+
+    def move(self, old: str | None, new: str, nbytes: int, nfiles: int, *,
+             check: bool = True) -> None:
+        """Move usage from the folders of `old` to those of `new` (`old` None: a change
+        in place at `new`); only the folders that gain are checked."""
+        losing = set(self.folders(old)) if old is not None else set()
+        gaining = set(self.folders(new))
+        both = losing & gaining
+        changes: dict[str, tuple[int, int]] = {}
+        for folder in losing - both:
+            changes[folder] = (-nbytes, -nfiles)
+        for folder in gaining - both:
+            changes[folder] = (nbytes, nfiles)
+        for folder, (db, df) in changes.items() if check else ():
+            limit, used = self.limits[folder], self.usage[folder]
+            if db > 0 and limit.max_bytes is not None and used.bytes + db > limit.max_bytes:
+                raise FsError(errno.EDQUOT, f"the quota of /{folder} ({limit.max_bytes} bytes)"
+                              f" leaves room for {max(0, limit.max_bytes - used.bytes)} more")
+            if df > 0 and limit.max_files is not None and used.files + df > limit.max_files:
+                raise FsError(errno.EDQUOT, f"the quota of /{folder} ({limit.max_files} "
+                              "files) is full")
+        for folder, (db, df) in changes.items():
+            used = self.usage[folder]
+            used.bytes = max(0, used.bytes + db)
+            used.files = max(0, used.files + df)
+
+    def recount(self, files: Iterable[tuple[str, int]]) -> None:
+        """Usage counted anew: every file of the mount, with its size."""
+        fresh = {path: Usage() for path in self.limits}
+        for path, size in files:
+            for folder in self.folders(path):
+                fresh[folder].bytes += size
+                fresh[folder].files += 1
+        self.usage = fresh
+        self.counted = True
+
+    def whole(self) -> tuple[QuotaConfig, Usage] | None:
+        """The quota of the whole mount, if there is one (what df shows)."""
+        if "" not in self.limits:
+            return None
+        return self.limits[""], self.usage[""]
+
+    def report(self) -> list[dict[str, object]]:
+        return [{"path": "/" + folder, "max_bytes": q.max_bytes, "max_files": q.max_files,
+                 "bytes": self.usage[folder].bytes, "files": self.usage[folder].files}
+                for folder, q in sorted(self.limits.items())]
