@@ -23,6 +23,7 @@ from stormount.config import MountConfig, build_config, mount_path
 from stormount.control import client
 from stormount.errors import StartupError, StormountError
 from stormount.manage import gc as orphans
+from stormount.manage import lifecycle as rules
 from stormount.manage import report, transfer
 from stormount.manage import usage as usage_scan
 from stormount.manage.store import folder_prefix, open_store
@@ -602,17 +603,74 @@ def gc(source: str, apply: bool, older_than: str, cache_dir: str | None, as_json
         findings = trio.run(run_gc)
     if cache_dir:
         findings += orphans.scan_cache(cache_dir, age, apply)
-    rows = [f.as_dict() for f in findings]
-    failed = [f for f in findings if f.error]
+    _review([f.as_dict() for f in findings], "findings", "what", apply, as_json,
+            report.gc_table, report.gc_line, {"older_than": age})
+
+
+def _review(rows: list[dict[str, Any]], name: str, label: str, applied: bool,
+            as_json: bool, table: Callable[[list[dict[str, Any]], bool], Any],
+            line: Callable[[list[dict[str, Any]], bool], str],
+            extra: dict[str, Any] | None = None) -> None:
+    """What gc and lifecycle print: the rows and a summary (or JSON); exit 1 when an
+    applied step failed."""
+    failed = [r for r in rows if r["error"]]
     if as_json:
-        _print_json({"apply": apply, "older_than": age, "findings": rows,
-                     "done": sum(f.done for f in findings), "failed": len(failed)})
+        _print_json({"apply": applied, **(extra or {}), name: rows,
+                     "done": sum(bool(r["done"]) for r in rows), "failed": len(failed)})
     else:
-        report.print_tables([report.gc_table(rows, apply)])
-        click.echo(report.gc_line(rows, apply))
+        report.print_tables([table(rows, applied)])
+        click.echo(line(rows, applied))
     if failed:
-        _fail(f"{len(failed)} could not be removed: " + "; ".join(
-            f"{f.what}: {f.error}" for f in failed[:10]))
+        _fail(f"{len(failed)} could not be done: " + "; ".join(
+            f"{r[label]}: {r['error']}" for r in failed[:10]))
+
+
+def _busy_keys(source: str, cache_dirs: tuple[str, ...]) -> set[str]:
+    """Keys with changes not uploaded yet: in the journals of the cache directories
+    given, and of every running mount of the same SOURCE."""
+    same = daemon.redact(source) if "://" in source else os.path.abspath(source)
+    dirs = list(cache_dirs)
+    for record in registry.all_records():
+        theirs = record.source if "://" in record.source else os.path.abspath(record.source)
+        if theirs == same:
+            dirs.append(record.cache_dir)
+    return {str(row["path"]) for d in dirs
+            for row in read_pending(os.path.join(d, "journal.sqlite3"))}
+
+
+@cli.command()
+@click.argument("source", metavar="SOURCE[/PATH]")
+@click.option("--dry-run", "apply", flag_value=False, default=False,
+              help="Only list what the rules would do (the default).")
+@click.option("--apply", "apply", flag_value=True, help="Do it.")
+@click.option("--cache-dir", "cache_dirs", multiple=True, metavar="DIR",
+              help="A mount's cache directory whose pending files must be left alone "
+                   "(running mounts of SOURCE are found by themselves).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_store_options
+def lifecycle(source: str, apply: bool, cache_dirs: tuple[str, ...], as_json: bool,
+              tiers: tuple[str, ...], config_file: str | None, options: tuple[str, ...]) -> None:
+    """Apply the [[lifecycle]] rules of the configuration: delete, archive or report old
+    files."""
+    source, path = split_source(source)
+    cfg = _store_config(source, tiers, config_file, options)
+    if not cfg.lifecycle:
+        raise StormountError("the configuration has no [[lifecycle]] rules")
+    prefix = folder_prefix(path)
+    busy = _busy_keys(source, cache_dirs)
+
+    async def run_rules() -> list[rules.Decision]:
+        async with open_store(cfg) as store:
+            decisions = await rules.plan(store, cfg.lifecycle, prefix, busy)
+            if apply:
+                await rules.apply(store, cfg.lifecycle, decisions)
+            return decisions
+
+    with report.scan_progress() as progress:
+        progress("the rules", 0, 0)
+        decisions = trio.run(run_rules)
+    _review([d.as_dict() for d in decisions], "decisions", "key", apply, as_json,
+            report.lifecycle_table, report.lifecycle_line)
 
 
 def mount_helper_main() -> None:

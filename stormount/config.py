@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
@@ -125,6 +126,18 @@ class QuotaConfig:
 
 
 @dataclass(frozen=True)
+class LifecycleRule:
+    """What to do with files of a folder once they are older than an age (by mtime)."""
+    prefix: str  # "" for the whole mount, else "a/b/"
+    older_than: float  # seconds
+    action: str  # "delete", "move" or "warn"
+    to: str | None = None  # move: a tier index ("1") or the URL of the archive
+
+
+LIFECYCLE_ACTIONS = ("delete", "move", "warn")
+
+
+@dataclass(frozen=True)
 class MountConfig:
     source: str
     mountpoint: str
@@ -144,6 +157,9 @@ class MountConfig:
     quotas: tuple[QuotaConfig, ...] = ()
     # how often quota usage is counted again from the store (between, writes count it)
     quota_interval: float = 300.0
+    lifecycle: tuple[LifecycleRule, ...] = ()
+    # how often the daemon applies the lifecycle rules; 0: only `stormount lifecycle` does
+    lifecycle_interval: float = 0.0
 
 
 def parse_size(value: object, what: str) -> int:
@@ -380,7 +396,7 @@ _O_IGNORED = frozenset({"auto_unmount", "_netdev", "nofail", "noauto", "user", "
                         "suid", "nosuid", "dev", "nodev", "noatime", "relatime", "atime",
                         "nodiratime", "sync", "async", "loop"})
 TOP_LEVEL = ("socket", "log_level", "log_format", "log_file", "metrics_listen",
-             "on_unreachable", "quota_interval")
+             "on_unreachable", "quota_interval", "lifecycle_interval")
 UNREACHABLE = ("degraded", "wait", "refuse")
 
 
@@ -411,7 +427,8 @@ def build_config(
             raise ConfigError("give the config file either as SOURCE or with --config, not both")
         config_file, source_url = source, None
     data: dict[str, Any] = load_toml(config_file) if config_file else {}
-    known_top = {"tier", "cache", "fuse", "writeback", "chain", "quota", *TOP_LEVEL}
+    known_top = {"tier", "cache", "fuse", "writeback", "chain", "quota", "lifecycle",
+                 *TOP_LEVEL}
     for key in data:
         if key not in known_top:
             raise ConfigError(f"unknown config key {key!r} (known: {', '.join(sorted(known_top))})")
@@ -504,6 +521,8 @@ def build_config(
     if on_unreachable not in UNREACHABLE:
         raise ConfigError(f"on_unreachable must be {', '.join(UNREACHABLE[:-1])} or "
                           f"{UNREACHABLE[-1]}, not {top['on_unreachable']!r}")
+    lifecycle_interval = 0.0 if top["lifecycle_interval"] is None else parse_age(
+        top["lifecycle_interval"], "lifecycle_interval")
     quota_interval = 300.0 if top["quota_interval"] is None else _to_float(
         top["quota_interval"], "quota_interval")
     if quota_interval < 1:
@@ -515,7 +534,67 @@ def build_config(
                        log_file=_abs_path(top["log_file"], "log_file"),
                        metrics_listen=_listen_address(top["metrics_listen"]),
                        on_unreachable=on_unreachable, quotas=_quotas(data.get("quota", [])),
-                       quota_interval=quota_interval)
+                       quota_interval=quota_interval,
+                       lifecycle=_lifecycle(data.get("lifecycle", []), len(tiers)),
+                       lifecycle_interval=lifecycle_interval)
+
+
+def parse_age(raw: object, what: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w', '1y' (365 days), or seconds."""
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        seconds = float(raw)
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdwy]?)\s*", str(raw).lower())
+        if match is None:
+            raise ConfigError(f"{what}: expected an age such as 30m, 12h or 7d, got {raw!r}")
+        seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ConfigError(f"{what}: an age must not be negative")
+    return seconds
+
+
+_AGE_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def _lifecycle(raw: object, ntiers: int) -> tuple[LifecycleRule, ...]:
+    """[[lifecycle]] tables: prefix, older_than, action (delete | move | warn), and for
+    move, `to`: a tier index or an archive URL."""
+    if not isinstance(raw, list):
+        raise ConfigError("[[lifecycle]] must be an array of tables")
+    rules = []
+    for n, item in enumerate(raw, 1):
+        what = f"[[lifecycle]] rule {n}"
+        if not isinstance(item, dict):
+            raise ConfigError("[[lifecycle]] must be an array of tables")
+        unknown = set(item) - {"prefix", "older_than", "action", "to"}
+        if unknown:
+            raise ConfigError(f"{what}: unknown option {sorted(unknown)[0]!r} (known: action, "
+                              "older_than, prefix, to)")
+        if "older_than" not in item or "action" not in item:
+            raise ConfigError(f"{what}: give older_than and action")
+        action = str(item["action"]).lower()
+        if action not in LIFECYCLE_ACTIONS:
+            raise ConfigError(f"{what}: action must be delete, move or warn, not {action!r}")
+        prefix = str(item.get("prefix", "")).strip("/")
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ConfigError(f"{what}: prefix {item['prefix']!r} is not a folder of the mount")
+        to = item.get("to")
+        if action == "move":
+            if to is None:
+                raise ConfigError(f"{what}: move needs `to`: a tier index or an archive URL")
+            if isinstance(to, int) and not isinstance(to, bool):
+                if not 0 < to < ntiers:
+                    raise ConfigError(f"{what}: to = {to} is not a lower tier (1 to "
+                                      f"{ntiers - 1})")
+            else:
+                parse_tier_url(str(to))  # refused here if it is not a storage URL
+            to = str(to)
+        elif to is not None:
+            raise ConfigError(f"{what}: `to` is only for action = \"move\"")
+        rules.append(LifecycleRule(prefix + "/" if prefix else "",
+                                   parse_age(item["older_than"], f"{what} older_than"),
+                                   action, to))
+    return tuple(rules)
 
 
 def _quotas(raw: object) -> tuple[QuotaConfig, ...]:

@@ -8,13 +8,14 @@ what is still pending before it exits.
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import os
 import shutil
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import fields, replace
 from typing import TypeVar
 
@@ -22,7 +23,7 @@ import pyfuse3
 import trio
 
 from stormount import logs, notify, registry
-from stormount.backends import Backend, open_backend
+from stormount.backends import Backend, ObjectStore, open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.chain import Chain, Tier
@@ -34,6 +35,8 @@ from stormount.control.commands import Control
 from stormount.control.server import PATH_MAX, ControlServer
 from stormount.errors import BackendError, StartupError, StormountError, Transient
 from stormount.fuse.ops import Operations
+from stormount.manage import lifecycle
+from stormount.manage.store import lifecycle_store
 from stormount.vfs.fs import Vfs
 from stormount.vfs.quota import Quotas
 from stormount.writeback import Journal, Writeback
@@ -330,7 +333,7 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None,
 async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                load: Callable[[], MountConfig] | None, signals: AsyncIterator[int]) -> int:
     lock_fd, staging = prepare_cache(cfg)
-    backends: list[Backend] = []
+    backends: list[ObjectStore] = []
     try:
         for tier_cfg in cfg.tiers:
             backends.append(open_backend(tier_cfg))
@@ -394,8 +397,12 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                 except RuntimeError as e:
                     raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
                 try:
+                    tasks = []
+                    if cfg.lifecycle and cfg.lifecycle_interval > 0:
+                        tasks.append(functools.partial(
+                            _lifecycle_every, cfg, backends, vfs, ops))
                     pending = await _serve(cfg, vfs, chain, server, on_ready, reload,
-                                           signals)
+                                           signals, tasks)
                 finally:
                     pyfuse3.close(unmount=True)
                     registry.unregister(cfg.mountpoint)
@@ -460,6 +467,30 @@ async def _recount_quotas_every(vfs: Vfs, interval: float) -> None:
         await _recount_quotas(vfs, logging.DEBUG)
 
 
+async def _lifecycle_every(cfg: MountConfig, backends: list[ObjectStore], vfs: Vfs,
+                           ops: Operations) -> None:
+    """The [[lifecycle]] rules, every lifecycle_interval, on the mount's own tiers; what
+    this mount has not uploaded yet, or has open, is left alone."""
+    store = lifecycle_store(cfg, backends)
+    while True:
+        await trio.sleep(cfg.lifecycle_interval)
+        busy = {up.path for up in vfs.writeback.pending()} | {
+            node.key for node in vfs.inodes.all()
+            if node.opens > 0 or node.staging is not None}
+        try:
+            decisions = await lifecycle.plan(store, cfg.lifecycle, "", busy)
+            await lifecycle.apply(store, cfg.lifecycle, decisions)
+        except StormountError as e:
+            log.warning("lifecycle rules not applied now: %s", e)
+            continue
+        for decision in decisions:
+            if decision.done:
+                await ops.invalidate(decision.key)  # the mount shows it gone at once
+        if decisions:
+            log.info("lifecycle: %d file(s) matched, %d done", len(decisions),
+                     sum(d.done for d in decisions))
+
+
 async def _watchdog(interval: float) -> None:
     """Ping systemd's watchdog from the event loop: a loop that stops turning (a hang)
     stops the pings, and systemd restarts the mount."""
@@ -470,7 +501,8 @@ async def _watchdog(interval: float) -> None:
 
 async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer,
                  on_ready: Callable[[], None], reload: Callable[[], Awaitable[None]],
-                 signals: AsyncIterator[int]) -> list[str]:
+                 signals: AsyncIterator[int],
+                 tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> list[str]:
     """Serve until unmounted, then upload what is queued: a signal starts that at once
     and unmounts after it; a second signal stops waiting (the queue stays journaled).
     Returns the paths still pending."""
@@ -534,6 +566,8 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
         nursery.start_soon(server.serve)
         if vfs.quotas is not None:
             nursery.start_soon(_recount_quotas_every, vfs, cfg.quota_interval)
+        for task in tasks:
+            nursery.start_soon(task)
         interval = notify.watchdog_interval()
         if interval is not None:
             nursery.start_soon(_watchdog, interval)

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
 
+from stormount import config
 from stormount.backends.base import ObjectInfo, Unfinished
 from stormount.chain.health import PROBE_PREFIX
 from stormount.chain.repair import STAMP
@@ -39,17 +39,11 @@ from stormount.errors import BackendError, NotFound, StormountError
 from stormount.manage.store import Store, Tier, objects
 
 REMOVE, RECOVER, DROP, KEEP = "remove", "recover", "drop", "keep"
-_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_age(text: str) -> float:
     """'90s', '30m', '12h', '7d', '2w' or plain seconds."""
-    match = _AGE.match(text.lower())
-    if match is None:
-        raise StormountError(f"--older-than: expected an age such as 30m, 12h or 7d, got "
-                             f"{text!r}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    return config.parse_age(text, "--older-than")
 
 
 @dataclass

@@ -126,3 +126,36 @@ def gc_line(rows: list[dict[str, Any]], applied: bool) -> str:
         return f"{done} of {len(act)} leftover(s) cleaned up ({size(held)})"
     return (f"{len(act)} leftover(s) ({size(held)}) would be cleaned up; nothing was "
             "changed: run with --apply to do it")
+
+
+def lifecycle_table(rows: list[dict[str, Any]], applied: bool) -> Table:
+    table = Table(title="Lifecycle" + ("" if applied else " (dry run: nothing changed)"),
+                  title_justify="left")
+    for col in ("rule", "action", "file", "size", "age", "result"):
+        table.add_column(col, justify="right" if col in ("size", "age", "rule") else "left")
+    for row in rows:
+        action = row["action"] + (f" to {row['to']}" if row["to"] else "")
+        if row["skipped"]:
+            result = f"skipped: {row['skipped']}"
+        elif row["error"]:
+            result = f"failed: {row['error']}"
+        elif row["done"]:
+            result = "done"
+        else:
+            result = "reported" if row["action"] == "warn" else "would be done"
+        table.add_row(str(row["rule"]), action, row["key"], size(row["size"]),
+                      duration(row["age"]), result)
+    return table
+
+
+def lifecycle_line(rows: list[dict[str, Any]], applied: bool) -> str:
+    count = {a: sum(1 for r in rows if r["action"] == a and not r["skipped"])
+             for a in ("delete", "move", "warn")}
+    skipped = sum(1 for r in rows if r["skipped"])
+    text = (f"{len(rows)} file(s) matched: {count['delete']} to delete, {count['move']} to "
+            f"move, {count['warn']} reported, {skipped} skipped (not uploaded yet or open)")
+    if applied:
+        done = sum(1 for r in rows if r["done"])
+        failed = sum(1 for r in rows if r["error"])
+        return f"{text}; {done} done, {failed} failed"
+    return f"{text}; nothing was changed: run with --apply to do it"

@@ -76,6 +76,12 @@ async def open_store(cfg: MountConfig, *, check: bool = True) -> AsyncIterator[S
                 await tier.backend.aclose()
 
 
+def lifecycle_store(cfg: MountConfig, backends: list[ObjectStore]) -> Store:
+    """A Store over backends a running mount has open already (its own tiers)."""
+    return Store(cfg, [Tier(i, t, b) for i, (t, b) in
+                       enumerate(zip(cfg.tiers, backends, strict=True))])
+
+
 def reserved(key: str) -> bool:
     """The chain's own objects (health probes), which no command counts or copies."""
     return key.startswith(RESERVED)

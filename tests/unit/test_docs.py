@@ -11,6 +11,7 @@ from stormount.config import (
     CacheConfig,
     ChainConfig,
     FuseConfig,
+    LifecycleRule,
     MountConfig,
     QuotaConfig,
     TierConfig,
@@ -34,7 +35,8 @@ def test_every_cited_test_exists():
 def test_every_option_is_documented():
     text = (ROOT / "docs/CONFIGURATION.md").read_text()
     names = {f.name for cls in (TierConfig, CacheConfig, FuseConfig, WritebackConfig,
-                                ChainConfig, MountConfig, QuotaConfig) for f in fields(cls)}
+                                ChainConfig, MountConfig, QuotaConfig, LifecycleRule)
+             for f in fields(cls)}
     names -= {"url", "scheme", "container", "prefix"}  # parts of the URL itself
     # the sections themselves, and what the command line gives
     names -= {"source", "mountpoint", "tiers", "cache", "fuse", "writeback", "chain"}

@@ -1,0 +1,172 @@
+"""Lifecycle rules: files of a folder older than an age (by the mtime the mount shows)
+are deleted, moved to an archive (a lower tier, or any storage URL), or only reported.
+
+The first rule (in the configuration's order) whose folder holds a file decides for it.
+A file with changes not uploaded yet (in a journal) is never touched, nor one a mount
+has open. A move copies the object to the archive, checks the copy's size, and only
+then deletes it from the mount's tiers; a copy that fails leaves the file where it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Collection
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, dataclass
+from functools import partial
+
+from stormount.backends import open_backend
+from stormount.backends.base import ObjectInfo, ObjectStore
+from stormount.chain.tier import redact
+from stormount.config import LifecycleRule, parse_tier_url
+from stormount.errors import BackendError, Changed, NotFound, StormountError
+from stormount.manage.store import Store, objects
+from stormount.vfs.attrs import attrs_from_object, kind_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Decision:
+    rule: int  # 1-based, in the configuration's order
+    action: str  # delete, move, warn
+    key: str
+    size: int
+    age: float  # seconds since the file's mtime
+    to: str | None = None  # move: where to
+    done: bool = False
+    skipped: str | None = None  # why it was left alone (pending upload, open)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+async def plan(store: Store, rules: Collection[LifecycleRule], prefix: str = "",
+               busy: Collection[str] = (), now: float | None = None) -> list[Decision]:
+    """What the rules would do to the files under `prefix`; `busy` are keys with
+    changes not uploaded yet or open in a mount: reported as skipped."""
+    now = time.time() if now is None else now
+    decided: dict[str, Decision] = {}
+    for number, rule in enumerate(rules, 1):
+        start = rule.prefix if rule.prefix.startswith(prefix) else prefix
+        if not (start.startswith(rule.prefix) or rule.prefix.startswith(start)):
+            continue  # the rule's folder is outside the one asked about
+        async for listed in objects(store, store.primary, start):
+            key = listed.key
+            if key.endswith("/") or key in decided or not key.startswith(rule.prefix):
+                continue
+            age = now - await _mtime(store, listed)
+            if age < rule.older_than:
+                continue
+            decision = Decision(number, rule.action, key, listed.size, age, _where(rule.to))
+            if key in busy:
+                decision.skipped = "not uploaded yet, or open in a mount"
+            decided[key] = decision
+    return sorted(decided.values(), key=lambda d: d.key)
+
+
+def _where(to: str | None) -> str | None:
+    return None if to is None else (f"tier {to}" if to.isdigit() else redact(to))
+
+
+async def _mtime(store: Store, listed: ObjectInfo) -> float:
+    """The file's mtime as the mount shows it: its metadata where it has one (a HEAD;
+    listings of S3 carry none), else the store's."""
+    info = listed if listed.metadata is not None else await store.call(
+        "head", partial(store.primary.backend.head, listed.key))
+    return attrs_from_object(info, kind_of(info.key, info.metadata),
+                             store.cfg.fuse).mtime_ns / 1e9
+
+
+async def apply(store: Store, rules: Collection[LifecycleRule],
+                decisions: list[Decision]) -> None:
+    by_number = dict(enumerate(rules, 1))
+    async with _archives(store, rules) as archives:
+        for decision in decisions:
+            if decision.skipped:
+                continue
+            if decision.action == "warn":
+                log.warning("lifecycle rule %d: %s is %.1f days old", decision.rule,
+                            decision.key, decision.age / 86400,
+                            extra={"event": "lifecycle_warn", "key": decision.key})
+                continue
+            archive = archives.get(str(by_number[decision.rule].to))
+            try:
+                if archive is not None:
+                    await _copy(store, decision.key, archive)
+                await _delete_everywhere(store, decision.key, keep=archive)
+                decision.done = True
+                log.info("lifecycle rule %d: %s %s", decision.rule,
+                         "moved" if archive is not None else "deleted", decision.key,
+                         extra={"event": "lifecycle", "key": decision.key})
+            except (StormountError, OSError) as e:
+                decision.error = str(e)
+                log.warning("lifecycle rule %d: %s: %s", decision.rule, decision.key, e)
+
+
+@asynccontextmanager
+async def _archives(store: Store, rules: Collection[LifecycleRule]
+                    ) -> AsyncIterator[dict[str, ObjectStore]]:
+    """The move targets by their `to`: tiers of the store, or stores of their own."""
+    found: dict[str, ObjectStore] = {}
+    async with AsyncExitStack() as stack:
+        for rule in rules:
+            if rule.action != "move" or rule.to is None or rule.to in found:
+                continue
+            if rule.to.isdigit():
+                found[rule.to] = store.tiers[int(rule.to)].backend
+                continue
+            backend = open_backend(parse_tier_url(rule.to))
+            stack.push_async_callback(backend.aclose)
+            await store.call("check", backend.check)
+            found[rule.to] = backend
+        yield found
+
+
+async def _copy(store: Store, key: str, target: ObjectStore) -> None:
+    """The object, byte for byte with its metadata, onto the archive; checked."""
+    source = store.primary
+    info = await store.call("head", partial(source.backend.head, key))
+    block = store.cfg.cache.block_size
+    fd, tmp = tempfile.mkstemp(prefix="stormount-lifecycle-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            offset = 0
+            while offset < info.size:
+                try:
+                    data = await store.call("get", partial(
+                        source.backend.get_range, key, offset, min(block, info.size - offset),
+                        version=info.etag))
+                except Changed:
+                    raise StormountError(f"{key} changed while it was copied; left as it "
+                                         "is") from None
+                if not data:
+                    break
+                f.write(data)
+                offset += len(data)
+        if offset != info.size:
+            raise StormountError(f"{key}: read {offset} bytes, the store says {info.size}")
+        stored = await store.call("put", partial(target.put_file, key, tmp,
+                                                 dict(info.metadata or {})))
+        if stored.size != info.size:
+            raise StormountError(f"{key}: the archive holds {stored.size} bytes, not "
+                                 f"{info.size}; left where it was")
+    finally:
+        os.unlink(tmp)
+
+
+async def _delete_everywhere(store: Store, key: str, keep: ObjectStore | None) -> None:
+    """From every tier of the mount (a mirror or spilled copy too), but the archive."""
+    for tier in store.tiers:
+        if tier.backend is keep:
+            continue
+        try:
+            await store.call("delete", partial(tier.backend.delete, key))
+        except NotFound:
+            continue
+        except BackendError as e:
+            raise StormountError(f"tier {tier.index}: {e}") from None
