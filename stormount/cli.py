@@ -390,21 +390,28 @@ def _plain_command(name: str, doc: str) -> None:
         _ask(ctx, {"command": name}, as_json)
 
 
-def _tier_command(name: str, doc: str) -> None:
-    """`ctl NAME TIER [--json]`."""
+def _arg_command(name: str, arg: str, doc: str) -> None:
+    """`ctl NAME ARG [--json]`: a request with one argument (`tier` or `path`)."""
     @ctl.command(name, help=doc)
-    @click.argument("tier")
+    @click.argument("value", metavar=arg.upper())
     @_json_option
     @click.pass_context
-    def command(ctx: click.Context, tier: str, as_json: bool) -> None:
-        _ask(ctx, {"command": name, "tier": tier}, as_json)
+    def command(ctx: click.Context, value: str, as_json: bool) -> None:
+        _ask(ctx, {"command": name, arg: value}, as_json)
 
 
 _plain_command("queue", "Pending uploads and tier repairs, with state, attempts and last error.")
 _plain_command("tiers", "The tiers with their roles and health.")
-_tier_command("drain", "Take TIER (number or URL) out of service: writes spill as in an outage.")
-_tier_command("undrain", "Put a drained TIER back in service.")
+_arg_command("drain", "tier",
+             "Take TIER (number or URL) out of service: writes spill as in an outage.")
+_arg_command("undrain", "tier", "Put a drained TIER back in service.")
 _plain_command("metrics", "The figures in Prometheus text format.")
+_plain_command("pins", "The pinned paths: files, bytes cached, state of their fetch.")
+
+
+_arg_command("pin", "path", "Keep PATH (a file or folder) whole in the cache, exempt from "
+             "eviction, so it reads offline; it is fetched in the background.")
+_arg_command("unpin", "path", "Let the cached data of PATH be evicted again.")
 
 
 # mount(8)'s helper convention: 1 for a wrong invocation, 32 for a mount that failed

@@ -38,6 +38,7 @@ from stormount.fuse.ops import Operations
 from stormount.manage import lifecycle
 from stormount.manage.store import lifecycle_store
 from stormount.vfs.fs import Vfs
+from stormount.vfs.pins import Pins
 from stormount.vfs.quota import Quotas
 from stormount.writeback import Journal, Writeback
 
@@ -384,7 +385,8 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                     log.exception("SIGHUP: the new configuration was applied only in part; "
                                   "restart the mount to apply all of it: %r", e)
 
-            control = Control(cfg, vfs, ops, chain)
+            pins = None if vfs.reader is None else Pins(vfs, blocks, cfg.cache.listing_ttl)
+            control = Control(cfg, vfs, ops, chain, pins=pins)
             server = ControlServer(socket_path(cfg), control.handle)
             metrics = None
             try:
@@ -398,6 +400,8 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                     raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
                 try:
                     tasks = []
+                    if pins is not None:
+                        tasks.append(pins.run)
                     if cfg.lifecycle and cfg.lifecycle_interval > 0:
                         tasks.append(functools.partial(
                             _lifecycle_every, cfg, backends, vfs, ops))

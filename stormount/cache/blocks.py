@@ -250,13 +250,27 @@ class BlockCache:
         return len(gone)
 
     def pin(self, ident: str) -> None:
-        """Exempt the blocks of `ident` (all versions) from eviction, also after a restart."""
+        """Exempt the blocks of `ident` (all versions) from eviction, also after a restart;
+        an ident ending in "/" (or "") pins every ident under it."""
         with self._lock:
             if ident in self._pinned:
                 return
             self._pinned.add(ident)
             self._pending.append(("INSERT OR IGNORE INTO pins (ident) VALUES (?)", (_enc(ident),)))
         self._drain()
+
+    def pinned(self) -> list[str]:
+        with self._lock:
+            return sorted(self._pinned)
+
+    def _held(self, ident: str) -> bool:
+        """Pinned itself, or under a pinned prefix (a pin ending in "/": a folder)."""
+        if ident in self._pinned:
+            return True
+        for end in range(len(ident) - 1, -1, -1):  # "a/b/c": "a/b/", then "a/"
+            if ident[end] == "/" and ident[:end + 1] in self._pinned:
+                return True
+        return "" in self._pinned  # the whole mount
 
     def unpin(self, ident: str) -> None:
         with self._lock:
@@ -300,7 +314,7 @@ class BlockCache:
             for k, blk in self._entries.items():
                 if freed >= nbytes:
                     break
-                if k[0] not in self._pinned:
+                if not self._held(k[0]):
                     victims.append(k)
                     freed += blk.size
             self._evictions += len(victims)
@@ -328,7 +342,7 @@ class BlockCache:
                     break
                 if k in skip:
                     continue
-                if k[0] in self._pinned:
+                if self._held(k[0]):
                     pinned.append(k)
                     continue
                 victims.append(k)
@@ -492,7 +506,7 @@ class BlockCache:
         self._pinned = {_dec(r[0]) for r in self._db.execute("SELECT ident FROM pins")}
         # the limits may have shrunk since the last run
         while self._bytes > self.max_bytes:
-            victim = next((k for k in self._entries if k[0] not in self._pinned), None)
+            victim = next((k for k in self._entries if not self._held(k[0])), None)
             if victim is None:
                 break
             self._evictions += 1

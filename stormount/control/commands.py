@@ -20,14 +20,16 @@ from stormount.cache.blocks import BlockCache
 from stormount.chain import Chain, Tier
 from stormount.config import MountConfig
 from stormount.control.server import Progress, Reply, RequestError
+from stormount.errors import FsError
 from stormount.fuse.ops import Operations
 from stormount.stats import Ops
 from stormount.vfs.fs import Vfs
+from stormount.vfs.pins import Pins
 from stormount.writeback import FAILING, UPLOADING
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines of a flush
 COMMANDS = ("health", "stats", "invalidate", "flush", "queue", "tiers", "drain", "undrain",
-            "metrics")
+            "metrics", "pin", "unpin", "pins")
 
 
 @dataclass
@@ -66,8 +68,10 @@ class Control:
     """The command handler of the control server, over the daemon's parts."""
 
     def __init__(self, cfg: MountConfig, vfs: Vfs, ops: Operations, chain: Chain, *,
-                 invalidate: Callable[[str, bool], Awaitable[int]] | None = None) -> None:
+                 invalidate: Callable[[str, bool], Awaitable[int]] | None = None,
+                 pins: Pins | None = None) -> None:
         self.cfg = cfg
+        self.pins = pins  # None: the mount has no block cache to keep pinned data in
         self.vfs = vfs
         self.ops = ops
         self.chain = chain
@@ -255,6 +259,31 @@ class Control:
                 "text": exposition(self)}
 
     # --- arguments --------------------------------------------------------------------
+
+    def _pinning(self) -> Pins:
+        if self.pins is None:
+            raise RequestError("this mount has no block cache ([cache] max_size = 0): "
+                               "nothing can be pinned")
+        return self.pins
+
+    async def _pin(self, request: dict[str, Any], progress: Progress) -> Reply:
+        path = self.mount_path(request.get("path"))
+        try:
+            state = await self._pinning().pin(path)
+        except FsError as e:
+            raise RequestError(f"cannot pin /{path}: {e}") from None
+        return {"pin": state.describe(), "fetching": "in the background (see `ctl pins`)"}
+
+    async def _unpin(self, request: dict[str, Any], progress: Progress) -> Reply:
+        path = self.mount_path(request.get("path"))
+        pins = self._pinning()
+        if not await pins.unpin(path):
+            known = ", ".join(str(p["path"]) for p in pins.describe()) or "none"
+            raise RequestError(f"/{path} is not pinned (pins: {known})")
+        return {"path": "/" + path, "unpinned": True}
+
+    async def _pins(self, request: dict[str, Any], progress: Progress) -> Reply:
+        return {"pins": self._pinning().describe()}
 
     def mount_path(self, raw: object) -> str:
         """A path inside the mount (relative to its root) from what a client sent: that,

@@ -164,6 +164,18 @@ def queue(console: Console, r: dict[str, Any]) -> None:
     console.print(repairs)
 
 
+def pins_table(pins: list[dict[str, Any]]) -> Table:
+    table = Table(title="Pins", title_justify="left")
+    for col in ("path", "files", "size", "cached", "state", "last walk"):
+        table.add_column(col)
+    for p in pins:
+        state = "error: " + str(p["error"]) if p["error"] else (
+            "all cached" if p["done"] else "fetching")
+        table.add_row(str(p["path"]), str(p["files"]), size(p["bytes"]),
+                      size(p["cached_bytes"]), state, ago(p["walked_at"]))
+    return table
+
+
 def show(console: Console, command: str, r: dict[str, Any]) -> None:
     """The answer to `command`, for a person."""
     if command == "health":
@@ -188,5 +200,11 @@ def show(console: Console, command: str, r: dict[str, Any]) -> None:
         console.print(f"uploaded {r['uploaded']} of {r['total']} file(s) under {r['path']}")
     elif command == "metrics":
         console.out(r["text"], end="")
+    elif command == "pin":
+        console.print(f"pinned {r['pin']['path']}: fetching it {r['fetching']}")
+    elif command == "unpin":
+        console.print(f"unpinned {r['path']}: its data may be evicted again")
+    elif command == "pins":
+        console.print(pins_table(r["pins"]))
     else:  # pragma: no cover - every command has its rendering
         console.print_json(data=r)

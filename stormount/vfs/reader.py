@@ -70,7 +70,7 @@ class Reader:
             data = self.blocks.read(key, version, index, lo, hi - lo)
             if data is None or len(data) < hi - lo:
                 if sequential or self._touched_before((key, version, index)):
-                    block = await self._fetch(key, version, index, object_size)
+                    block = await self.fetch_block(key, version, index, object_size)
                     data = block[lo:hi]
                 else:
                     data = await self.backend.get_range(key, base + lo, hi - lo, version)
@@ -91,7 +91,7 @@ class Reader:
             self._touched.popitem(last=False)
         return False
 
-    async def _fetch(self, key: str, version: str, index: int, object_size: int) -> bytes:
+    async def fetch_block(self, key: str, version: str, index: int, object_size: int) -> bytes:
         """One whole block from the store, shared by every reader that wants it at once,
         then written to the cache (a failed write only means "not cached")."""
         ident = (key, version, index)
@@ -142,7 +142,7 @@ class Reader:
             async with self._prefetch_limiter:
                 if ident in self._inflight or self.blocks.has(*ident):
                     return
-                await self._fetch(*ident, object_size)
+                await self.fetch_block(*ident, object_size)
         except Exception as e:  # a prefetch is a guess: the reader will retry and see it
             log.debug("prefetch of block %d of %s failed: %s", ident[2], ident[0], e)
         finally:
