@@ -8,6 +8,7 @@ import json
 import os
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import click
 import trio
 
 from stormount import __version__, daemon, logs, registry
-from stormount.config import MountConfig, build_config, mount_path
+from stormount.config import MountConfig, build_config, mount_path, parse_tier_url
 from stormount.control import client
 from stormount.errors import StartupError, StormountError
 from stormount.manage import gc as orphans
@@ -632,17 +633,31 @@ def _review(rows: list[dict[str, Any]], name: str, label: str, applied: bool,
             f"{r[label]}: {r['error']}" for r in failed[:10]))
 
 
-def _busy_keys(source: str, cache_dirs: tuple[str, ...]) -> set[str]:
+def _busy_keys(cfg: MountConfig, cache_dirs: tuple[str, ...]) -> set[str]:
     """Keys with changes not uploaded yet: in the journals of the cache directories
-    given, and of every running mount of the same SOURCE."""
-    same = daemon.redact(source) if "://" in source else os.path.abspath(source)
-    dirs = list(cache_dirs)
-    for record in registry.all_records():
-        theirs = record.source if "://" in record.source else os.path.abspath(record.source)
-        if theirs == same:
-            dirs.append(record.cache_dir)
-    return {str(row["path"]) for d in dirs
+    given, and in the queue of every running mount (this user's, or all for root) of the
+    same bucket or container, asked through its control socket."""
+    ours = cfg.tiers[0]
+    keys = {str(row["path"]) for d in cache_dirs
             for row in read_pending(os.path.join(d, "journal.sqlite3"))}
+    for record in registry.all_records():
+        if not record.socket:
+            continue
+        try:
+            listed = client.request(record.socket, {"command": "tiers"}, timeout=10)
+            theirs = parse_tier_url(str(listed["tiers"][0]["url"]))
+            if (theirs.scheme, theirs.container) != (ours.scheme, ours.container):
+                continue
+            queue = client.request(record.socket, {"command": "queue"}, timeout=30)
+        except (StormountError, KeyError, IndexError, TypeError) as e:
+            raise StormountError(f"cannot ask the mount at {record.mountpoint} which files "
+                                 f"it has not uploaded yet ({e}); not applying rules "
+                                 "without knowing") from None
+        for upload in queue.get("uploads", []):
+            full = theirs.prefix + str(upload["path"])
+            if full.startswith(ours.prefix):
+                keys.add(full[len(ours.prefix):])
+    return keys
 
 
 @cli.command()
@@ -664,7 +679,7 @@ def lifecycle(source: str, apply: bool, cache_dirs: tuple[str, ...], as_json: bo
     if not cfg.lifecycle:
         raise StormountError("the configuration has no [[lifecycle]] rules")
     prefix = folder_prefix(path)
-    busy = _busy_keys(source, cache_dirs)
+    busy = _busy_keys(cfg, cache_dirs)
 
     async def run_rules() -> list[rules.Decision]:
         async with open_store(cfg) as store:
@@ -704,5 +719,10 @@ def main() -> None:
         sys.exit(e.exit_code)
     except StormountError as e:
         _fail(str(e))
+    except OSError as e:  # a local file or folder a command was given (or needs)
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}")
+    except sqlite3.Error as e:
+        _fail(f"a state or journal database: {e}")
     except KeyboardInterrupt:
         sys.exit(130)

@@ -365,7 +365,10 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
             if not await until_signalled(lambda: check_tiers(cfg, chain, warm_cache=warm),
                                          signals):
                 return 0
-            await _recount_quotas(vfs)  # before the first write can be refused
+            # before the first write can be refused; a bucket too big to count in time is
+            # counted on in the background (until then nothing is refused)
+            with trio.move_on_after(QUOTA_FIRST_COUNT):
+                await _recount_quotas(vfs)
             ops = Operations(vfs, cfg.fuse)
             in_force = cfg
 
@@ -450,6 +453,9 @@ async def _report_drain(vfs: Vfs) -> None:
         notify.notify(STATUS=_drain_status(vfs))
 
 
+QUOTA_FIRST_COUNT = 60.0  # seconds the start waits for the first count of quota usage
+
+
 async def _recount_quotas(vfs: Vfs, level: int = logging.INFO) -> None:
     if vfs.quotas is None:
         return
@@ -467,8 +473,13 @@ async def _recount_quotas_every(vfs: Vfs, interval: float) -> None:
     """Usage counted anew from the store now and then: what other clients changed, and
     any drift of the counts kept between, are caught up."""
     while True:
-        await trio.sleep(interval)
+        if vfs.quotas is not None and vfs.quotas.counted:
+            await trio.sleep(interval)
+        else:
+            log.debug("quota usage not counted yet: counting it now")
         await _recount_quotas(vfs, logging.DEBUG)
+        if vfs.quotas is not None and not vfs.quotas.counted:
+            await trio.sleep(min(interval, 30.0))  # the store did not answer: try again
 
 
 async def _lifecycle_every(cfg: MountConfig, backends: list[ObjectStore], vfs: Vfs,
@@ -476,14 +487,17 @@ async def _lifecycle_every(cfg: MountConfig, backends: list[ObjectStore], vfs: V
     """The [[lifecycle]] rules, every lifecycle_interval, on the mount's own tiers; what
     this mount has not uploaded yet, or has open, is left alone."""
     store = lifecycle_store(cfg, backends)
-    while True:
-        await trio.sleep(cfg.lifecycle_interval)
-        busy = {up.path for up in vfs.writeback.pending()} | {
+
+    def busy() -> set[str]:
+        return {up.path for up in vfs.writeback.pending()} | {
             node.key for node in vfs.inodes.all()
             if node.opens > 0 or node.staging is not None}
+
+    while True:
+        await trio.sleep(cfg.lifecycle_interval)
         try:
-            decisions = await lifecycle.plan(store, cfg.lifecycle, "", busy)
-            await lifecycle.apply(store, cfg.lifecycle, decisions)
+            decisions = await lifecycle.plan(store, cfg.lifecycle, "", busy())
+            await lifecycle.apply(store, cfg.lifecycle, decisions, lambda key: key in busy())
         except StormountError as e:
             log.warning("lifecycle rules not applied now: %s", e)
             continue

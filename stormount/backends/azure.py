@@ -273,9 +273,12 @@ class AzureBackend:
         return Transient(f"Azure {op} {where}: {_first_line(e)}", backend=self.url, key=rel)
 
     def _info(self, key: str, props: Any, metadata: bool = True) -> ObjectInfo:
+        settings = getattr(props, "content_settings", None)
+        md5 = getattr(settings, "content_md5", None)  # set for blobs uploaded in one go
         return ObjectInfo(key=key, size=int(props.size or 0), mtime=_epoch(props.last_modified),
                           etag=strip_etag(props.etag),
-                          metadata=lower_keys(props.metadata) if metadata else None)
+                          metadata=lower_keys(props.metadata) if metadata else None,
+                          content_md5=bytes(md5).hex() if md5 else None)
 
     # --- protocol -------------------------------------------------------------------
 

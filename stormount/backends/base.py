@@ -30,6 +30,8 @@ class ObjectInfo:
     etag: str
     # None when the call that produced this (a listing) does not return metadata
     metadata: Mapping[str, str] | None = None
+    # the MD5 of the content (hex), where the store vouches for one (a HEAD)
+    content_md5: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -93,6 +93,17 @@ def _epoch(value: object) -> float:
     return time.time()
 
 
+def _md5_of(resp: Mapping[str, Any], etag: str) -> str | None:
+    """The ETag of a single-part upload is the MD5 of the content, unless the object is
+    encrypted with KMS or a customer key (then it is not)."""
+    if len(etag) != 32 or any(c not in "0123456789abcdef" for c in etag):
+        return None  # a multipart ETag ("...-N"), or not S3's
+    if str(resp.get("ServerSideEncryption", "")).startswith("aws:kms") or \
+            resp.get("SSECustomerAlgorithm"):
+        return None
+    return etag
+
+
 def _response_time(resp: Mapping[str, Any]) -> float:
     """Server time of a response that carries no LastModified (PUT, CompleteMultipart):
     the HTTP Date header, which is within a second of the object's Last-Modified."""
@@ -266,9 +277,11 @@ class S3Backend:
     async def head(self, key: str) -> ObjectInfo:
         resp = await self._call("head", key, self._client.head_object, Bucket=self.bucket,
                                 Key=self._full(key))
+        etag = strip_etag(resp.get("ETag"))
         return ObjectInfo(key=key, size=int(resp.get("ContentLength", 0)),
-                          mtime=_epoch(resp.get("LastModified")), etag=strip_etag(resp.get("ETag")),
-                          metadata=lower_keys(resp.get("Metadata")))
+                          mtime=_epoch(resp.get("LastModified")), etag=etag,
+                          metadata=lower_keys(resp.get("Metadata")),
+                          content_md5=_md5_of(resp, etag))
 
     async def get_range(self, key: str, offset: int, length: int,
                         version: str | None = None) -> bytes:

@@ -37,6 +37,7 @@ from stormount.chain.health import PROBE_PREFIX
 from stormount.chain.repair import STAMP
 from stormount.errors import BackendError, NotFound, StormountError
 from stormount.manage.store import Store, Tier, objects
+from stormount.writeback import MARKER
 
 REMOVE, RECOVER, DROP, KEEP = "remove", "recover", "drop", "keep"
 
@@ -117,7 +118,7 @@ class Gc:
                 up = None
             if up is not None and _same_version(copy, up):
                 self._found(Finding("repaired-spill", where, listed.key, listed.size,
-                                    self.now - listed.mtime, REMOVE), tier, listed.key)
+                                    self.now - listed.mtime, REMOVE), tier, copy)
             elif up is None:
                 self._found(Finding("unrepaired-spill", where, listed.key, listed.size,
                                     self.now - listed.mtime, KEEP))
@@ -127,9 +128,17 @@ class Gc:
             try:
                 if isinstance(item, Unfinished):
                     await self.store.call("discard", partial(tier.backend.discard, item))
+                elif isinstance(item, ObjectInfo):  # a spilled copy: only the one scanned
+                    now = await self.store.call("head", partial(tier.backend.head, item.key))
+                    if now.etag != item.etag:
+                        finding.error = "written again since the scan: kept"
+                        continue
+                    await self.store.call("delete", partial(tier.backend.delete, item.key))
                 else:
                     await self.store.call("delete", partial(tier.backend.delete, str(item)))
                 finding.done = True
+            except NotFound:
+                finding.done = True  # gone meanwhile
             except BackendError as e:
                 finding.error = str(e)
 
@@ -156,15 +165,17 @@ def scan_cache(cache_dir: str, older_than: float, apply: bool) -> list[Finding]:
     findings: list[Finding] = []
     with _unused(cache_dir):
         rows = _journal_rows(journal)
-        named = {path for _, path in rows}
-        for key, path in rows:
-            if not os.path.exists(path):
-                findings.append(Finding("lost-staging", cache_dir, key, None, 0.0, DROP))
+        named = {os.path.realpath(path) for _, path, _ in rows if path != MARKER}
+        for key, path, queued_at in rows:
+            # a directory marker's row has no staging file
+            if path != MARKER and not os.path.exists(path) and now - queued_at >= older_than:
+                findings.append(Finding("lost-staging", cache_dir, key, None,
+                                        now - queued_at, DROP))
         recovered = os.path.join(cache_dir, "recovered", time.strftime("%Y%m%dT%H%M%S"))
         for name in sorted(os.listdir(staging)) if os.path.isdir(staging) else []:
             path = os.path.join(staging, name)
             st = os.stat(path)
-            if path not in named and now - st.st_mtime >= older_than:
+            if os.path.realpath(path) not in named and now - st.st_mtime >= older_than:
                 findings.append(Finding("unqueued-staging", cache_dir, path, st.st_size,
                                         now - st.st_mtime, RECOVER))
         kept = os.path.join(cache_dir, "recovered")
@@ -219,12 +230,14 @@ class _unused:
         os.close(self.fd)
 
 
-def _journal_rows(path: str) -> list[tuple[str, str]]:
+def _journal_rows(path: str) -> list[tuple[str, str, float]]:
+    """(key, staging file, queued_at) of each row of a journal."""
     if not os.path.exists(path):
         return []
     db = sqlite3.connect(path, timeout=5)
     try:
-        return [(str(k), str(s)) for k, s in db.execute("SELECT path, staging FROM pending")]
+        return [(str(k), str(s), float(q)) for k, s, q in
+                db.execute("SELECT path, staging, queued_at FROM pending")]
     except sqlite3.Error as e:
         raise StormountError(f"cannot read the journal {path}: {e}") from None
     finally:

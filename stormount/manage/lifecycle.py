@@ -13,10 +13,12 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
+
+import trio
 
 from stormount.backends import open_backend
 from stormount.backends.base import ObjectInfo, ObjectStore
@@ -37,6 +39,7 @@ class Decision:
     size: int
     age: float  # seconds since the file's mtime
     to: str | None = None  # move: where to
+    etag: str = ""  # the version planned for: a file changed since is left alone
     done: bool = False
     skipped: str | None = None  # why it was left alone (pending upload, open)
     error: str | None = None
@@ -50,23 +53,29 @@ async def plan(store: Store, rules: Collection[LifecycleRule], prefix: str = "",
     """What the rules would do to the files under `prefix`; `busy` are keys with
     changes not uploaded yet or open in a mount: reported as skipped."""
     now = time.time() if now is None else now
-    decided: dict[str, Decision] = {}
+    claimed: set[str] = set()  # the first rule whose folder holds a file decides for it
+    decided: list[Decision] = []
     for number, rule in enumerate(rules, 1):
         start = rule.prefix if rule.prefix.startswith(prefix) else prefix
         if not (start.startswith(rule.prefix) or rule.prefix.startswith(start)):
             continue  # the rule's folder is outside the one asked about
         async for listed in objects(store, store.primary, start):
             key = listed.key
-            if key.endswith("/") or key in decided or not key.startswith(rule.prefix):
+            if key.endswith("/") or key in claimed or not key.startswith(rule.prefix):
                 continue
+            claimed.add(key)  # also when it is too young: a later rule does not get it
             age = now - await _mtime(store, listed)
             if age < rule.older_than:
                 continue
-            decision = Decision(number, rule.action, key, listed.size, age, _where(rule.to))
+            decision = Decision(number, rule.action, key, listed.size, age, _where(rule.to),
+                                etag=listed.etag)
             if key in busy:
-                decision.skipped = "not uploaded yet, or open in a mount"
-            decided[key] = decision
-    return sorted(decided.values(), key=lambda d: d.key)
+                decision.skipped = BUSY
+            decided.append(decision)
+    return sorted(decided, key=lambda d: d.key)
+
+
+BUSY = "not uploaded yet, or open in a mount"
 
 
 def _where(to: str | None) -> str | None:
@@ -82,11 +91,15 @@ async def _mtime(store: Store, listed: ObjectInfo) -> float:
                              store.cfg.fuse).mtime_ns / 1e9
 
 
-async def apply(store: Store, rules: Collection[LifecycleRule],
-                decisions: list[Decision]) -> None:
+async def apply(store: Store, rules: Collection[LifecycleRule], decisions: list[Decision],
+                busy: Callable[[str], bool] = lambda key: False) -> None:
+    """Carry the decisions out; `busy` is asked again right before each file (a mount
+    may have begun changing it since the plan)."""
     by_number = dict(enumerate(rules, 1))
     async with _archives(store, rules) as archives:
         for decision in decisions:
+            if not decision.skipped and busy(decision.key):
+                decision.skipped = BUSY
             if decision.skipped:
                 continue
             if decision.action == "warn":
@@ -97,8 +110,10 @@ async def apply(store: Store, rules: Collection[LifecycleRule],
             archive = archives.get(str(by_number[decision.rule].to))
             try:
                 if archive is not None:
-                    await _copy(store, decision.key, archive)
-                await _delete_everywhere(store, decision.key, keep=archive)
+                    await _copy(store, decision, archive)
+                else:
+                    await _unchanged(store, decision)
+                await _delete(store, decision.key, keep=archive)
                 decision.done = True
                 log.info("lifecycle rule %d: %s %s", decision.rule,
                          "moved" if archive is not None else "deleted", decision.key,
@@ -127,10 +142,21 @@ async def _archives(store: Store, rules: Collection[LifecycleRule]
         yield found
 
 
-async def _copy(store: Store, key: str, target: ObjectStore) -> None:
+async def _unchanged(store: Store, decision: Decision) -> ObjectInfo:
+    """The file as it is now, if it is still the version planned for."""
+    try:
+        info = await store.call("head", partial(store.primary.backend.head, decision.key))
+    except NotFound:
+        raise StormountError("gone from the store meanwhile") from None
+    if info.etag != decision.etag:
+        raise StormountError("changed in the store since it was planned; left as it is")
+    return info
+
+
+async def _copy(store: Store, decision: Decision, target: ObjectStore) -> None:
     """The object, byte for byte with its metadata, onto the archive; checked."""
-    source = store.primary
-    info = await store.call("head", partial(source.backend.head, key))
+    source, key = store.primary, decision.key
+    info = await _unchanged(store, decision)
     block = store.cfg.cache.block_size
     fd, tmp = tempfile.mkstemp(prefix="stormount-lifecycle-")
     try:
@@ -146,7 +172,7 @@ async def _copy(store: Store, key: str, target: ObjectStore) -> None:
                                          "is") from None
                 if not data:
                     break
-                f.write(data)
+                await trio.to_thread.run_sync(f.write, data)  # a daemon's loop runs this too
                 offset += len(data)
         if offset != info.size:
             raise StormountError(f"{key}: read {offset} bytes, the store says {info.size}")
@@ -159,10 +185,12 @@ async def _copy(store: Store, key: str, target: ObjectStore) -> None:
         os.unlink(tmp)
 
 
-async def _delete_everywhere(store: Store, key: str, keep: ObjectStore | None) -> None:
-    """From every tier of the mount (a mirror or spilled copy too), but the archive."""
+async def _delete(store: Store, key: str, keep: ObjectStore | None) -> None:
+    """From the primary and the mirrors (copies of its version), not the archive. A
+    spill-over tier's copy of the key is a write a mount still has to copy up (newer
+    than what was planned for): it stays."""
     for tier in store.tiers:
-        if tier.backend is keep:
+        if tier.backend is keep or (tier.index > 0 and not tier.cfg.mirror):
             continue
         try:
             await store.call("delete", partial(tier.backend.delete, key))

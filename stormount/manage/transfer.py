@@ -23,7 +23,6 @@ import functools
 import hashlib
 import logging
 import os
-import re
 import sqlite3
 import stat
 import time
@@ -39,7 +38,6 @@ from stormount.vfs.attrs import LINK, Attrs, attrs_from_object, kind_of, metadat
 
 log = logging.getLogger(__name__)
 PARTIAL = ".stormount-partial"
-_MD5 = re.compile(r"[0-9a-f]{32}")
 Progress = Callable[[int, int, int, int], None]  # done bytes, total bytes, files, of files
 
 
@@ -79,6 +77,7 @@ class PullState:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # a lost row only means a refetch
         self._db.execute("CREATE TABLE IF NOT EXISTS files (key TEXT PRIMARY KEY, "
                          "version TEXT NOT NULL, size INTEGER NOT NULL, done INTEGER NOT NULL)")
 
@@ -100,6 +99,16 @@ def _local_path(root: str, rel: str) -> str:
     if not (path + "/").startswith(root.rstrip("/") + "/") or rel.endswith(PARTIAL):
         raise StormountError(f"refusing to write outside {root}: {rel!r}")
     return path
+
+
+def _make_parent(root: str, path: str) -> None:
+    """The folders of `path`, made inside `root` only: a symlink on the way (one a
+    pulled link object made, say) must not lead the write elsewhere."""
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    real, top = os.path.realpath(parent), os.path.realpath(root)
+    if real != top and not real.startswith(top.rstrip("/") + "/"):
+        raise StormountError(f"refusing to write {path}: {parent} leads out of {root}")
 
 
 class _Meter:
@@ -142,7 +151,12 @@ async def pull(store: Store, prefix: str, local_dir: str, *, parallel: int,
     for key in sorted(k for k in tree if k.endswith("/")):
         rel = key[len(prefix):]
         if rel:
-            os.makedirs(_local_path(root, rel), exist_ok=True)
+            try:
+                folder = _local_path(root, rel)
+                _make_parent(root, folder)
+                os.makedirs(folder, exist_ok=True)
+            except (StormountError, OSError) as e:
+                summary.failed.append({"path": rel, "error": str(e)})
     meter = _Meter(summary, progress)
     state = PullState(state_path(root))
     try:
@@ -164,9 +178,10 @@ async def _in_parallel(parallel: int, meter: _Meter,
         for rel, job in todo:  # shared: each job is taken by one worker
             try:
                 await job()
-            except (StormountError, OSError) as e:
-                log.warning("%s: %s", rel, e)
-                meter.summary.failed.append({"path": rel, "error": str(e)})
+            except (StormountError, OSError, UnicodeError) as e:
+                why = "the name is not valid UTF-8" if isinstance(e, UnicodeError) else str(e)
+                log.warning("%s: %s", rel, why)
+                meter.summary.failed.append({"path": rel, "error": why})
             meter.file_done()
 
     async with trio.open_nursery() as nursery:
@@ -178,15 +193,22 @@ async def _fetch(store: Store, tier: Tier, listed: ObjectInfo, rel: str, root: s
                  state: PullState, meter: _Meter) -> None:
     key, summary = listed.key, meter.summary
     path = _local_path(root, rel)
+    known = state.get(key)
+    # finished at the version the listing shows: no request needed (etags of listings
+    # and HEADs agree on S3, Azure and local tiers)
+    if known is not None and known[2] and known[0] == listed.etag and known[1] == listed.size \
+            and os.path.lexists(path):
+        summary.skipped += 1
+        meter.add(listed.size, moved=False)
+        return
     info = await store.call("head", lambda: tier.backend.head(key))
     kind = kind_of(key, info.metadata)
     attrs = attrs_from_object(info, kind, store.cfg.fuse)
-    known = state.get(key)
     if known is not None and known[2] and known[0] == info.etag and _has(path, info, kind):
         summary.skipped += 1
         meter.add(listed.size, moved=False)
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _make_parent(root, path)
     if kind == LINK:
         target = await store.call("get", lambda: tier.backend.get_range(key, 0, info.size))
         if os.path.lexists(path):
@@ -208,8 +230,9 @@ async def _fetch(store: Store, tier: Tier, listed: ObjectInfo, rel: str, root: s
     digest = hashlib.md5(usedforsecurity=False)
     with open(partial, "r+b" if offset else "wb") as f:
         f.truncate(offset)
-        if offset:
-            digest.update(f.read(offset))  # the part fetched before, for the checksum
+        if offset:  # the part fetched before, for the checksum
+            for _ in range(0, offset, block):
+                digest.update(f.read(block))
             meter.add(offset, moved=False)
         while offset < info.size:
             want = min(block, info.size - offset)
@@ -229,13 +252,12 @@ async def _fetch(store: Store, tier: Tier, listed: ObjectInfo, rel: str, root: s
         os.fsync(f.fileno())
     if offset != info.size:
         raise StormountError(f"{rel}: got {offset} bytes, the store says {info.size}")
-    if tier.cfg.scheme == "s3" and _MD5.fullmatch(info.etag) \
-            and digest.hexdigest() != info.etag:
+    if info.content_md5 is not None and digest.hexdigest() != info.content_md5:
         os.unlink(partial)
         state.put(key, info.etag, info.size, False)
         raise StormountError(f"{rel}: content does not match its checksum (MD5 "
-                             f"{digest.hexdigest()}, the store says {info.etag})")
-    os.chmod(partial, stat.S_IMODE(attrs.mode))
+                             f"{digest.hexdigest()}, the store says {info.content_md5})")
+    os.chmod(partial, stat.S_IMODE(attrs.mode) & 0o777)  # never set-id bits from a store
     os.utime(partial, ns=(attrs.mtime_ns, attrs.mtime_ns))
     os.replace(partial, path)
     state.put(key, info.etag, info.size, True)

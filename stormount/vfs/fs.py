@@ -13,6 +13,7 @@ import math
 import os
 import stat
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import trio
@@ -590,13 +591,12 @@ class Vfs:
                 raise FsError(errno.EINVAL, "cannot truncate a symbolic link")
         async with node.lock:
             if size is not None:
-                self._charge(node.path, size - node.attrs.size)
+                self._charge(node, size - node.attrs.size)
                 try:
                     staging = await self._stage(node, load=size > 0)
                     os.ftruncate(staging.fd, size)
                 except BaseException:
-                    if self.quotas is not None:
-                        self.quotas.charge(node.path, node.attrs.size - size, check=False)
+                    self._charge(node, node.attrs.size - size, check=False)
                     raise
                 staging.dirty = True
                 staging.generation += 1
@@ -663,29 +663,44 @@ class Vfs:
         return StatFs(block_size=4096, blocks=blocks, blocks_free=blocks_free, files=files,
                       files_free=files_free, name_max=NAME_MAX)
 
-    def _charge(self, path: str, nbytes: int, nfiles: int = 0) -> None:
-        if self.quotas is not None and (nbytes or nfiles):
-            self.quotas.charge(path, nbytes, nfiles)
+    def _charge(self, at: Node | str, nbytes: int, nfiles: int = 0, *,
+                check: bool = True) -> None:
+        """Count a change in the quotas (EDQUOT when it does not fit). An unlinked file
+        that is still open is in no folder: its changes count nowhere."""
+        if self.quotas is None or not (nbytes or nfiles):
+            return
+        if isinstance(at, Node):
+            if at.unlinked:
+                return
+            at = at.path
+        self.quotas.charge(at, nbytes, nfiles, check=check)
 
     async def recount_quotas(self) -> None:
-        """Count quota usage anew: every file in the store, and files not uploaded yet
-        (or being written) at their local size."""
+        """Count quota usage anew: the files in the store under the quota folders, page
+        by page, with files not uploaded yet (or being written) at their local size."""
         if self.quotas is None:
             return
-        sizes: dict[str, int] = {}
-        token: str | None = None
-        while True:
-            page = await self.backend.list("", "", token)
-            for info in page.objects:
-                if not info.key.endswith("/"):
-                    sizes[info.key] = info.size
-            token = page.token
-            if token is None:
-                break
-        for node in self.inodes.all():
-            if node.kind != DIR and node.staging is not None and not node.unlinked:
-                sizes[node.key] = node.attrs.size
-        self.quotas.recount(sizes.items())
+        local = {node.key: node.attrs.size for node in self.inodes.all()
+                 if node.kind != DIR and node.staging is not None and not node.unlinked}
+        folders = sorted(self.quotas.limits)
+        tops = [f for f in folders if not any(o != f and (not o or f.startswith(o + "/"))
+                                              for o in folders)]  # the outermost ones
+
+        async def files() -> AsyncIterator[tuple[str, int]]:
+            for top in tops:
+                token: str | None = None
+                while True:
+                    page = await self.backend.list(f"{top}/" if top else "", "", token)
+                    for info in page.objects:
+                        if not info.key.endswith("/") and info.key not in local:
+                            yield info.key, info.size
+                    token = page.token
+                    if token is None:
+                        break
+            for item in local.items():
+                yield item
+
+        await self.quotas.recount_async(files())
 
     # --- directories ----------------------------------------------------------------
 
@@ -906,8 +921,8 @@ class Vfs:
             self._check_writable()
         if writable and flags & os.O_TRUNC:
             async with node.lock:
-                self._charge(node.path, -node.attrs.size)
                 staging = await self._stage(node, load=False)
+                self._charge(node, -node.attrs.size)
                 os.ftruncate(staging.fd, 0)
                 staging.dirty = True
                 staging.generation += 1
@@ -929,12 +944,17 @@ class Vfs:
             existing.lookups += 1
             return await self.open(existing.ino, flags), existing  # O_CREAT alone keeps data
         self._charge(_join(parent, name), 0, 1)
+        try:
+            staging = self._new_staging()
+        except BaseException:
+            self._charge(_join(parent, name), 0, -1)
+            raise
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
                       mtime_ns=now, ctime_ns=now)
         node = self.inodes.add(parent, name, attrs)
         node.complete = True
-        node.staging = self._new_staging()
+        node.staging = staging
         node.staging.dirty = True
         node.lookups += 1
         self._listing_put(parent, name, FILE, None)
@@ -969,7 +989,7 @@ class Vfs:
             async with node.lock:
                 staging = await self._stage(node)
         growth = max(0, offset + len(data) - node.attrs.size)
-        self._charge(node.path, growth)  # EDQUOT here writes nothing
+        self._charge(node, growth)  # EDQUOT here writes nothing
         try:
             try:
                 written = os.pwrite(staging.fd, data, offset)
@@ -979,12 +999,11 @@ class Vfs:
                     raise
                 written = os.pwrite(staging.fd, data, offset)
         except BaseException:
-            if self.quotas is not None and growth:
-                self.quotas.charge(node.path, -growth, check=False)
+            self._charge(node, -growth, check=False)
             raise
-        if self.quotas is not None and written < len(data):  # a short write grew less
-            self.quotas.charge(node.path, max(0, offset + written - node.attrs.size) - growth,
-                               check=False)
+        if written < len(data):  # a short write grew less
+            self._charge(node, max(0, offset + written - node.attrs.size) - growth,
+                         check=False)
         staging.dirty = True
         staging.generation += 1
         node.attrs.size = max(node.attrs.size, offset + written)
@@ -1033,8 +1052,8 @@ class Vfs:
             await self.writeback.discard(node.key)  # after an upload in flight, if any
             if node.etag is not None:
                 await self.backend.delete(node.key)
+            self._charge(node, -node.attrs.size, -1)
             node.unlinked = True
-            self._charge(node.path, -node.attrs.size, -1)
         self._listing_drop(parent, name)
         self.inodes.detach(node)
         self._drop_staging_if_clean(node)

@@ -51,7 +51,8 @@ def _ident(path: str, kind: str) -> str:
 
 class Pins:
     def __init__(self, vfs: Vfs, blocks: BlockCache, interval: float) -> None:
-        self.vfs, self.blocks, self.interval = vfs, blocks, interval
+        # listing_ttl may be 0 ("always ask"): a walk a minute at most, not a busy loop
+        self.vfs, self.blocks, self.interval = vfs, blocks, max(interval, 60.0)
         self.states: dict[str, PinState] = {}
         self._changed = trio.Event()
         for ident in blocks.pinned():  # pins of earlier runs

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from stormount.config import QuotaConfig
@@ -76,11 +76,20 @@ class Quotas:
         """Usage counted anew: every file of the mount, with its size."""
         fresh = {path: Usage() for path in self.limits}
         for path, size in files:
-            for folder in self.folders(path):
-                fresh[folder].bytes += size
-                fresh[folder].files += 1
-        self.usage = fresh
-        self.counted = True
+            self._tally(fresh, path, size)
+        self.usage, self.counted = fresh, True
+
+    async def recount_async(self, files: AsyncIterator[tuple[str, int]]) -> None:
+        """recount, from files that arrive page by page (nothing held but the totals)."""
+        fresh = {path: Usage() for path in self.limits}
+        async for path, size in files:
+            self._tally(fresh, path, size)
+        self.usage, self.counted = fresh, True
+
+    def _tally(self, into: dict[str, Usage], path: str, size: int) -> None:
+        for folder in self.folders(path):
+            into[folder].bytes += size
+            into[folder].files += 1
 
     def whole(self) -> tuple[QuotaConfig, Usage] | None:
         """The quota of the whole mount, if there is one (what df shows)."""

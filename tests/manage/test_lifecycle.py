@@ -18,6 +18,11 @@ DAY = 86400
 
 RULES = """
 [[lifecycle]]
+prefix = "logs/keep"
+older_than = "10y"
+action = "warn"
+
+[[lifecycle]]
 prefix = "logs"
 older_than = "30d"
 action = "delete"
@@ -67,6 +72,7 @@ def test_dry_run_lists_exactly_the_expired_files_and_apply_handles_only_them(
     rules, archive = rules_file
     aged(s3_store, "logs/old.log", 40)
     aged(s3_store, "logs/recent.log", 3)
+    aged(s3_store, "logs/keep/important.log", 60)  # rule 1 holds it: rule 2 does not get it
     aged(s3_store, "logs/deep/older.log", 90)
     aged(s3_store, "projects/done/site.tar", 10, b"t" * 5000)
     aged(s3_store, "projects/active/plan.txt", 400)  # no rule for it
@@ -75,20 +81,21 @@ def test_dry_run_lists_exactly_the_expired_files_and_apply_handles_only_them(
     before = s3_store.keys()
 
     dry = lifecycle(s3_store.url, "--config", str(rules), env=s3_store.env)
-    assert decisions(dry) == [(1, "delete", "logs/deep/older.log", False, False),
-                              (1, "delete", "logs/old.log", False, False),
-                              (2, "move", "projects/done/site.tar", False, False),
-                              (3, "warn", "reports/q1.pdf", False, False)]
+    assert decisions(dry) == [(2, "delete", "logs/deep/older.log", False, False),
+                              (2, "delete", "logs/old.log", False, False),
+                              (3, "move", "projects/done/site.tar", False, False),
+                              (4, "warn", "reports/q1.pdf", False, False)]
     assert s3_store.keys() == before  # a dry run changes nothing
     table = run("lifecycle", s3_store.url, "--config", str(rules), env=s3_store.env)
     assert "nothing was changed: run with --apply" in table.stdout
 
     applied = lifecycle(s3_store.url, "--config", str(rules), "--apply", env=s3_store.env)
-    assert decisions(applied) == [(1, "delete", "logs/deep/older.log", True, False),
-                                  (1, "delete", "logs/old.log", True, False),
-                                  (2, "move", "projects/done/site.tar", True, False),
-                                  (3, "warn", "reports/q1.pdf", False, False)]
-    assert s3_store.keys() == ["logs/no-metadata.log", "logs/recent.log",
+    assert decisions(applied) == [(2, "delete", "logs/deep/older.log", True, False),
+                                  (2, "delete", "logs/old.log", True, False),
+                                  (3, "move", "projects/done/site.tar", True, False),
+                                  (4, "warn", "reports/q1.pdf", False, False)]
+    assert s3_store.keys() == ["logs/keep/important.log", "logs/no-metadata.log",
+                               "logs/recent.log",
                                "projects/active/plan.txt", "reports/q1.pdf"]
     assert (archive / "projects" / "done" / "site.tar").read_bytes() == b"t" * 5000
 
@@ -107,8 +114,8 @@ def test_files_not_uploaded_yet_are_never_touched(s3_store, rules_file, mnt, tmp
         os.utime(mnt / "logs" / "edited.log", (old, old))
         # the running mount of the same SOURCE is found by itself
         applied = lifecycle(s3_store.url, "--config", str(rules), "--apply", env=s3_store.env)
-        assert decisions(applied) == [(1, "delete", "logs/edited.log", False, True),
-                                      (1, "delete", "logs/old.log", True, False)]
+        assert decisions(applied) == [(2, "delete", "logs/edited.log", False, True),
+                                      (2, "delete", "logs/old.log", True, False)]
         assert s3_store.exists("logs/edited.log")
     finally:
         assert run("unmount", str(mnt)).returncode == 0

@@ -136,3 +136,16 @@ def test_transfer_errors_are_one_line(s3_store, tmp_path, env):
     assert result.returncode == 1 and "does not exist" in result.stderr
     result = run("push", str(tmp_path / "nothing-here"), s3_store.url, env=s3_store.env)
     assert result.returncode == 1 and "is not a directory" in result.stderr
+
+
+def test_links_in_the_store_never_lead_a_pull_out_of_its_folder(s3_store, tmp_path, env):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    s3_store.put("evil", str(outside).encode(), metadata={"mode": str(0o120777)})  # a link
+    s3_store.put("evil/x", b"must not land outside")
+    s3_store.put("setid", b"s", metadata={"mode": str(0o104755)})
+    out = tmp_path / "out"
+    result = run("pull", s3_store.url, str(out), "--parallel", "1", env={**s3_store.env, **env})
+    assert result.returncode == 1 and "evil/x" in result.stderr
+    assert list(outside.iterdir()) == []
+    assert (out / "setid").stat().st_mode & 0o7777 == 0o755  # no set-id bits from a store
