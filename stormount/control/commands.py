@@ -145,7 +145,8 @@ class Control:
         return {"state": state, "reasons": reasons, "mountpoint": self.cfg.mountpoint,
                 "pid": os.getpid(), "version": __version__,
                 "uptime": round(time.time() - self.started, 3), "tiers": tiers,
-                "writeback": queue, "repair": self.chain.pending.counts()}
+                "writeback": queue, "repair": self.chain.pending.counts(),
+                "quotas": [] if self.vfs.quotas is None else self.vfs.quotas.report()}
 
     # --- commands ---------------------------------------------------------------------
 

@@ -112,6 +112,12 @@ def health(console: Console, r: dict[str, Any]) -> None:
                   f"{wb['failing']} failing){oldest}")
     rep = r["repair"]
     console.print("repairs: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in rep.items()))
+    for q in r.get("quotas", []):
+        limits = [f"{size(q['bytes'])} of {size(q['max_bytes'])}" if q["max_bytes"] is not None
+                  else f"{size(q['bytes'])}",
+                  f"{q['files']} of {q['max_files']} files" if q["max_files"] is not None
+                  else f"{q['files']} files"]
+        console.print(f"quota {q['path']}: " + ", ".join(limits))
 
 
 def stats(console: Console, r: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ usage follows the mount's own changes and, in time, other clients'."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 
@@ -64,6 +65,11 @@ def test_dd_past_the_quota_fails_with_disk_quota_exceeded_and_keeps_what_it_wrot
     wait_for(lambda: (data / "big.bin").exists() and (data / "big.bin").stat().st_size == kept,
              what="the upload of what fitted")
     assert df(quota_mount)[1] == 200 * KiB + kept
+    # ctl health shows the quotas with what they hold
+    health = json.loads(run("ctl", "-m", str(quota_mount), "--json", "health").stdout)
+    assert {"path": "/", "max_bytes": MiB, "max_files": None, "bytes": 200 * KiB + kept,
+            "files": 2} in health["quotas"]
+    assert "quota /: " in run("ctl", "-m", str(quota_mount), "health").stdout
     # freeing room lets writes in again
     (quota_mount / "old.bin").unlink()
     (quota_mount / "new.bin").write_bytes(b"n" * (100 * KiB))
