@@ -36,7 +36,7 @@ from stormount.backends.base import ObjectInfo, Unfinished
 from stormount.chain.health import PROBE_PREFIX
 from stormount.chain.repair import STAMP
 from stormount.errors import BackendError, NotFound, StormountError
-from stormount.manage.store import Store, Tier, objects
+from stormount.manage.store import Store, Tier, in_batches, objects
 from stormount.writeback import MARKER
 
 REMOVE, RECOVER, DROP, KEEP = "remove", "recover", "drop", "keep"
@@ -107,10 +107,14 @@ class Gc:
 
     async def _spills(self, tier: Tier, where: str) -> None:
         primary = self.store.primary
-        async for listed in objects(self.store, tier, self.prefix):
+
+        async def judge(listed: ObjectInfo) -> None:
             if not self._old(listed.mtime):
-                continue
-            copy = await self.store.call("head", partial(tier.backend.head, listed.key))
+                return
+            try:
+                copy = await self.store.call("head", partial(tier.backend.head, listed.key))
+            except NotFound:
+                return  # gone since the listing
             up: ObjectInfo | None
             try:
                 up = await self.store.call("head", partial(primary.backend.head, listed.key))
@@ -122,6 +126,8 @@ class Gc:
             elif up is None:
                 self._found(Finding("unrepaired-spill", where, listed.key, listed.size,
                                     self.now - listed.mtime, KEEP))
+
+        await in_batches(objects(self.store, tier, self.prefix), judge)
 
     async def apply(self) -> None:
         for finding, tier, item in self._undo:

@@ -25,7 +25,7 @@ from stormount.backends.base import ObjectInfo, ObjectStore
 from stormount.chain.tier import redact
 from stormount.config import LifecycleRule, parse_tier_url
 from stormount.errors import BackendError, Changed, NotFound, StormountError
-from stormount.manage.store import Store, objects
+from stormount.manage.store import Store, in_batches, objects
 from stormount.vfs.attrs import attrs_from_object, kind_of
 
 log = logging.getLogger(__name__)
@@ -59,23 +59,40 @@ async def plan(store: Store, rules: Collection[LifecycleRule], prefix: str = "",
         start = rule.prefix if rule.prefix.startswith(prefix) else prefix
         if not (start.startswith(rule.prefix) or rule.prefix.startswith(start)):
             continue  # the rule's folder is outside the one asked about
+        await _plan_rule(store, number, rule, start, claimed, busy, now, decided)
+    return sorted(decided, key=lambda d: d.key)
+
+
+BUSY = "not uploaded yet, or open in a mount"
+
+
+async def _plan_rule(store: Store, number: int, rule: LifecycleRule, start: str,
+                     claimed: set[str], busy: Collection[str], now: float,
+                     decided: list[Decision]) -> None:
+    """The decisions of one rule, over the files under `start` no earlier rule claimed
+    (their mtimes asked for many at once)."""
+    async def candidates() -> AsyncIterator[ObjectInfo]:
         async for listed in objects(store, store.primary, start):
             key = listed.key
             if key.endswith("/") or key in claimed or not key.startswith(rule.prefix):
                 continue
             claimed.add(key)  # also when it is too young: a later rule does not get it
+            yield listed
+
+    async def judge(listed: ObjectInfo) -> None:
+        try:
             age = now - await _mtime(store, listed)
-            if age < rule.older_than:
-                continue
-            decision = Decision(number, rule.action, key, listed.size, age, _where(rule.to),
-                                etag=listed.etag)
-            if key in busy:
-                decision.skipped = BUSY
-            decided.append(decision)
-    return sorted(decided, key=lambda d: d.key)
+        except NotFound:
+            return  # deleted since the listing
+        if age < rule.older_than:
+            return
+        decision = Decision(number, rule.action, listed.key, listed.size, age,
+                            _where(rule.to), etag=listed.etag)
+        if listed.key in busy:
+            decision.skipped = BUSY
+        decided.append(decision)
 
-
-BUSY = "not uploaded yet, or open in a mount"
+    await in_batches(candidates(), judge)
 
 
 def _where(to: str | None) -> str | None:

@@ -108,3 +108,31 @@ async def objects(store: Store, tier: Tier, prefix: str) -> AsyncIterator[Object
         token = page.token
         if token is None:
             return
+
+
+HEADS_AT_ONCE = 16  # per-object requests of a scan (HEADs) in flight at once
+BATCH = 256  # objects of a listing handled per round of such requests
+
+
+async def in_batches(items: AsyncIterator[ObjectInfo],
+                     each: Callable[[ObjectInfo], Awaitable[None]]) -> None:
+    """`each` for every item, HEADS_AT_ONCE at a time, a batch of listing at a time (a
+    scan of a million objects holds one batch, and waits on 16 requests, not one)."""
+    limiter = trio.CapacityLimiter(HEADS_AT_ONCE)
+
+    async def one(item: ObjectInfo) -> None:
+        async with limiter:
+            await each(item)
+
+    batch: list[ObjectInfo] = []
+    async for item in items:
+        batch.append(item)
+        if len(batch) < BATCH:
+            continue
+        async with trio.open_nursery() as nursery:
+            for queued in batch:
+                nursery.start_soon(one, queued)
+        batch = []
+    async with trio.open_nursery() as nursery:
+        for queued in batch:
+            nursery.start_soon(one, queued)
