@@ -280,13 +280,13 @@ def reload_config(old: MountConfig, new: MountConfig, vfs: Vfs, ops: Operations,
     live = {*LIVE_TOP, *(f"cache.{n}" for n in LIVE_CACHE), *(f"chain.{n}" for n in LIVE_CHAIN),
             *(f"fuse.{n}" for n in LIVE_FUSE), "writeback.debounce", "writeback.parallel",
             "writeback.retries", "writeback.retry_delay", "writeback.retry_max_delay",
-            "writeback.failing_retry_delay", "writeback.fsync"}
+            "writeback.failing_retry_delay", "writeback.fsync", "quotas"}
     later = [name for name in changed if name not in live]
     now = [name for name in changed if name in live]
     cfg = replace(old, cache=_live(old.cache, new.cache, LIVE_CACHE),
                   chain=_live(old.chain, new.chain, LIVE_CHAIN),
                   fuse=_live(old.fuse, new.fuse, LIVE_FUSE), writeback=new.writeback,
-                  **{name: getattr(new, name) for name in LIVE_TOP})
+                  quotas=new.quotas, **{name: getattr(new, name) for name in LIVE_TOP})
     try:
         logs.setup(cfg.log_level, cfg.log_format, file=cfg.log_file)
     except OSError as e:  # the log stays where it was
@@ -298,6 +298,8 @@ def reload_config(old: MountConfig, new: MountConfig, vfs: Vfs, ops: Operations,
     vfs.fsync_upload = cfg.writeback.fsync == "upload"
     chain.cfg = cfg.chain
     vfs.fuse = ops.fuse = cfg.fuse
+    if old.quotas != cfg.quotas:  # counted anew by the caller
+        vfs.quotas = Quotas(cfg.quotas) if cfg.quotas else None
     log.info("SIGHUP: log reopened; configuration re-read: %s%s",
              "changed now: " + ", ".join(now) if now else "nothing changed that applies now",
              "; takes a new mount to change: " + ", ".join(later) if later else "",
@@ -382,11 +384,15 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                 except Exception as e:  # a reload must never end the mount
                     log.exception("SIGHUP: configuration not re-read, nothing changed: %r", e)
                     return
+                before = in_force
                 try:
                     in_force = reload_config(in_force, new, vfs, ops, chain, blocks)
                 except Exception as e:
                     log.exception("SIGHUP: the new configuration was applied only in part; "
                                   "restart the mount to apply all of it: %r", e)
+                if before.quotas != in_force.quotas:
+                    with trio.move_on_after(QUOTA_FIRST_COUNT):
+                        await _recount_quotas(vfs)
 
             pins = None if vfs.reader is None else Pins(vfs, blocks, cfg.cache.listing_ttl)
             control = Control(cfg, vfs, ops, chain, pins=pins)
@@ -473,8 +479,10 @@ async def _recount_quotas_every(vfs: Vfs, interval: float) -> None:
     """Usage counted anew from the store now and then: what other clients changed, and
     any drift of the counts kept between, are caught up."""
     while True:
-        if vfs.quotas is not None and vfs.quotas.counted:
+        if vfs.quotas is None or vfs.quotas.counted:  # (a SIGHUP may bring quotas)
             await trio.sleep(interval)
+            if vfs.quotas is None:
+                continue
         else:
             log.debug("quota usage not counted yet: counting it now")
         await _recount_quotas(vfs, logging.DEBUG)
@@ -582,8 +590,7 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
         nursery.start_soon(vfs.writeback.run)
         nursery.start_soon(chain.run)
         nursery.start_soon(server.serve)
-        if vfs.quotas is not None:
-            nursery.start_soon(_recount_quotas_every, vfs, cfg.quota_interval)
+        nursery.start_soon(_recount_quotas_every, vfs, cfg.quota_interval)
         for task in tasks:
             nursery.start_soon(task)
         interval = notify.watchdog_interval()

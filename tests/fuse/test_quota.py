@@ -7,10 +7,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
 import subprocess
 
 import pytest
 
+from stormount.registry import lookup
 from tests.helpers.cli import run
 from tests.helpers.mounts import wait_for
 
@@ -103,3 +105,21 @@ def test_usage_is_reconciled_with_what_other_clients_store(quota_mount, data):
     with pytest.raises(OSError) as info:
         (quota_mount / "too-much.bin").write_bytes(b"t" * (600 * KiB))
     assert info.value.errno == errno.EDQUOT
+
+
+def test_sighup_brings_new_quotas_into_force(quota_mount, data, tmp_path):
+    (quota_mount / "a.bin").write_bytes(b"a" * (300 * KiB))  # 500 KiB of 1 MiB now
+    config = tmp_path / "quota.toml"
+    config.write_text(CONFIG.format(data=data, interval=1).replace('"1MiB"', '"400KiB"'))
+    record = lookup(str(quota_mount))
+    assert record is not None
+    os.kill(record.pid, signal.SIGHUP)
+    wait_for(lambda: df(quota_mount)[0] == 400 * KiB, what="the new quota in force")
+    assert df(quota_mount)[1] == 400 * KiB  # full (df cannot show more used than its size)
+    health = json.loads(run("ctl", "-m", str(quota_mount), "--json", "health").stdout)
+    assert health["quotas"][0]["bytes"] == 500 * KiB  # counted anew: over the new limit
+    with pytest.raises(OSError) as info:
+        (quota_mount / "b.bin").write_bytes(b"b")
+    assert info.value.errno == errno.EDQUOT
+    (quota_mount / "a.bin").unlink()  # under it again: writes go in
+    (quota_mount / "b.bin").write_bytes(b"b")
