@@ -383,11 +383,24 @@ def mount_path(mountpoint: str) -> str:
     return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
-def default_cache_dir(source: str, mountpoint: str) -> str:
+def cache_base() -> str:
+    """Where stormount keeps what it caches for this user: BASE/stormount."""
     base = os.environ.get("XDG_CACHE_HOME") or (
         "/var/cache" if os.getuid() == 0 else os.path.expanduser("~/.cache"))
+    return os.path.join(base, "stormount")
+
+
+def default_cache_dir(source: str, mountpoint: str) -> str:
     digest = hashlib.sha256(f"{source}\0{mountpoint}".encode()).hexdigest()[:16]
-    return os.path.join(base, "stormount", digest)
+    return os.path.join(cache_base(), digest)
+
+
+def folder_path(raw: object, what: str) -> str:
+    """A folder of the mount as "a/b" ("" for all of it, given as "" or "/")."""
+    path = str(raw).strip("/")
+    if path and any(part in ("", ".", "..") for part in path.split("/")):
+        raise ConfigError(f"{what} {raw!r} is not a folder of the mount")
+    return path
 
 
 # -o options that mount(8) and fstab use for themselves, or that are always on
@@ -575,9 +588,7 @@ def _lifecycle(raw: object, ntiers: int) -> tuple[LifecycleRule, ...]:
         action = str(item["action"]).lower()
         if action not in LIFECYCLE_ACTIONS:
             raise ConfigError(f"{what}: action must be delete, move or warn, not {action!r}")
-        prefix = str(item.get("prefix", "")).strip("/")
-        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
-            raise ConfigError(f"{what}: prefix {item['prefix']!r} is not a folder of the mount")
+        prefix = folder_path(item.get("prefix", ""), f"{what}: prefix")
         to = item.get("to")
         if action == "move":
             if to is None:
@@ -610,9 +621,7 @@ def _quotas(raw: object) -> tuple[QuotaConfig, ...]:
         if unknown:
             raise ConfigError(f"unknown option {sorted(unknown)[0]!r} in [[quota]] "
                               "(known: max_bytes, max_files, path)")
-        path = str(item.get("path", "/")).strip("/")
-        if any(part in ("", ".", "..") for part in path.split("/")) and path:
-            raise ConfigError(f"[[quota]] path {item.get('path')!r} is not a folder of the mount")
+        path = folder_path(item.get("path", "/"), "[[quota]] path")
         max_bytes = None if item.get("max_bytes") is None else parse_size(
             item["max_bytes"], f"[[quota]] {path or '/'} max_bytes")
         max_files = None if item.get("max_files") is None else _to_int(

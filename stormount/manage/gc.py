@@ -93,17 +93,10 @@ class Gc:
                 await self._spills(tier, where)
 
     async def _probes(self, tier: Tier, where: str) -> None:
-        token: str | None = None
-        while True:
-            page = await self.store.call(
-                "list", partial(tier.backend.list, PROBE_PREFIX, "", token))
-            for info in page.objects:
-                if self._old(info.mtime):
-                    self._found(Finding("probe", where, info.key, info.size,
-                                        self.now - info.mtime, REMOVE), tier, info.key)
-            token = page.token
-            if token is None:
-                return
+        async for info in objects(self.store, tier, PROBE_PREFIX, reserved_too=True):
+            if self._old(info.mtime):
+                self._found(Finding("probe", where, info.key, info.size,
+                                    self.now - info.mtime, REMOVE), tier, info.key)
 
     async def _spills(self, tier: Tier, where: str) -> None:
         primary = self.store.primary

@@ -15,7 +15,7 @@ from stormount.backends.base import ObjectInfo, ObjectStore
 from stormount.chain.health import RESERVED
 from stormount.chain.retry import retrying
 from stormount.chain.tier import redact
-from stormount.config import ChainConfig, MountConfig, TierConfig
+from stormount.config import ChainConfig, MountConfig, TierConfig, folder_path
 from stormount.errors import BackendError, StormountError
 
 log = logging.getLogger(__name__)
@@ -89,21 +89,21 @@ def reserved(key: str) -> bool:
 
 def folder_prefix(path: str) -> str:
     """A folder of the mount as a key prefix: '' for the root, else 'a/b/'."""
-    path = path.strip("/")
-    if any(part in ("", ".", "..") for part in path.split("/")) and path:
-        raise StormountError(f"not a folder path: {path!r}")
+    path = folder_path(path, "PATH")
     return f"{path}/" if path else ""
 
 
-async def objects(store: Store, tier: Tier, prefix: str) -> AsyncIterator[ObjectInfo]:
+async def objects(store: Store, tier: Tier, prefix: str, *,
+                  reserved_too: bool = False) -> AsyncIterator[ObjectInfo]:
     """Every object under `prefix` on one tier, in key order, page by page (a flat
-    listing: no delimiter), each page retried; directory markers included."""
+    listing: no delimiter), each page retried; directory markers included, the chain's
+    own objects only with `reserved_too`."""
     token: str | None = None
     while True:
         page = await store.call(
             "list", lambda: tier.backend.list(prefix, "", token))  # noqa: B023 - awaited here
         for info in page.objects:
-            if not reserved(info.key):
+            if reserved_too or not reserved(info.key):
                 yield info
         token = page.token
         if token is None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import trio
 
 from stormount.backends.base import ObjectInfo
+from stormount.config import cache_base
 from stormount.errors import Changed, NotFound, StormountError
 from stormount.manage.store import Store, Tier, objects, reserved
 from stormount.vfs.attrs import LINK, Attrs, attrs_from_object, kind_of, metadata_of
@@ -64,10 +65,8 @@ class Summary:
 
 def state_path(local_dir: str) -> str:
     """Where a pull into `local_dir` keeps what it has fetched (not in the tree itself)."""
-    base = os.environ.get("XDG_CACHE_HOME") or (
-        "/var/cache" if os.getuid() == 0 else os.path.expanduser("~/.cache"))
     digest = hashlib.sha256(os.path.abspath(local_dir).encode()).hexdigest()[:16]
-    return os.path.join(base, "stormount", "pull", f"{digest}.sqlite3")
+    return os.path.join(cache_base(), "pull", f"{digest}.sqlite3")
 
 
 class PullState:

@@ -680,27 +680,27 @@ class Vfs:
         by page, with files not uploaded yet (or being written) at their local size."""
         if self.quotas is None:
             return
-        local = {node.key: node.attrs.size for node in self.inodes.all()
+        prefixes = [f"{top}/" if top else "" for top in self.quotas.outermost()]
+        await self.quotas.recount(self._files(prefixes, self.inodes.all()))
+
+    async def _files(self, prefixes: list[str],
+                     nodes: list[Node]) -> AsyncIterator[tuple[str, int]]:
+        """(key, size) of every file under the prefixes: the store's, page by page, and
+        of `nodes` those not uploaded yet (or being written), at their local size."""
+        local = {node.key: node.attrs.size for node in nodes
                  if node.kind != DIR and node.staging is not None and not node.unlinked}
-        folders = sorted(self.quotas.limits)
-        tops = [f for f in folders if not any(o != f and (not o or f.startswith(o + "/"))
-                                              for o in folders)]  # the outermost ones
-
-        async def files() -> AsyncIterator[tuple[str, int]]:
-            for top in tops:
-                token: str | None = None
-                while True:
-                    page = await self.backend.list(f"{top}/" if top else "", "", token)
-                    for info in page.objects:
-                        if not info.key.endswith("/") and info.key not in local:
-                            yield info.key, info.size
-                    token = page.token
-                    if token is None:
-                        break
-            for item in local.items():
-                yield item
-
-        await self.quotas.recount_async(files())
+        for prefix in prefixes:
+            token: str | None = None
+            while True:
+                page = await self.backend.list(prefix, "", token)
+                for info in page.objects:
+                    if not info.key.endswith("/") and info.key not in local:
+                        yield info.key, info.size
+                token = page.token
+                if token is None:
+                    break
+        for item in local.items():
+            yield item
 
     # --- directories ----------------------------------------------------------------
 
@@ -1156,12 +1156,10 @@ class Vfs:
         return moved
 
     async def _subtree_usage(self, top: Node) -> tuple[int, int]:
-        sizes = {info.key: info.size for info in (await list_all(self.backend, top.key, ""))[0]
-                 if not info.key.endswith("/")}
-        for node in self._subtree(top):
-            if node.kind != DIR and node.staging is not None and not node.unlinked:
-                sizes[node.key] = node.attrs.size
-        return sum(sizes.values()), len(sizes)
+        nbytes = nfiles = 0
+        async for _, size in self._files([top.key], self._subtree(top)):
+            nbytes, nfiles = nbytes + size, nfiles + 1
+        return nbytes, nfiles
 
     async def _rename_objects(self, src: Node, dst: Node | None, new_path: str,
                               new_parent: Node) -> None:

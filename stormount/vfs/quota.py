@@ -72,24 +72,19 @@ class Quotas:
             used.bytes = max(0, used.bytes + db)
             used.files = max(0, used.files + df)
 
-    def recount(self, files: Iterable[tuple[str, int]]) -> None:
-        """Usage counted anew: every file of the mount, with its size."""
-        fresh = {path: Usage() for path in self.limits}
-        for path, size in files:
-            self._tally(fresh, path, size)
-        self.usage, self.counted = fresh, True
+    def outermost(self) -> list[str]:
+        """The quota folders inside no other: what a recount lists."""
+        return [folder for folder in self.limits if self.folders(folder) == [folder]]
 
-    async def recount_async(self, files: AsyncIterator[tuple[str, int]]) -> None:
-        """recount, from files that arrive page by page (nothing held but the totals)."""
+    async def recount(self, files: AsyncIterator[tuple[str, int]]) -> None:
+        """Usage counted anew from every file (path, size), as they arrive page by page:
+        nothing is held but the totals, and a count cut short changes nothing."""
         fresh = {path: Usage() for path in self.limits}
         async for path, size in files:
-            self._tally(fresh, path, size)
+            for folder in self.folders(path):
+                fresh[folder].bytes += size
+                fresh[folder].files += 1
         self.usage, self.counted = fresh, True
-
-    def _tally(self, into: dict[str, Usage], path: str, size: int) -> None:
-        for folder in self.folders(path):
-            into[folder].bytes += size
-            into[folder].files += 1
 
     def whole(self) -> tuple[QuotaConfig, Usage] | None:
         """The quota of the whole mount, if there is one (what df shows)."""

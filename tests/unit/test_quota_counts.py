@@ -5,16 +5,24 @@ from __future__ import annotations
 import errno
 
 import pytest
+import trio
 
 from stormount.config import QuotaConfig, build_config
-from stormount.errors import ConfigError, FsError
+from stormount.errors import ConfigError, FsError, Transient
 from stormount.vfs.quota import Quotas
+
+
+async def files(*items, fail: bool = False):
+    for item in items:
+        yield item
+    if fail:
+        raise Transient("the store stopped answering part-way")
 
 
 def quotas() -> Quotas:
     q = Quotas([QuotaConfig("", max_bytes=100), QuotaConfig("a", max_files=2),
                 QuotaConfig("a/b", max_bytes=10)])
-    q.recount([("a/b/x", 4), ("a/y", 20), ("z", 30)])
+    trio.run(q.recount, files(("a/b/x", 4), ("a/y", 20), ("z", 30)))
     return q
 
 
@@ -35,6 +43,14 @@ def test_recount_and_changes_in_place():
     q.charge("a/y", -20, -1)  # an unlink
     q.charge("a/new", 0, 1)
     assert used(q) == {"": (40, 3), "a": (10, 2), "a/b": (10, 1)}
+
+
+def test_a_recount_cut_short_keeps_the_counts_as_they_were():
+    q = quotas()
+    with pytest.raises(Transient):
+        trio.run(q.recount, files(("a/b/x", 9), ("z", 99), fail=True))
+    assert used(q) == {"": (54, 3), "a": (24, 2), "a/b": (4, 1)}
+    assert q.outermost() == [""]
 
 
 def test_a_move_counts_only_where_it_crosses_a_limit():
