@@ -76,6 +76,12 @@ class CacheConfig:
     metadata_ttl: float = 60.0  # how long attributes learnt from the store are trusted
     listing_ttl: float = 300.0  # how long a directory listing is trusted
     negative_ttl: float = 5.0  # how long "no such file" is trusted
+    # listings of S3 carry no metadata: the attributes of what they introduce are fetched
+    # (HEAD) before anything relies on them, this many at once in the background right
+    # after a listing; trust_listings shows listed objects with the mount's defaults
+    # instead (for buckets known to carry no metadata: symlinks then show as files)
+    head_parallel: int = 32
+    trust_listings: bool = False
     block_size: int = 4 * MiB  # unit of object data fetched and cached
     max_size: int = 10 * 1024 * MiB  # cap of the block cache on disk
     min_free: int = 1024 * MiB  # free disk space the block cache always leaves
@@ -105,11 +111,14 @@ class ChainConfig:
 class FuseConfig:
     entry_timeout: float = 1.0  # kernel dentry cache
     attr_timeout: float = 1.0  # kernel attribute cache
-    uid: int = field(default_factory=os.getuid)  # owner of objects that carry none
-    gid: int = field(default_factory=os.getgid)
-    umask: int = 0o022
-    file_mode: int = 0o644  # mode of files that carry none (before umask)
-    dir_mode: int = 0o755
+    # ownership and modes: when given, every entry shows them (whatever the objects
+    # carry); when not, stored values show, and objects that carry none get the mounting
+    # user, 0644 files and 0755 directories (umask 022)
+    uid: int | None = None
+    gid: int | None = None
+    umask: int | None = None
+    file_mode: int | None = None  # before umask
+    dir_mode: int | None = None
     allow_other: bool = False
     default_permissions: bool = True  # the kernel checks modes against uid/gid
     read_only: bool = False
@@ -313,6 +322,7 @@ _FUSE_CONVERT = {
 }
 _CACHE_CONVERT = {"dir": _path_text, "metadata_ttl": _to_float,
                   "listing_ttl": _to_float, "negative_ttl": _to_float,
+                  "head_parallel": _to_int, "trust_listings": _to_bool,
                   "block_size": parse_size, "max_size": parse_size, "min_free": parse_size,
                   "read_ahead_max": parse_size}
 
@@ -512,6 +522,8 @@ def build_config(
     if not cache.dir:
         cache = replace(cache, dir=default_cache_dir(source, mountpoint))
     cache = replace(cache, dir=os.path.abspath(os.path.expanduser(cache.dir)))
+    if cache.head_parallel < 1:
+        raise ConfigError("head_parallel must be at least 1")
     if not 64 * 1024 <= cache.block_size <= 64 * MiB:
         raise ConfigError("block_size must be between 64KiB and 64MiB")
     if writeback.parallel < 1:

@@ -253,9 +253,11 @@ class Writeback:
             up.uploaded.set()  # nobody waits for it any more
             self._notify()
 
-    async def rename(self, old: str, new: str, base: str | None) -> bool:
+    async def rename(self, old: str, new: str, base: str | None,
+                     metadata: dict[str, str] | None = None) -> bool:
         """A queued file moved: it uploads under its new name, replacing the version
-        `base` there (None: nothing is there). True if something was queued."""
+        `base` there (None: nothing is there), with `metadata` when given. True if
+        something was queued."""
         up = await self.settle(old)
         if up is None:
             return False
@@ -267,6 +269,9 @@ class Writeback:
         up.path, up.base = new, base
         self._uploads[new] = up
         self.journal.rename(old, new, base)
+        if metadata is not None and metadata != up.metadata:
+            up.metadata = metadata
+            self.journal.put(up)
         return True
 
     def under(self, prefix: str) -> list[Upload]:

@@ -32,6 +32,9 @@ class ObjectInfo:
     metadata: Mapping[str, str] | None = None
     # the MD5 of the content (hex), where the store vouches for one (a HEAD)
     content_md5: str | None = None
+    # `mtime` is the store's Last-Modified to the second (False: an estimate, e.g. the
+    # time of the response to an S3 PUT)
+    mtime_exact: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -106,7 +106,8 @@ def _md5_of(resp: Mapping[str, Any], etag: str) -> str | None:
 
 def _response_time(resp: Mapping[str, Any]) -> float:
     """Server time of a response that carries no LastModified (PUT, CompleteMultipart):
-    the HTTP Date header, which is within a second of the object's Last-Modified."""
+    the HTTP Date header, near the object's Last-Modified but not always equal to it (a
+    multipart upload's Last-Modified is when it began)."""
     headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     for name in ("last-modified", "date"):
         text = headers.get(name)
@@ -335,6 +336,7 @@ class S3Backend:
         resp = await self._call("put", key, self._client.put_object, Bucket=self.bucket,
                                 Key=self._full(key), Body=body, Metadata=meta)
         return ObjectInfo(key=key, size=len(body), mtime=_response_time(resp),
+                          mtime_exact=False,
                           etag=strip_etag(resp.get("ETag")), metadata=meta)
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
@@ -359,6 +361,7 @@ class S3Backend:
                             Metadata=meta, **cond)
                 size, resp = await self._call("put", key, _put)
                 return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
+                                  mtime_exact=False,
                                   etag=strip_etag(resp.get("ETag")), metadata=meta)
             if if_match is not None:
                 # checked first too: some S3-compatible stores ignore If-Match when
@@ -446,6 +449,7 @@ class S3Backend:
 
         resp = await self._multipart("put", key, meta, nparts, _part, {}, cond)
         return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
+                          mtime_exact=False,
                           etag=strip_etag(resp.get("ETag")), metadata=dict(meta))
 
     async def delete(self, key: str) -> None:
@@ -507,6 +511,7 @@ class S3Backend:
             resp = await self._multipart("copy", dst, meta, math.ceil(size / part_size), _part,
                                          extra)
             return ObjectInfo(key=dst, size=size, mtime=_response_time(resp),
+                              mtime_exact=False,
                               etag=strip_etag(resp.get("ETag")), metadata=meta)
         if metadata is None:
             directive: dict[str, Any] = {"MetadataDirective": "COPY"}
@@ -516,10 +521,10 @@ class S3Backend:
                                 Key=self._full(dst), CopySource=copy_source,
                                 CopySourceIfMatch=if_match, **directive)
         result = resp.get("CopyObjectResult", {})
-        mtime = (_epoch(result["LastModified"]) if result.get("LastModified")
-                 else _response_time(resp))
+        exact = bool(result.get("LastModified"))
+        mtime = _epoch(result["LastModified"]) if exact else _response_time(resp)
         return ObjectInfo(key=dst, size=size, mtime=mtime, etag=strip_etag(result.get("ETag")),
-                          metadata=meta)
+                          metadata=meta, mtime_exact=exact)
 
     async def unfinished(self, prefix: str) -> builtins.list[Unfinished]:
         """Multipart uploads never completed or aborted (a writer that died mid-upload):

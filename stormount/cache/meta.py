@@ -30,14 +30,15 @@ def _info_to_json(info: ObjectInfo | None) -> Any:
     if info is None:
         return None
     return [info.key, info.size, info.mtime, info.etag,
-            None if info.metadata is None else dict(info.metadata)]
+            None if info.metadata is None else dict(info.metadata), info.mtime_exact]
 
 
 def _info_from_json(raw: Any) -> ObjectInfo | None:
     if raw is None:
         return None
-    key, size, mtime, etag, metadata = raw
-    return ObjectInfo(key=key, size=size, mtime=mtime, etag=etag, metadata=metadata)
+    key, size, mtime, etag, metadata, *rest = raw  # rows of earlier versions have 5 fields
+    return ObjectInfo(key=key, size=size, mtime=mtime, etag=etag, metadata=metadata,
+                      mtime_exact=bool(rest[0]) if rest else True)
 
 
 def _best_effort(fn: F) -> F:
@@ -113,6 +114,22 @@ class MetaStore:
         info = _info_from_json(json.loads(row[1]))
         assert info is not None
         return max(0.0, time.time() - row[2]), row[0], info
+
+    @_best_effort
+    def objects(self, keys: list[str]) -> dict[str, tuple[float, str, ObjectInfo]]:
+        """`object` of many keys at once (those with a row): key -> (age, kind, info)."""
+        out: dict[str, tuple[float, str, ObjectInfo]] = {}
+        now = time.time()
+        for start in range(0, len(keys), 500):
+            batch = keys[start:start + 500]
+            rows = self._db.execute(
+                f"SELECT key, kind, info, at FROM objects WHERE key IN "
+                f"({','.join('?' * len(batch))})", batch).fetchall()
+            for key, kind, raw, at in rows:
+                info = _info_from_json(json.loads(raw))
+                assert info is not None
+                out[key] = (max(0.0, now - at), kind, info)
+        return out
 
     @_best_effort
     def put_object(self, key: str, kind: str, info: ObjectInfo) -> None:

@@ -75,8 +75,10 @@ def _up(info: ObjectInfo) -> ObjectInfo:
     if info.metadata is None or STAMP not in info.metadata:
         return info
     meta = {k: v for k, v in info.metadata.items() if k != STAMP}
+    # its Last-Modified is the copy's, not that of the version it stands for
     return ObjectInfo(key=info.key, size=info.size, mtime=info.mtime,
-                      etag=info.metadata[STAMP] or info.etag, metadata=meta)
+                      etag=info.metadata[STAMP] or info.etag, metadata=meta,
+                      mtime_exact=False)
 
 
 class KeyLocks:

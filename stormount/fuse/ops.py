@@ -12,7 +12,6 @@ import contextlib
 import errno
 import functools
 import logging
-import os
 import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +23,7 @@ import trio
 from stormount.config import FuseConfig
 from stormount.errors import BackendError, StormountError, first_error
 from stormount.stats import Ops
+from stormount.vfs.attrs import shown
 from stormount.vfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, Vfs
 from stormount.vfs.nodes import Node
 
@@ -90,20 +90,29 @@ class Operations(pyfuse3.Operations):
         self.bytes_written = 0
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        a = node.attrs
+        a = shown(node.attrs, self.fuse)
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        e.entry_timeout = self.fuse.entry_timeout
-        e.attr_timeout = self.fuse.attr_timeout
-        e.st_mode = a.mode
-        e.st_nlink = 1  # unknown link count: find(1) must not skip subdirectories
-        e.st_uid = a.uid
-        e.st_gid = a.gid
-        e.st_rdev = 0
         e.st_size = a.size
         e.st_blksize = BLKSIZE
         e.st_blocks = (a.size + 511) // 512
+        e.st_nlink = self.vfs.nlink(node)
+        if not node.complete:
+            # provisional (listed without metadata; only READDIRPLUS sends these): the
+            # kernel gets no attributes to keep (zero timeouts: it asks again before it
+            # relies on any) and the kind only where it is certain. Without a file type
+            # the kernel lists the name as DT_UNKNOWN and forgets the inode at once, so
+            # find -type and ls ask, and the lookup completes the entry first.
+            e.entry_timeout = e.attr_timeout = 0
+            e.st_mode = stat.S_IFMT(a.mode) if node.kind_known else 0
+            return e
+        e.entry_timeout = self.fuse.entry_timeout
+        e.attr_timeout = self.fuse.attr_timeout
+        e.st_mode = a.mode
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
         e.st_atime_ns = a.mtime_ns
         e.st_mtime_ns = a.mtime_ns
         e.st_ctime_ns = a.ctime_ns
@@ -162,7 +171,7 @@ class Operations(pyfuse3.Operations):
         groups = [ctx.gid]
         with contextlib.suppress(OSError):  # the process may be gone already
             groups.extend(pyfuse3.get_sup_groups(ctx.pid))
-        return self.vfs.access(inode, mode, ctx.uid, groups)
+        return await self.vfs.access(inode, mode, ctx.uid, groups)
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -233,13 +242,8 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if not stat.S_ISREG(mode):
-            raise pyfuse3.FUSEError(errno.EPERM)  # devices, fifos, sockets: not storable
-        fh, node = await self.vfs.create(parent_inode, _name(name), mode, os.O_CREAT | os.O_WRONLY,
-                                         ctx.uid, ctx.gid)
-        await self.vfs.flush(fh)
-        await self.vfs.release(fh)
-        return self._entry(node)
+        return self._entry(await self.vfs.mknod(parent_inode, _name(name), mode, rdev, ctx.uid,
+                                                ctx.gid))
 
     async def invalidate(self, path: str, recursive: bool = False) -> int:
         """Drop the daemon's caches of a path (or subtree) and the kernel's: the next

@@ -1,23 +1,29 @@
 """POSIX attributes and how they travel in object metadata.
 
-Mode (full st_mode, decimal), uid, gid and mtime (seconds, decimal with fraction) use
-the metadata names s3fs and rclone use, so trees written by either tool keep their
-attributes here and the other way round. Objects that carry none get the mount's
-defaults. A symlink is an object whose mode has S_IFLNK and whose body is the target.
+Mode (full st_mode, decimal), uid, gid, mtime and ctime (seconds, decimal with
+fraction) and rdev use the metadata names s3fs and rclone use, so trees written by
+either tool keep their attributes here and the other way round. Objects that carry
+none get the mount's defaults. A symlink is an object whose mode has S_IFLNK and whose
+body is the target; a fifo, socket or device is an empty object whose mode says so.
 """
 
 from __future__ import annotations
 
+import os
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal, InvalidOperation
 
 from stormount.backends.base import ObjectInfo
 from stormount.config import FuseConfig
 
-FILE, DIR, LINK = "file", "dir", "link"
+FILE, DIR, LINK, SPECIAL = "file", "dir", "link", "special"
+# a symlink's target is shorter than this (symlink(2) refuses longer ones): an object
+# this big is a regular file whatever it carries
+PATH_MAX = 4096
+_SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 
 
 @dataclass(slots=True)
@@ -28,6 +34,7 @@ class Attrs:
     size: int
     mtime_ns: int
     ctime_ns: int
+    rdev: int = 0  # device number of a character or block device
 
     @property
     def kind(self) -> str:
@@ -35,23 +42,60 @@ class Attrs:
             return DIR
         if stat.S_ISLNK(self.mode):
             return LINK
-        return FILE
+        if stat.S_ISREG(self.mode):
+            return FILE
+        return SPECIAL
 
 
 def now_ns() -> int:
     return time.time_ns()
 
 
+def default_uid(fuse: FuseConfig) -> int:
+    return os.getuid() if fuse.uid is None else fuse.uid
+
+
+def default_gid(fuse: FuseConfig) -> int:
+    return os.getgid() if fuse.gid is None else fuse.gid
+
+
+def _umask(fuse: FuseConfig) -> int:
+    return 0o022 if fuse.umask is None else fuse.umask
+
+
 def default_attrs(kind: str, fuse: FuseConfig, size: int = 0, mtime_ns: int = 0) -> Attrs:
+    """What an entry shows when the store tells nothing of it: the mount's options."""
     if kind == DIR:
-        mode = stat.S_IFDIR | (fuse.dir_mode & ~fuse.umask)
+        mode = stat.S_IFDIR | ((0o755 if fuse.dir_mode is None else fuse.dir_mode)
+                               & ~_umask(fuse))
     elif kind == LINK:
         mode = stat.S_IFLNK | 0o777
     else:
-        mode = stat.S_IFREG | (fuse.file_mode & ~fuse.umask)
+        mode = stat.S_IFREG | ((0o644 if fuse.file_mode is None else fuse.file_mode)
+                               & ~_umask(fuse))
     mtime_ns = mtime_ns or now_ns()
-    return Attrs(mode=mode, uid=fuse.uid, gid=fuse.gid, size=size, mtime_ns=mtime_ns,
-                 ctime_ns=mtime_ns)
+    return Attrs(mode=mode, uid=default_uid(fuse), gid=default_gid(fuse), size=size,
+                 mtime_ns=mtime_ns, ctime_ns=mtime_ns)
+
+
+def shown(attrs: Attrs, fuse: FuseConfig) -> Attrs:
+    """The attributes as the kernel sees them. Ownership and mode options given
+    explicitly apply to every entry (as in s3fs, rclone and mountpoint-s3), whatever
+    the objects store; without them, the stored values show."""
+    if fuse.uid is None and fuse.gid is None and fuse.umask is None and \
+            fuse.file_mode is None and fuse.dir_mode is None:
+        return attrs
+    mode = attrs.mode
+    kind = attrs.kind
+    if kind == DIR and fuse.dir_mode is not None:
+        mode = stat.S_IFDIR | (fuse.dir_mode & ~_umask(fuse))
+    elif kind == FILE and fuse.file_mode is not None:
+        mode = stat.S_IFREG | (fuse.file_mode & ~_umask(fuse))
+    elif fuse.umask is not None and kind != LINK:
+        mode = mode & ~fuse.umask
+    return replace(attrs, mode=mode,
+                   uid=attrs.uid if fuse.uid is None else fuse.uid,
+                   gid=attrs.gid if fuse.gid is None else fuse.gid)
 
 
 def _int(meta: Mapping[str, str], key: str) -> int | None:
@@ -71,41 +115,74 @@ def _mode(meta: Mapping[str, str]) -> int | None:
         return None
 
 
-def kind_of(key: str, metadata: Mapping[str, str] | None) -> str:
+def _seconds_ns(meta: Mapping[str, str], key: str) -> int | None:
+    if key not in meta:
+        return None
+    try:
+        # Decimal keeps nanoseconds that a float would round away
+        return int(Decimal(meta[key]) * 1_000_000_000)
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def kind_of(key: str, metadata: Mapping[str, str] | None, size: int | None = None) -> str:
+    """The kind of entry an object is, from its key and metadata. A link's body is its
+    target, so a link object is never empty nor PATH_MAX bytes or more; fifos, sockets
+    and devices are empty objects."""
     if key.endswith("/"):
         return DIR
     mode = _mode(metadata or {})
-    if mode is not None and stat.S_ISLNK(mode):
+    if mode is None:
+        return FILE
+    if stat.S_ISLNK(mode) and (size is None or 0 < size < PATH_MAX):
         return LINK
+    if stat.S_IFMT(mode) in _SPECIAL_TYPES and not size:
+        return SPECIAL
     return FILE
+
+
+def kind_is_certain(kind: str, info: ObjectInfo | None) -> bool:
+    """Does a listing entry without metadata say what kind of entry it is? A common
+    prefix is a directory, and an object of PATH_MAX bytes or more can only be a
+    regular file; a smaller one may be a link, and an empty one a fifo or device."""
+    return kind == DIR or info is None or info.size >= PATH_MAX
 
 
 def attrs_from_object(info: ObjectInfo, kind: str, fuse: FuseConfig) -> Attrs:
     """Attributes of an object as the mount shows them: its metadata where present,
-    the store's size and modification time, the mount's defaults for the rest."""
+    the store's size and modification time, the mount's defaults for the rest. Without
+    a stored ctime, the store's own time of the last change (Last-Modified) is it."""
+    modified_ns = int(info.mtime * 1e9)
     attrs = default_attrs(kind, fuse, size=0 if kind == DIR else info.size,
-                          mtime_ns=int(info.mtime * 1e9))
+                          mtime_ns=modified_ns)
     meta = info.metadata or {}
     mode = _mode(meta)
-    if mode is not None:
-        perms = stat.S_IMODE(mode)
-        attrs.mode = stat.S_IFMT(attrs.mode) | perms
+    if kind == SPECIAL and mode is not None:
+        attrs.mode = mode
+        attrs.rdev = max(0, _int(meta, "rdev") or 0)
+    elif mode is not None:
+        attrs.mode = stat.S_IFMT(attrs.mode) | stat.S_IMODE(mode)
     uid, gid = _int(meta, "uid"), _int(meta, "gid")
     if uid is not None and uid >= 0:
         attrs.uid = uid
     if gid is not None and gid >= 0:
         attrs.gid = gid
-    if "mtime" in meta:
-        try:
-            # Decimal keeps nanoseconds that a float would round away
-            attrs.mtime_ns = int(Decimal(meta["mtime"]) * 1_000_000_000)
-            attrs.ctime_ns = attrs.mtime_ns
-        except (InvalidOperation, ValueError):
-            pass
+    mtime = _seconds_ns(meta, "mtime")
+    if mtime is not None:
+        attrs.mtime_ns = mtime
+    ctime = _seconds_ns(meta, "ctime")
+    attrs.ctime_ns = ctime if ctime is not None else (modified_ns or attrs.mtime_ns)
     return attrs
 
 
+def _seconds(ns: int) -> str:
+    seconds, frac = divmod(ns, 1_000_000_000)
+    return f"{seconds}.{frac:09d}"
+
+
 def metadata_of(attrs: Attrs) -> dict[str, str]:
-    seconds, ns = divmod(attrs.mtime_ns, 1_000_000_000)
-    return {"mode": str(attrs.mode), "uid": str(attrs.uid), "gid": str(attrs.gid),
-            "mtime": f"{seconds}.{ns:09d}"}
+    meta = {"mode": str(attrs.mode), "uid": str(attrs.uid), "gid": str(attrs.gid),
+            "mtime": _seconds(attrs.mtime_ns), "ctime": _seconds(attrs.ctime_ns)}
+    if attrs.rdev:
+        meta["rdev"] = str(attrs.rdev)
+    return meta

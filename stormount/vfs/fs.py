@@ -22,26 +22,27 @@ from stormount.backends.base import Backend, ObjectInfo, list_all
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig
-from stormount.errors import BackendError, Changed, FsError, NotFound, Transient, first_error
+from stormount.errors import BackendError, Changed, FsError, NotFound, Transient
 from stormount.vfs.attrs import (
     DIR,
     FILE,
     LINK,
+    SPECIAL,
     Attrs,
     attrs_from_object,
-    default_attrs,
     kind_of,
     metadata_of,
     now_ns,
+    shown,
 )
-from stormount.vfs.nodes import InodeTable, Listing, Node, Staging
+from stormount.vfs.namespace import NAME_MAX, Namespace, join, too_long, utf8, valid_name
+from stormount.vfs.nodes import Listing, Node, Staging
 from stormount.vfs.quota import Quotas
 from stormount.vfs.reader import Reader, ReadState
 from stormount.writeback import MARKER, Upload, Writeback
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255
 DOWNLOAD_CHUNK = 8 * 1024 * 1024
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -71,25 +72,6 @@ class StatFs:
     name_max: int
 
 
-def valid_name(name: str) -> bool:
-    """Can this key segment be a POSIX file name?"""
-    return (bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
-            and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX)
-
-
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _join(parent: Node, name: str) -> str:
-    path = parent.path
-    return f"{path}/{name}" if path else name
-
-
 class Vfs:
     def __init__(self, backend: Backend, fuse: FuseConfig, cache: CacheConfig,
                  staging_dir: str, writeback: Writeback, blocks: BlockCache | None = None,
@@ -101,27 +83,55 @@ class Vfs:
         writeback.on_conflict = self._conflicted
         self.fsync_upload = writeback.cfg.fsync == "upload"
         self.meta = meta  # persisted listings and attributes; None: memory only
-        self.background: trio.Nursery | None = None  # set by the daemon: stale listings
-        # are then served at once and refreshed beside the requests
+        # names, listings, the metadata cache and invalidation
+        self.ns = Namespace(backend, fuse, cache, meta,
+                            lambda prefix: bool(writeback.under(prefix)))
+        self.inodes = self.ns.inodes
         # without a block cache (cache disabled), every read is one ranged GET
         self.reader = None if blocks is None else Reader(
             backend, blocks, max_window=cache.read_ahead_max)
-        self.fuse = fuse
-        self.cache = cache
+        self._fuse = fuse
+        self._cache = cache
         self.staging_dir = staging_dir
-        self.inodes = InodeTable(default_attrs(DIR, fuse))
-        self.inodes.root.checked_at = math.inf
-        self.inodes.root.complete = True
         self._handles: dict[int, Handle] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._moving: dict[Node, trio.Event] = {}  # nodes a rename is moving
-        self._start_ns = now_ns()
-        self._warned: set[str] = set()
-        # lookups, getattrs and listings answered from the caches, and those that asked
-        # the store (for the stats)
-        self.metadata_hits = 0
-        self.metadata_misses = 0
+
+    # the configuration in force (SIGHUP changes the live parts), shared with the namespace
+    @property
+    def fuse(self) -> FuseConfig:
+        return self._fuse
+
+    @fuse.setter
+    def fuse(self, value: FuseConfig) -> None:
+        self._fuse = self.ns.fuse = value
+
+    @property
+    def cache(self) -> CacheConfig:
+        return self._cache
+
+    @cache.setter
+    def cache(self, value: CacheConfig) -> None:
+        self._cache = self.ns.cache = value
+
+    @property
+    def background(self) -> trio.Nursery | None:
+        """Set by the daemon: stale listings are then served at once and refreshed, and
+        listed entries completed, beside the requests."""
+        return self.ns.background
+
+    @background.setter
+    def background(self, nursery: trio.Nursery | None) -> None:
+        self.ns.background = nursery
+
+    @property
+    def metadata_hits(self) -> int:
+        return self.ns.hits
+
+    @property
+    def metadata_misses(self) -> int:
+        return self.ns.misses
 
     # --- helpers --------------------------------------------------------------------
 
@@ -131,14 +141,23 @@ class Vfs:
             raise FsError(errno.ESTALE, f"unknown inode {ino}")
         return node
 
+    async def known(self, ino: int) -> Node:
+        """The node of an inode with its attributes as the store has them (a provisional
+        one is completed first); ESTALE when the store now has another kind of entry
+        under its name."""
+        node = self.node(ino)
+        if node.complete:
+            return node
+        found = await self.ns.known(node)
+        if found is not node:
+            raise FsError(errno.ESTALE, f"{node.path} is now another kind of entry")
+        return found
+
     def handle(self, fh: int) -> Handle:
         try:
             return self._handles[fh]
         except KeyError:
             raise FsError(errno.EBADF, f"unknown file handle {fh}") from None
-
-    def _fresh(self, at: float, ttl: float) -> bool:
-        return trio.current_time() - at < ttl
 
     def _check_writable(self) -> None:
         if self.fuse.read_only:
@@ -146,11 +165,11 @@ class Vfs:
 
     @staticmethod
     def _check_name(name: str) -> None:
-        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        if too_long(name):
             raise FsError(errno.ENAMETOOLONG, f"name longer than {NAME_MAX} bytes")
         if not valid_name(name):
             raise FsError(errno.EINVAL, f"invalid name {name!r}")
-        if not _utf8(name):
+        if not utf8(name):
             raise FsError(errno.EILSEQ, "object names must be valid UTF-8")
 
     @staticmethod
@@ -159,242 +178,23 @@ class Vfs:
             raise FsError(errno.ENOTDIR, f"{node.path} is not a directory")
         return node
 
-    def _warn_skip(self, key: str, why: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("skipping object %r: %s", key, why)
-
     def _new_staging(self) -> Staging:
         fd, path = tempfile.mkstemp(dir=self.staging_dir, prefix="stage-")
         return Staging(path=path, fd=fd)
 
-    def _listing_put(self, parent: Node, name: str, kind: str, info: ObjectInfo | None) -> None:
-        parent.changes += 1
-        parent.negative.pop(name, None)
-        if parent.listing is not None:
-            parent.listing.entries[name] = (kind, info)
-        self._persist_change(parent, name, kind, info)
-
-    def _listing_drop(self, parent: Node, name: str) -> None:
-        parent.changes += 1
-        parent.negative[name] = trio.current_time()
-        if parent.listing is not None:
-            parent.listing.entries.pop(name, None)
-        self._persist_change(parent, name, None, None)
-
-    def _persist_change(self, parent: Node, name: str, kind: str | None,
-                        info: ObjectInfo | None) -> None:
-        """An own change: the persisted listing of the parent no longer holds (a restart
-        lists it again), and the object's persisted attributes follow the change."""
-        if self.meta is None:
-            return
-        self.meta.forget_listing(parent.key)
-        key = _join(parent, name)
-        if kind is None:
-            self.meta.forget_prefix(key + "/")
-            self.meta.forget_object(key)
-        elif info is not None:
-            self._remember(kind, info)
-
-    def _load_listing(self, node: Node) -> Listing | None:
-        """The directory's listing from memory, else as persisted by an earlier run."""
-        if node.listing is None and self.meta is not None:
-            persisted = self.meta.listing(node.key)
-            if persisted is not None:
-                age, entries = persisted
-                node.listing = Listing(entries=entries, at=trio.current_time() - age)
-        return node.listing
-
-    def _offline(self, what: str, error: Transient) -> None:
-        log.warning("store unreachable, serving %s from cache: %s", what, error)
-
-    def _child_from_object(self, parent: Node, name: str, kind: str, info: ObjectInfo,
-                           complete: bool) -> Node:
-        """Create or refresh the node for a name the store just told us about."""
-        attrs = attrs_from_object(info, kind, self.fuse)
-        child = parent.children.get(name)
-        if child is not None and child.kind != kind:
-            if child.staging is not None and child.staging.dirty and not child.unlinked:
-                return child  # not uploaded yet: what this mount wrote wins, as in _find
-            self.inodes.detach(child)
-            child = None
-        if child is None:
-            child = self.inodes.add(parent, name, attrs)
-            child.complete = complete
-        elif child.staging is None or not child.staging.dirty:
-            same_version = child.etag == info.etag
-            if complete or not (same_version and child.complete):
-                child.attrs = attrs
-                child.complete = complete
-            if not same_version:
-                child.link_target = None
-        child.etag = info.etag
-        child.checked_at = trio.current_time()
-        parent.negative.pop(name, None)
-        return child
-
-    def _implied_dir(self, key: str) -> ObjectInfo:
-        return ObjectInfo(key=key, size=0, mtime=self._start_ns / 1e9, etag="", metadata=None)
-
-    async def _stat_remote(self, parent: Node, name: str, hint: str | None,
-                           listed_prefix: bool = False) -> tuple[str, ObjectInfo] | None:
-        """What the store holds under this name: a directory wins over a file of the
-        same name (as in mountpoint-s3), since a directory cannot be shadowed safely.
-        `listed_prefix`: a fresh listing showed keys under name/ (a directory, with or
-        without a marker), trusted within the listing TTL as its absences are."""
-        key = _join(parent, name)
-        if hint == DIR:
-            try:
-                return DIR, await self.backend.head(key + "/")
-            except NotFound:
-                if listed_prefix:
-                    return DIR, self._implied_dir(key + "/")
-                page = await self.backend.list(key + "/", "/", limit=1)
-                if page.objects or page.prefixes:
-                    return DIR, self._implied_dir(key + "/")
-        elif hint in (FILE, LINK):
-            try:
-                info = await self.backend.head(key)
-                return kind_of(key, info.metadata), info
-            except NotFound:
-                pass
-        head: ObjectInfo | None = None
-        page_has_children = False
-        marker: ObjectInfo | None = None
-
-        async def _head() -> None:
-            nonlocal head
-            try:
-                head = await self.backend.head(key)
-            except NotFound:
-                head = None
-
-        async def _list() -> None:
-            nonlocal page_has_children, marker
-            page = await self.backend.list(key + "/", "/", limit=1)
-            page_has_children = bool(page.objects or page.prefixes)
-            if page.objects and page.objects[0].key == key + "/":
-                marker = page.objects[0]
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_head)
-                nursery.start_soon(_list)
-        except ExceptionGroup as group:
-            raise first_error(group) from None
-        if page_has_children:
-            if marker is not None and marker.metadata is None:
-                try:
-                    marker = await self.backend.head(key + "/")
-                except NotFound:
-                    marker = None
-            return DIR, marker or self._implied_dir(key + "/")
-        if head is not None:
-            return kind_of(key, head.metadata), head
-        return None
-
-    async def _find(self, parent: Node, name: str) -> Node | None:
-        """The live node for `name` in `parent`, consulting caches, then the store."""
-        if not valid_name(name) or not _utf8(name):
-            return None  # such a name cannot be stored, so it does not exist
-        child = parent.children.get(name)
-        if child is not None and (
-                child.staging is not None or child.etag is None
-                or (child.complete and self._fresh(child.checked_at, self.cache.metadata_ttl))):
-            self.metadata_hits += 1
-            return child
-        if child is None:
-            seen_absent = parent.negative.get(name)
-            if seen_absent is not None and self._fresh(seen_absent, self.cache.negative_ttl):
-                self.metadata_hits += 1
-                return None
-        hint: str | None = None
-        listing = self._load_listing(parent)
-        entry = None if listing is None else listing.entries.get(name)
-        if listing is not None and self._fresh(listing.at, self.cache.listing_ttl):
-            if entry is None:
-                self.metadata_hits += 1
-                if child is not None and self._holds_queued(child):
-                    return child
-                if child is not None:
-                    self.inodes.detach(child)
-                return None
-            hint = entry[0]
-        listed_prefix = hint == DIR and entry is not None and entry[1] is None
-        remembered = self._remembered(_join(parent, name), hint)
-        if remembered is not None and entry is not None and entry[1] is not None and (
-                entry[1].etag != remembered[2].etag):
-            remembered = None  # the listing knows a newer version
-        if remembered is not None and remembered[0] < self.cache.metadata_ttl:
-            self.metadata_hits += 1
-            return self._child_from_object(parent, name, remembered[1], remembered[2],
-                                           complete=True)
-        # queued uploads inside: it exists, even if they land while the store is asked
-        held = child is not None and self._holds_queued(child)
-        self.metadata_misses += 1
-        try:
-            found = await self._stat_remote(parent, name, hint, listed_prefix)
-        except Transient as e:
-            # offline: the last thing we knew, however old, beats an error
-            if remembered is not None:
-                self._offline(_join(parent, name), e)
-                return self._child_from_object(parent, name, remembered[1], remembered[2],
-                                               complete=True)
-            if entry is not None:
-                self._offline(_join(parent, name), e)
-                kind, listed = entry
-                return self._child_from_object(
-                    parent, name, kind, listed or self._implied_dir(_join(parent, name) + "/"),
-                    complete=False)
-            if child is not None and self.inodes.get(child.ino) is child:
-                self._offline(_join(parent, name), e)
-                return child
-            raise
-        if child is not None and self.inodes.get(child.ino) is not child:
-            child = parent.children.get(name)  # dropped while we asked: never hand it out
-        if found is None:
-            if held or (child is not None and self._holds_queued(child)):
-                # its queued contents landed while the store was asked: it is there
-                return child if child is not None else self._child_from_object(
-                    parent, name, DIR, self._implied_dir(_join(parent, name) + "/"),
-                    complete=False)
-            if child is not None:
-                self.inodes.detach(child)
-            self._listing_drop(parent, name)
-            return None
-        kind, info = found
-        child = self._child_from_object(parent, name, kind, info, complete=True)
-        if entry is None or entry[0] != kind:
-            self._listing_put(parent, name, kind, info)  # news to the listing
-        else:
-            if listing is not None:
-                listing.entries[name] = (kind, info)
-            self._remember(kind, info)
-        return child
-
-    def _remember(self, kind: str, info: ObjectInfo) -> None:
-        """Persist what a HEAD told us, for restarts and outages."""
-        # a listing's attributes lack metadata (S3); a directory known only by its
-        # prefix is complete as it is
-        if self.meta is not None and (info.metadata is not None or kind == DIR):
-            self.meta.put_object(info.key, kind, info)
-
-    def _remembered(self, path: str, hint: str | None) -> tuple[float, str, ObjectInfo] | None:
-        """(age, kind, info) of a persisted HEAD result for this path."""
-        if self.meta is None:
-            return None
-        for key in ((path + "/", path) if hint != FILE and hint != LINK else (path,)):
-            row = self.meta.object(key)
-            if row is not None:
-                return row
-        return None
-
     async def _existing(self, parent_ino: int, name: str) -> tuple[Node, Node]:
         parent = self._dir_of(self.node(parent_ino))
-        node = await self._find(parent, name)
-        if node is None:
-            raise FsError(errno.ENOENT, f"no such file: {_join(parent, name)}")
-        return parent, node
+        return parent, await self.ns.existing(parent, name)
+
+    async def _touch_dir(self, node: Node) -> None:
+        """An entry of this directory was added or removed here: its mtime and ctime
+        move, as on a local disk, and its marker carries them where it has one (one PUT
+        per directory for a burst of changes: markers wait out the debounce). A
+        directory implied by its keys alone keeps them in memory."""
+        node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
+        if node is not self.inodes.root and node.complete and not node.unlinked and (
+                node.etag or node.marker_queued) and not self.fuse.read_only:
+            await self._queue_marker(node)
 
     async def _stage(self, node: Node, *, load: bool = True) -> Staging:
         """Give a file its staging copy (caller holds node.lock), downloading the
@@ -469,27 +269,18 @@ class Vfs:
             above = above.parent
         return None
 
-    def _at(self, path: str) -> Node | None:
-        """The node at a path, if it is in memory."""
-        node: Node | None = self.inodes.root
-        for name in path.split("/") if path else []:
-            if node is None:
-                return None
-            node = node.children.get(name)
-        return node
-
     def _uploaded(self, path: str, info: ObjectInfo, done: bool) -> None:
         """The write-back queue stored a file (`done`: nothing newer is queued)."""
-        node = self._at(path.rstrip("/"))
+        node = self.ns.at(path.rstrip("/"))
         if node is None:
             return
         if node.kind == DIR:
             if path.endswith("/") and self.writeback.get(path) is None:
                 node.marker_queued = False
-                node.etag = info.etag
+                self.ns.set_version(node, info)
                 node.checked_at = trio.current_time()
                 if node.parent is not None:
-                    self._listing_put(node.parent, node.name, DIR, None)
+                    self.ns.seen(node.parent, node.name, DIR, info)
                 self.inodes.maybe_drop(node)
             return
         if node.staging is None:
@@ -497,7 +288,8 @@ class Vfs:
         self._stored_as(node, info)
 
     def _stored_as(self, node: Node, info: ObjectInfo) -> None:
-        node.etag = node.page_cache_etag = info.etag
+        self.ns.set_version(node, info)
+        node.page_cache_etag = info.etag
         node.checked_at = trio.current_time()
         node.complete = True
         staging = node.staging
@@ -506,7 +298,7 @@ class Vfs:
             staging.dirty = False  # unless changed since its last hand-over
             staging.queued = None
         if node.parent is not None:
-            self._listing_put(node.parent, node.name, node.kind, info)
+            self.ns.seen(node.parent, node.name, node.kind, info)
         self._drop_staging_if_clean(node)
         self.inodes.maybe_drop(node)
 
@@ -514,16 +306,13 @@ class Vfs:
         """Someone else changed the object while our version waited: ours went to
         `conflict` (beside it), and the file as this mount has it, open descriptors
         included, lives on under that name; the old name shows the store's version."""
-        node = self._at(path)
+        node = self.ns.at(path)
         if node is None or node.parent is None or node.kind == DIR:
             return
         parent = node.parent
         if parent.children.get(node.name) is node:
             del parent.children[node.name]
-        parent.changes += 1
-        if parent.listing is not None:
-            parent.listing.at = -math.inf  # list again: the old name is theirs now
-        self._persist_change(parent, node.name, node.kind, None)
+        self.ns.list_again(parent)  # the old name is theirs now
         node.name = conflict.rpartition("/")[2]
         old = parent.children.get(node.name)
         if old is not None:
@@ -550,45 +339,48 @@ class Vfs:
 
     def forget(self, ino: int, count: int) -> None:
         node = self.inodes.get(ino)
-        if node is None:
-            return
-        node.lookups = max(0, node.lookups - count)
-        self.inodes.maybe_drop(node)
+        if node is not None:
+            self.ns.forget(node, count)
 
     async def getattr(self, ino: int) -> Node:
         node = self.node(ino)
+        if not node.complete:
+            return await self.known(ino)
         if (node.kind == DIR or node.unlinked or node.staging is not None or node.etag is None
-                or self._fresh(node.checked_at, self.cache.metadata_ttl)):
-            self.metadata_hits += 1
+                or self.ns._fresh(node.checked_at, self.cache.metadata_ttl)):
+            self.ns.hits += 1
             return node
-        self.metadata_misses += 1
+        self.ns.misses += 1
         try:
             info = await self.backend.head(node.key)
         except Transient as e:
-            self._offline(node.path, e)
+            self.ns._offline(node.path, e)
             return node  # offline: its last known attributes stand
         except NotFound:
             if node.opens > 0:
                 return node  # still open here: its last known state stands
             if node.parent is not None:
-                self._listing_drop(node.parent, node.name)
+                self.ns.absent(node.parent, node.name)
             self.inodes.detach(node)
             raise FsError(errno.ENOENT, f"{node.path} was removed from the store") from None
         assert node.parent is not None
-        kind = kind_of(node.key, info.metadata)
-        self._remember(kind, info)
-        return self._child_from_object(node.parent, node.name, kind, info, complete=True)
+        kind = kind_of(node.key, info.metadata, info.size)
+        self.ns.remember(kind, info)
+        found = self.ns.child_from_object(node.parent, node.name, kind, info, complete=True)
+        if found is not node:
+            raise FsError(errno.ESTALE, f"{node.path} is now another kind of entry")
+        return node
 
     async def setattr(self, ino: int, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None,
                       mtime_ns: int | None = None) -> Node:
         self._check_writable()
-        node = self.node(ino)
+        node = await self.known(ino)  # what it stores is rewritten whole
         if size is not None:
             if node.kind == DIR:
                 raise FsError(errno.EISDIR, f"{node.path} is a directory")
-            if node.kind == LINK:
-                raise FsError(errno.EINVAL, "cannot truncate a symbolic link")
+            if node.kind in (LINK, SPECIAL):
+                raise FsError(errno.EINVAL, f"cannot truncate {node.path}: not a file")
         async with node.lock:
             if size is not None:
                 self._charge(node, size - node.attrs.size)
@@ -619,7 +411,9 @@ class Vfs:
                 await self._queue_marker(node)
             elif node.etag is not None:
                 info = await self.backend.copy(node.key, node.key, metadata_of(node.attrs))
-                node.etag = info.etag
+                self.ns.set_version(node, info)
+                if node.parent is not None:
+                    self.ns.seen(node.parent, node.name, node.kind, info)
             node.checked_at = trio.current_time()
         if node.opens == 0:
             await self._handover(node)  # a path truncate, or new attributes of a queued file
@@ -627,7 +421,7 @@ class Vfs:
         return node
 
     async def readlink(self, ino: int) -> str:
-        node = self.node(ino)
+        node = await self.known(ino)
         if node.kind != LINK:
             raise FsError(errno.EINVAL, f"{node.path} is not a symbolic link")
         if node.link_target is None:
@@ -635,14 +429,14 @@ class Vfs:
             node.link_target = os.fsdecode(data)
         return node.link_target
 
-    def access(self, ino: int, mode: int, uid: int, gids: list[int]) -> bool:
-        node = self.node(ino)
+    async def access(self, ino: int, mode: int, uid: int, gids: list[int]) -> bool:
+        attrs = shown((await self.known(ino)).attrs, self.fuse)
         if uid == 0:
-            return not (mode & os.X_OK) or node.kind == DIR or bool(node.attrs.mode & 0o111)
-        perms = stat.S_IMODE(node.attrs.mode)
-        if uid == node.attrs.uid:
+            return not (mode & os.X_OK) or attrs.kind == DIR or bool(attrs.mode & 0o111)
+        perms = stat.S_IMODE(attrs.mode)
+        if uid == attrs.uid:
             bits = perms >> 6
-        elif node.attrs.gid in gids:
+        elif attrs.gid in gids:
             bits = perms >> 3
         else:
             bits = perms
@@ -704,105 +498,9 @@ class Vfs:
 
     # --- directories ----------------------------------------------------------------
 
-    async def _fetch_listing(self, node: Node) -> Listing:
-        """List a directory in the store; remember it in memory and on disk. A listing
-        that raced with an own change of the directory is dropped: the cached one, which
-        has the change, stays (stale, so the next access lists again)."""
-        for _ in range(3):
-            changes = node.changes
-            objects, prefixes = await list_all(self.backend, node.key, "/")
-            if node.changes == changes:
-                break
-            if node.listing is not None:
-                return node.listing
-        raced = node.changes != changes  # own changes kept landing: trust nothing absent
-        entries: dict[str, tuple[str, ObjectInfo | None]] = {}
-        for prefix in prefixes:
-            name = prefix[len(node.key):-1]
-            if valid_name(name):
-                entries[name] = (DIR, None)
-            else:
-                self._warn_skip(prefix, "not a valid file name")
-        for info in objects:
-            if info.key == node.key:
-                continue  # this directory's own marker
-            name = info.key[len(node.key):]
-            if not valid_name(name):
-                self._warn_skip(info.key, "not a valid file name")
-            elif name in entries:
-                self._warn_skip(info.key, "a directory of the same name hides it")
-            else:
-                entries[name] = (kind_of(info.key, info.metadata), info)
-        if raced:
-            for name, child in node.children.items():
-                if child.etag is not None and not child.unlinked and name not in entries:
-                    entries[name] = (child.kind, None if child.kind == DIR else ObjectInfo(
-                        key=child.key, size=child.attrs.size, mtime=child.attrs.mtime_ns / 1e9,
-                        etag=child.etag, metadata=metadata_of(child.attrs)))
-            listing = node.listing = Listing(entries=entries, at=-math.inf)  # list again
-            return listing
-        listing = node.listing = Listing(entries=entries, at=trio.current_time())
-        if self.meta is not None:
-            self.meta.put_listing(node.key, entries)
-        for name, child in list(node.children.items()):
-            if (name not in entries and child.etag is not None and child.staging is None
-                    and not self._holds_queued(child)):
-                self.inodes.detach(child)  # removed from the store by someone else
-        return listing
-
-    def _refresh_soon(self, node: Node) -> None:
-        if node.refreshing or self.background is None:
-            return
-        node.refreshing = True
-
-        async def refresh() -> None:
-            try:
-                await self._fetch_listing(node)
-            except Transient as e:
-                self._offline(f"the listing of /{node.path}", e)
-            except Exception as e:  # a refresh is best effort; the next access retries
-                log.warning("refreshing the listing of /%s failed: %s", node.path, e)
-            finally:
-                node.refreshing = False
-        self.background.start_soon(refresh)
-
-    async def _list_dir(self, node: Node) -> list[tuple[str, Node]]:
-        listing = self._load_listing(node)
-        if listing is None:
-            self.metadata_misses += 1
-            listing = await self._fetch_listing(node)
-        elif not self._fresh(listing.at, self.cache.listing_ttl):
-            if self.background is not None:
-                self.metadata_hits += 1
-                self._refresh_soon(node)  # serve the stale listing; the next access sees news
-            else:
-                self.metadata_misses += 1
-                try:
-                    listing = await self._fetch_listing(node)
-                except Transient as e:
-                    self._offline(f"the listing of /{node.path}", e)
-        else:
-            self.metadata_hits += 1
-        result: dict[str, Node] = {}
-        for name, (kind, listed) in listing.entries.items():
-            known = node.children.get(name)
-            if known is not None and known.kind == kind and (
-                    known.staging is not None or listed is None or known.etag == listed.etag
-                    or known.checked_at > listing.at):  # newer than the listing: keep it
-                result[name] = known
-            else:
-                result[name] = self._child_from_object(
-                    node, name, kind, listed or self._implied_dir(_join(node, name) + "/"),
-                    complete=listed is not None and listed.metadata is not None)
-        for name, known in node.children.items():
-            if not known.unlinked and (known.etag is None or (
-                    name not in result and self._holds_queued(known))):
-                result.setdefault(name, known)  # created here, not in the store yet
-        return sorted(result.items())
-
     async def opendir(self, ino: int) -> int:
         node = self._dir_of(self.node(ino))
-        entries = await self._list_dir(node)
+        entries = await self.ns.list_dir(node)
         fh = self._next_fh
         self._next_fh += 1
         self._dirs[fh] = DirHandle(node=node, entries=entries)
@@ -814,9 +512,32 @@ class Vfs:
             handle = self._dirs[fh]
         except KeyError:
             raise FsError(errno.EBADF, f"unknown directory handle {fh}") from None
-        # skip entries removed since opendir: the kernel must never learn a dead inode
-        return [(name, node, i + 1) for i, (name, node) in enumerate(handle.entries)
-                if i >= start and not node.unlinked and self.inodes.get(node.ino) is node]
+        out = []
+        for i, (name, node) in enumerate(handle.entries):
+            if i < start:
+                continue
+            if node.unlinked or self.inodes.get(node.ino) is not node:
+                # replaced since opendir (the store said it is of another kind), or
+                # removed: the kernel must never learn a dead inode
+                replaced = handle.node.children.get(name)
+                if replaced is None or replaced.unlinked:
+                    continue
+                node = replaced
+            out.append((name, node, i + 1))
+        return out
+
+    def nlink(self, node: Node) -> int:
+        """A directory's link count as on a local disk, 2 + its subdirectories, once its
+        listing is known; 1 before (find(1) then assumes nothing of it). Files: 1."""
+        if node.kind != DIR:
+            return 1
+        listing = node.listing
+        if listing is None:
+            return 1
+        subdirs = {name for name, (kind, _) in listing.entries.items() if kind == DIR}
+        subdirs.update(name for name, child in node.children.items()
+                       if child.kind == DIR and not child.unlinked and child.etag is None)
+        return 2 + len(subdirs)
 
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -826,8 +547,8 @@ class Vfs:
         self._check_writable()
         self._check_name(name)
         parent = self._dir_of(self.node(parent_ino))
-        if await self._find(parent, name) is not None:
-            raise FsError(errno.EEXIST, f"{_join(parent, name)} exists")
+        if await self.ns.lookup(parent, name) is not None:
+            raise FsError(errno.EEXIST, f"{join(parent, name)} exists")
         return parent
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
@@ -844,7 +565,8 @@ class Vfs:
         except BaseException:
             self.inodes.detach(node)  # not journaled: it was never made
             raise
-        self._listing_put(parent, name, DIR, None)
+        self.ns.added(parent, name, DIR, None)
+        await self._touch_dir(parent)
         node.lookups += 1
         return node
 
@@ -892,8 +614,9 @@ class Vfs:
             raise
         for child in list(node.children.values()):
             self.inodes.detach(child)
-        self._listing_drop(parent, name)
+        self.ns.removed(parent, name)
         self.inodes.detach(node)
+        await self._touch_dir(parent)
 
     # --- files ----------------------------------------------------------------------
 
@@ -913,9 +636,11 @@ class Vfs:
         return keep
 
     async def open(self, ino: int, flags: int) -> int:
-        node = self.node(ino)
+        node = await self.known(ino)
         if node.kind == DIR:
             raise FsError(errno.EISDIR, f"{node.path} is a directory")
+        if node.kind == SPECIAL:  # (the kernel opens fifos and devices itself)
+            raise FsError(errno.ENXIO, f"{node.path} is a fifo, socket or device")
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writable:
             self._check_writable()
@@ -935,7 +660,7 @@ class Vfs:
         self._check_writable()
         self._check_name(name)
         parent = self._dir_of(self.node(parent_ino))
-        existing = await self._find(parent, name)
+        existing = await self.ns.lookup(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:
                 raise FsError(errno.EEXIST, f"{existing.path} exists")
@@ -943,11 +668,11 @@ class Vfs:
                 raise FsError(errno.EISDIR, f"{existing.path} is a directory")
             existing.lookups += 1
             return await self.open(existing.ino, flags), existing  # O_CREAT alone keeps data
-        self._charge(_join(parent, name), 0, 1)
+        self._charge(join(parent, name), 0, 1)
         try:
             staging = self._new_staging()
         except BaseException:
-            self._charge(_join(parent, name), 0, -1)
+            self._charge(join(parent, name), 0, -1)
             raise
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFREG | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
@@ -957,8 +682,10 @@ class Vfs:
         node.staging = staging
         node.staging.dirty = True
         node.lookups += 1
-        self._listing_put(parent, name, FILE, None)
-        return self._open_handle(node, True), node
+        self.ns.added(parent, name, FILE, None)
+        fh = self._open_handle(node, True)
+        await self._touch_dir(parent)
+        return fh, node
 
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         node = self.handle(fh).node
@@ -1054,26 +781,54 @@ class Vfs:
                 await self.backend.delete(node.key)
             self._charge(node, -node.attrs.size, -1)
             node.unlinked = True
-        self._listing_drop(parent, name)
+        self.ns.removed(parent, name)
         self.inodes.detach(node)
         self._drop_staging_if_clean(node)
+        await self._touch_dir(parent)
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int,
                       gid: int) -> Node:
-        parent = await self._free_name(parent_ino, name)
         data = os.fsencode(target)
+        return await self._put_entry(parent_ino, name, stat.S_IFLNK | 0o777, uid, gid, data,
+                                     target=target)
+
+    async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int, uid: int,
+                    gid: int) -> Node:
+        """A fifo, socket or character or block device: an empty object whose mode (and
+        rdev) say what it is, as s3fs stores them. A regular file is created and queued
+        for upload as `create` would."""
+        if stat.S_ISREG(mode) or not stat.S_IFMT(mode):
+            fh, node = await self.create(parent_ino, name, stat.S_IFREG | stat.S_IMODE(mode),
+                                         os.O_CREAT | os.O_EXCL | os.O_WRONLY, uid, gid)
+            await self.flush(fh)
+            await self.release(fh)
+            return node
+        if stat.S_IFMT(mode) not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+            raise FsError(errno.EINVAL, f"mknod of an unknown file type {stat.S_IFMT(mode):o}")
+        keep_rdev = stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        return await self._put_entry(parent_ino, name, mode, uid, gid, b"",
+                                     rdev=rdev if keep_rdev else 0)
+
+    async def _put_entry(self, parent_ino: int, name: str, mode: int, uid: int, gid: int,
+                         data: bytes, *, target: str | None = None, rdev: int = 0) -> Node:
+        """Store a small entry at once (a symlink, a fifo, a device): the object with its
+        metadata, then the node."""
+        parent = await self._free_name(parent_ino, name)
         now = now_ns()
-        attrs = Attrs(mode=stat.S_IFLNK | 0o777, uid=uid, gid=gid, size=len(data),
-                      mtime_ns=now, ctime_ns=now)
-        self._charge(_join(parent, name), len(data), 1)
+        attrs = Attrs(mode=mode, uid=uid, gid=gid, size=len(data), mtime_ns=now, ctime_ns=now,
+                      rdev=rdev)
+        path = join(parent, name)
+        self._charge(path, len(data), 1)
         try:
-            info = await self.backend.put_bytes(_join(parent, name), data, metadata_of(attrs))
+            info = await self.backend.put_bytes(path, data, metadata_of(attrs))
         except BaseException:
-            self._charge(_join(parent, name), -len(data), -1)
+            self._charge(path, -len(data), -1)
             raise
-        node = self._child_from_object(parent, name, LINK, info, complete=True)
+        node = self.ns.child_from_object(parent, name, attrs.kind, info, complete=True)
+        node.attrs = attrs  # as asked (the store's clock may differ from ours)
         node.link_target = target
-        self._listing_put(parent, name, LINK, info)
+        self.ns.added(parent, name, attrs.kind, info)
+        await self._touch_dir(parent)
         node.lookups += 1
         return node
 
@@ -1103,15 +858,18 @@ class Vfs:
 
     async def _rename(self, old_parent: Node, old_name: str, src: Node, new_parent: Node,
                       new_name: str, flags: int) -> None:
-        dst = await self._find(new_parent, new_name)
+        dst = await self.ns.lookup(new_parent, new_name)
         if dst is not None and flags & RENAME_NOREPLACE:
             raise FsError(errno.EEXIST, f"{dst.path} exists")
-        new_path = _join(new_parent, new_name)
+        new_path = join(new_parent, new_name)
         # quotas first: a refused move must change nothing
         taken = await self._quota_rename(src, dst, new_path)
+        ctime = src.attrs.ctime_ns
+        src.attrs.ctime_ns = now_ns()  # a rename changes the entry: its copy carries that
         try:
-            await self._rename_objects(src, dst, new_path, new_parent)
+            info = await self._rename_objects(src, dst, new_path, new_parent)
         except BaseException:
+            src.attrs.ctime_ns = ctime
             if taken is not None and self.quotas is not None:
                 self.quotas.move(new_path, src.path, *taken, check=False)
                 if dst is not None and dst.kind != DIR:
@@ -1122,16 +880,15 @@ class Vfs:
             self.inodes.detach(dst)
             if dst.kind != DIR and taken is None and self.quotas is not None:
                 self.quotas.charge(new_path, -dst.attrs.size, -1, check=False)
-        kind, etag = src.kind, src.etag
-        self._listing_drop(old_parent, old_name)
+        self.ns.removed(old_parent, old_name)
         if old_parent.children.get(old_name) is src:
             del old_parent.children[old_name]
         src.name, src.parent = new_name, new_parent
         new_parent.children[new_name] = src
-        info = None if kind == DIR or etag is None else ObjectInfo(
-            key=new_path, size=src.attrs.size, mtime=src.attrs.mtime_ns / 1e9, etag=etag,
-            metadata=metadata_of(src.attrs))
-        self._listing_put(new_parent, new_name, kind, info)
+        self.ns.added(new_parent, new_name, src.kind, info)
+        await self._touch_dir(old_parent)
+        if new_parent is not old_parent:
+            await self._touch_dir(new_parent)
         self.inodes.maybe_drop(old_parent)
 
     async def _quota_rename(self, src: Node, dst: Node | None,
@@ -1162,7 +919,9 @@ class Vfs:
         return nbytes, nfiles
 
     async def _rename_objects(self, src: Node, dst: Node | None, new_path: str,
-                              new_parent: Node) -> None:
+                              new_parent: Node) -> ObjectInfo | None:
+        """Move what the store holds of `src` to `new_path`; the object a file is now,
+        or None (a directory, or a file not stored yet)."""
         if src.kind == DIR:
             if new_parent.is_under(src):
                 raise FsError(errno.EINVAL, "cannot move a directory into itself")
@@ -1175,11 +934,17 @@ class Vfs:
                 dst.marker_queued = False
                 await self.backend.delete(dst.key)  # before the move brings src's marker
             await self._upload_now(src.key)  # queued files move as stored objects
-            moved = await self._move_tree(src.key, new_path + "/")
+            # its own marker, where it has one, carries its new ctime
+            moved = await self._move_tree(src.key, new_path + "/",
+                                          {src.key: metadata_of(src.attrs)})
             for node in self._subtree(src):
-                if node.kind != DIR and node.etag is not None:
+                if node.etag is not None and (node.kind != DIR or node is src):
                     info = moved.get(node.key)
-                    node.etag = info.etag if info is not None else None
+                    if info is None:
+                        node.etag = None if node.kind != DIR else ""
+                    else:
+                        self.ns.set_version(node, info)
+            return None
         else:
             if dst is not None and dst.kind == DIR:
                 raise FsError(errno.EISDIR, f"{dst.path} is a directory")
@@ -1190,16 +955,21 @@ class Vfs:
                         await self._stage(dst)  # it is about to be overwritten in the store
                     await self.writeback.discard(dst.key)  # its queued content is replaced
                     replaced = dst.etag
-            await self._move_file(src, new_path, replaced)
+            return await self._move_file(src, new_path, replaced)
 
-    async def _move_file(self, src: Node, new_key: str, replaced: str | None) -> None:
+    async def _move_file(self, src: Node, new_key: str, replaced: str | None
+                         ) -> ObjectInfo | None:
         """Move a file's object; `replaced` is the version of the object it replaces at
-        `new_key` (None: nothing is there)."""
+        `new_key` (None: nothing is there). The object it is now, if stored."""
         async with src.lock:
             old_key = src.key
             await self.writeback.settle(old_key)  # an upload in flight lands first
             stored = src.etag is not None
-            if await self.writeback.rename(old_key, new_key, replaced):
+            metadata = metadata_of(src.attrs)  # with the new ctime
+            if await self.writeback.rename(old_key, new_key, replaced, metadata):
+                staging = src.staging
+                if staging is not None and staging.queued is not None:
+                    staging.queued = (staging.queued[0], metadata)
                 # its content is still to be uploaded: it will be, under the new name (the
                 # journal says so first, so a crash now cannot bring the old name back)
                 src.etag = replaced
@@ -1209,13 +979,14 @@ class Vfs:
                     except BackendError as e:  # the move stands; the old copy stays
                         log.warning("renamed %s to %s, but its old object stays in the "
                                     "store: %s", old_key, new_key, e)
-                return
+                return None
             if not stored:
                 src.etag = replaced  # created here, not flushed yet: nothing to move
-                return
-            info = await self.backend.copy(old_key, new_key)
+                return None
+            info = await self.backend.copy(old_key, new_key, metadata)
             await self.backend.delete(old_key)
-            src.etag = info.etag
+            self.ns.set_version(src, info)
+            return info
 
     async def _upload_now(self, prefix: str) -> None:
         """Upload the queued files under a directory and wait (before it moves)."""
@@ -1232,17 +1003,19 @@ class Vfs:
             todo.extend(node.children.values())
         return out
 
-    async def _move_tree(self, old_prefix: str, new_prefix: str) -> dict[str, ObjectInfo]:
-        """Copy every key under a directory to its new name, then delete the old keys:
-        a failure part-way leaves both copies, never neither. Returns the copies by the
-        old keys."""
+    async def _move_tree(self, old_prefix: str, new_prefix: str,
+                         metadata: dict[str, dict[str, str]]) -> dict[str, ObjectInfo]:
+        """Copy every key under a directory to its new name (those in `metadata` with
+        that metadata), then delete the old keys: a failure part-way leaves both copies,
+        never neither. Returns the copies by the old keys."""
         objects, _ = await list_all(self.backend, old_prefix, "")
         limiter = trio.CapacityLimiter(COPY_PARALLEL)
         moved: dict[str, ObjectInfo] = {}
 
         async def _copy(key: str) -> None:
             async with limiter:
-                moved[key] = await self.backend.copy(key, new_prefix + key[len(old_prefix):])
+                moved[key] = await self.backend.copy(key, new_prefix + key[len(old_prefix):],
+                                                     metadata.get(key))
 
         async def _delete(key: str) -> None:
             async with limiter:
@@ -1263,60 +1036,17 @@ class Vfs:
         below it): attributes, listings and negative entries in memory and on disk, and
         cached blocks. The next access asks the store. Returns the known nodes whose
         kernel entries the caller should drop too."""
+        nodes = self.ns.invalidate(path, recursive)
         path = path.strip("/")
-        node: Node | None = self.inodes.root
-        for name in path.split("/") if path else []:
-            if node is None:
-                break  # nothing of it in memory: the persistent caches are dropped below
-            parent, node = node, node.children.get(name)
-            parent.negative.pop(name, None)
-            parent.changes += 1  # a listing in flight must not bring the old view back
-            if parent.listing is not None and node is None:
-                parent.listing.at = -math.inf  # it may not know the name yet
-        if self.meta is not None:
-            self.meta.forget_object(path)
-            self.meta.forget_object(path + "/")
-            if path:
-                self.meta.forget_listing(path.rpartition("/")[0] + "/"
-                                         if "/" in path else "")
-            if recursive or not path:
-                self.meta.forget_prefix(path + "/" if path else "")
-            else:
-                self.meta.forget_listing(path + "/")
         if self.reader is not None:
             blocks = self.reader.blocks
             blocks.drop(path)
             if recursive:
                 blocks.drop_prefix(path + "/" if path else "")
-        affected: list[Node] = []
-        todo = [node] if node is not None else []
-        while todo:
-            current = todo.pop()
-            affected.append(current)
-            if current is not self.inodes.root:
-                current.checked_at = -math.inf
-                current.complete = False
-            if current.listing is not None:
-                current.listing.at = -math.inf
-            current.changes += 1
-            current.negative.clear()
-            if current.parent is not None and current.parent.listing is not None:
-                current.parent.listing.at = -math.inf
-            if recursive:
-                todo.extend(current.children.values())
-        return affected
+        return nodes
 
     def nearest(self, path: str) -> tuple[Node, str] | None:
-        """For a path whose node is not in memory: the deepest directory on it that is,
-        and the next name (the kernel may hold a "no such file" entry for it)."""
-        parts = [p for p in path.strip("/").split("/") if p]
-        node = self.inodes.root
-        for name in parts:
-            child = node.children.get(name)
-            if child is None:
-                return node, name
-            node = child
-        return None
+        return self.ns.nearest(path)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -1329,6 +1059,7 @@ class Vfs:
                 node = self._restore_dirs(up.path.rstrip("/"))
                 info = ObjectInfo(key=up.path, size=0, mtime=0.0, etag="", metadata=up.metadata)
                 node.attrs = attrs_from_object(info, DIR, self.fuse)
+                node.complete = True  # as this mount made it
                 node.marker_queued = True
                 restored.append(up)
                 continue
@@ -1362,16 +1093,10 @@ class Vfs:
         for part in path.split("/") if path else []:
             child = parent.children.get(part)
             if child is None or child.kind != DIR:
-                child = self._child_from_object(
-                    parent, part, DIR, self._implied_dir(_join(parent, part) + "/"),
-                    complete=False)
+                child = self.ns.dir_from_prefix(parent, part)
                 child.checked_at = -math.inf  # asked again; kept while it holds queued files
             parent = child
         return parent
-
-    def _holds_queued(self, node: Node) -> bool:
-        """A directory with queued uploads inside exists, whatever the store says yet."""
-        return node.kind == DIR and bool(self.writeback.under(node.key))
 
     async def hand_over(self, path: str = "") -> list[Upload]:
         """Queue what is written under `path` (a file or a directory, "" for everything),

@@ -52,9 +52,16 @@ class Node:
     parent: Node | None
     attrs: Attrs
     etag: str | None = None  # version of the object in the store; None if not stored yet
+    # the store's Last-Modified of that version (None: not known to the second), which
+    # with the ETag tells whether a listing still shows the version a HEAD described
+    modified: float | None = None
     page_cache_etag: str | None = None  # version the kernel's cached pages hold
     checked_at: float = -1e18  # trio time the attributes were last confirmed
-    complete: bool = False  # attributes came from a HEAD (a listing lacks metadata)
+    # the attributes are what the store says (a HEAD, a listing with metadata, an own
+    # write); False: provisional, from a listing without metadata (S3), never shown to
+    # the kernel as facts
+    complete: bool = False
+    kind_known: bool = True  # a provisional entry's kind is certain (see attrs.kind_is_certain)
     lookups: int = 0  # kernel references (lookup counts)
     opens: int = 0  # open file handles
     children: dict[str, Node] = field(default_factory=dict)
@@ -66,6 +73,7 @@ class Node:
     lock: trio.Lock = field(default_factory=trio.Lock)  # serialises staging and uploads
     changes: int = 0  # own changes to this directory's entries, to spot racing listings
     refreshing: bool = False  # a background refresh of its listing is under way
+    completing: bool = False  # background HEADs of its provisional entries are under way
     marker_queued: bool = False  # a directory whose marker waits in the upload queue
 
     @property

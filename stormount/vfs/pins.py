@@ -59,14 +59,8 @@ class Pins:
             path = ident.rstrip("/")
             self.states[path] = PinState(path)
 
-    async def _node(self, path: str) -> Node:
-        node = self.vfs.inodes.root
-        for name in path.split("/") if path else []:
-            _, node = await self.vfs._existing(node.ino, name)
-        return node
-
     async def pin(self, path: str) -> PinState:
-        node = await self._node(path)  # ENOENT for a path that is not there
+        node = await self.vfs.ns.resolve(path)  # ENOENT for a path that is not there
         if node.kind not in (FILE, DIR):
             raise FsError(errno.EINVAL, f"/{path} is a symbolic link: pin what it points to")
         await trio.to_thread.run_sync(self.blocks.pin, _ident(path, node.kind))
@@ -98,7 +92,7 @@ class Pins:
         state.files = state.bytes = state.cached_bytes = 0
         state.error = None
         try:
-            await self._fetch(await self._node(state.path), state)
+            await self._fetch(await self.vfs.ns.resolve(state.path), state)
         except StormountError as e:  # the store is away, say: tried again next round
             state.error = str(e)
             log.warning("pin /%s: not all of it is cached yet: %s", state.path, e)
@@ -112,8 +106,9 @@ class Pins:
         if self.states.get(state.path) is not state:
             return  # unpinned meanwhile
         if node.kind == DIR:
-            for _, child in await self.vfs._list_dir(node):
-                await self._fetch(child, state)
+            for _, child in await self.vfs.ns.list_dir(node):
+                # its attributes as facts, persisted: it lists and stats offline too
+                await self._fetch(await self.vfs.ns.known(child), state)
             return
         if node.kind != FILE:
             return

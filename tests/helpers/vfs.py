@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from stormount.backends import Backend, list_all
+from stormount.backends import Backend, ListPage, list_all
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig, WritebackConfig
@@ -17,6 +20,7 @@ from stormount.errors import FsError, NotFound
 from stormount.vfs.fs import Vfs
 from stormount.vfs.nodes import ROOT_INO
 from stormount.writeback import Journal, Writeback
+from tests.helpers.faults import OPERATIONS
 
 # uploads start as soon as a file is handed over, so tests observe the store promptly
 QUICK = WritebackConfig(debounce=0)
@@ -104,3 +108,30 @@ async def read(vfs: Vfs, path: str) -> bytes:
 
 async def at(t0: float, seconds: float) -> None:
     await trio.sleep_until(t0 + seconds)
+
+
+class S3LikeListings:
+    """A store whose listings carry no metadata, as S3's ListObjectsV2 does; it counts
+    the requests that reach the store, by operation (what crosses the wire)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self.url = backend.url
+        self.requests: Counter[str] = Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._backend, name)
+        if name not in OPERATIONS:
+            return target
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self.requests[name] += 1
+            return await target(*args, **kwargs)
+        return call
+
+    async def list(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                   limit: int = 1000) -> ListPage:
+        self.requests["list"] += 1
+        page = await self._backend.list(prefix, delimiter, token, limit)
+        return ListPage([replace(o, metadata=None) for o in page.objects], page.prefixes,
+                        page.token)

@@ -6,7 +6,17 @@ import stat
 
 from stormount.backends.base import ObjectInfo
 from stormount.config import FuseConfig
-from stormount.vfs.attrs import FILE, LINK, attrs_from_object, kind_of
+from stormount.vfs.attrs import (
+    DIR,
+    FILE,
+    LINK,
+    SPECIAL,
+    attrs_from_object,
+    default_attrs,
+    kind_of,
+    metadata_of,
+    shown,
+)
 
 
 def info(**meta: str) -> ObjectInfo:
@@ -31,3 +41,43 @@ def test_missing_or_bad_metadata_falls_back_to_defaults():
 def test_mtime_keeps_nanoseconds():
     a = attrs_from_object(info(mtime="1600000000.123456789"), FILE, FuseConfig())
     assert a.mtime_ns == 1_600_000_000_123_456_789
+
+
+def test_ctime_is_stored_else_the_stores_last_modified():
+    a = attrs_from_object(info(mtime="1600000000.5", ctime="1700000000.000000001"), FILE,
+                          FuseConfig())
+    assert a.ctime_ns == 1_700_000_000_000_000_001
+    b = attrs_from_object(info(mtime="1600000000.5"), FILE, FuseConfig())
+    assert b.ctime_ns == 1_000_500_000_000  # the store's Last-Modified
+    meta = metadata_of(a)
+    assert meta["ctime"] == "1700000000.000000001" and "rdev" not in meta
+
+
+def test_kinds_from_mode_and_size():
+    link, fifo = str(stat.S_IFLNK | 0o777), str(stat.S_IFIFO | 0o644)
+    assert kind_of("l", {"mode": link}, 6) == LINK
+    assert kind_of("l", {"mode": link}, 4096) == FILE  # no target is that long
+    assert kind_of("l", {"mode": link}, 0) == FILE
+    assert kind_of("p", {"mode": fifo}, 0) == SPECIAL
+    assert kind_of("p", {"mode": fifo}, 3) == FILE  # it holds data: a file
+    assert kind_of("d/", None, 0) == DIR
+    dev = ObjectInfo(key="c", size=0, mtime=1.0, etag="e",
+                     metadata={"mode": str(stat.S_IFCHR | 0o600), "rdev": "259"})
+    attrs = attrs_from_object(dev, SPECIAL, FuseConfig())
+    assert stat.S_ISCHR(attrs.mode) and attrs.rdev == 259 and attrs.kind == SPECIAL
+    assert metadata_of(attrs)["rdev"] == "259"
+
+
+def test_ownership_options_apply_to_every_entry_when_given():
+    stored = attrs_from_object(info(mode=str(stat.S_IFREG | 0o600), uid="0", gid="0"), FILE,
+                               FuseConfig())
+    assert shown(stored, FuseConfig()) is stored  # nothing given: as stored
+    over = shown(stored, FuseConfig(uid=1000, gid=1001))
+    assert (over.uid, over.gid, stat.S_IMODE(over.mode)) == (1000, 1001, 0o600)
+    assert stat.S_IMODE(shown(stored, FuseConfig(file_mode=0o664)).mode) == 0o644
+    assert stat.S_IMODE(shown(stored, FuseConfig(file_mode=0o664, umask=0)).mode) == 0o664
+    assert stat.S_IMODE(shown(stored, FuseConfig(umask=0o077)).mode) == 0o600
+    dir_attrs = default_attrs(DIR, FuseConfig())
+    assert stat.S_IMODE(shown(dir_attrs, FuseConfig(dir_mode=0o700)).mode) == 0o700
+    link = default_attrs(LINK, FuseConfig())
+    assert stat.S_IMODE(shown(link, FuseConfig(umask=0o077, file_mode=0o600)).mode) == 0o777

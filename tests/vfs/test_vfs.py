@@ -10,13 +10,12 @@ import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trio
 
-from stormount.backends import Backend, ListPage, list_all, open_backend
+from stormount.backends import Backend, list_all, open_backend
 from stormount.backends.memory import _STORES
 from stormount.config import CacheConfig, FuseConfig, parse_tier_url
 from stormount.errors import FsError, NotFound
@@ -640,39 +639,32 @@ async def test_symlink_readlink_and_its_object(vfs, make_vfs):
     assert stat.S_ISLNK((await listdir(fresh))["ln"].attrs.mode)
 
 
-class MetadataLessListings:
-    """A store whose listings carry no metadata, as S3's ListObjectsV2 does."""
-
-    def __init__(self, backend: Backend) -> None:
-        self._backend = backend
-        self.url = backend.url
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._backend, name)
-
-    async def list(self, prefix: str, delimiter: str = "/", token: str | None = None,
-                   limit: int = 1000) -> ListPage:
-        page = await self._backend.list(prefix, delimiter, token, limit)
-        return ListPage([replace(o, metadata=None) for o in page.objects], page.prefixes,
-                        page.token)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "a listing without metadata (S3) shows a symlink as a regular file: ls -l, "
-    "readlink (EINVAL), cp -a, rsync -a and tar see a file holding the target until "
-    "a lookup HEADs the object"))
-async def test_symlink_listed_by_a_store_without_metadata_in_listings(
-        factory, store_url, other):
-    await other.put_bytes("ln", b"target", {"mode": str(stat.S_IFLNK | 0o777)})
-    vfs = factory(MetadataLessListings(open_backend(parse_tier_url(store_url))))
-    listed = await listdir(vfs)
-    assert stat.S_ISLNK(listed["ln"].attrs.mode)
-
-
 async def test_symlink_existing_name_is_eexist_and_readlink_of_file_is_einval(vfs):
     f = await make_file(vfs, ROOT_INO, "f")
     assert await fs_errno(vfs.symlink(ROOT_INO, "f", "t", UID, GID)) == errno.EEXIST
     assert await fs_errno(vfs.readlink(f.ino)) == errno.EINVAL
+
+
+async def test_mknod_stores_fifos_and_devices_as_empty_objects(vfs, make_vfs):
+    fifo = await vfs.mknod(ROOT_INO, "p", stat.S_IFIFO | 0o640, 0, UID, GID)
+    dev = await vfs.mknod(ROOT_INO, "c", stat.S_IFCHR | 0o600, os.makedev(1, 3), UID, GID)
+    assert dev.attrs.rdev == os.makedev(1, 3)
+    sock = await vfs.mknod(ROOT_INO, "s", stat.S_IFSOCK | 0o755, 0, UID, GID)
+    assert stat.S_ISFIFO(fifo.attrs.mode) and stat.S_ISSOCK(sock.attrs.mode)
+    assert await store_get(vfs.backend, "p") == b""
+    assert int((await vfs.backend.head("c")).metadata["rdev"]) == os.makedev(1, 3)
+    assert await fs_errno(vfs.open(fifo.ino, os.O_RDONLY)) == errno.ENXIO
+    assert await fs_errno(vfs.setattr(fifo.ino, size=3)) == errno.EINVAL
+    reg = await vfs.mknod(ROOT_INO, "r", stat.S_IFREG | 0o600, 0, UID, GID)
+    assert stat.S_ISREG(reg.attrs.mode)
+
+    fresh = make_vfs()
+    entries = await listdir(fresh)
+    assert stat.S_ISFIFO(entries["p"].attrs.mode)
+    assert stat.S_IMODE(entries["p"].attrs.mode) == 0o640
+    assert stat.S_ISCHR(entries["c"].attrs.mode) and entries["c"].attrs.rdev == os.makedev(1, 3)
+    assert stat.S_ISSOCK(entries["s"].attrs.mode)
+    assert await store_keys(vfs.backend) == ["c", "p", "r", "s"]
 
 
 async def test_hard_link_is_eperm(vfs):

@@ -1,0 +1,233 @@
+"""What a listing shows, and when attributes are fetched: a listing without metadata
+(S3's) never shows a guess as a fact, its entries are completed by HEADs (in the
+background, and before anything relies on them), a HEAD result is never downgraded by
+a listing of the same version, and it persists, keyed by version, across restarts."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import uuid
+from dataclasses import replace
+
+import pytest
+import trio
+
+from stormount.backends import open_backend
+from stormount.backends.memory import _STORES
+from stormount.cache.meta import MetaStore
+from stormount.config import CacheConfig, FuseConfig, parse_tier_url
+from stormount.errors import FsError
+from stormount.fuse.ops import Operations
+from stormount.vfs.fs import Vfs
+from stormount.vfs.namespace import Negatives
+from stormount.vfs.nodes import ROOT_INO, Node
+from tests.helpers.vfs import GID, UID, S3LikeListings, VfsFactory
+
+LINK_MODE = str(stat.S_IFLNK | 0o777)
+SECRET = {"mode": str(stat.S_IFREG | 0o600), "uid": "1000", "gid": "1000",
+          "mtime": "1000000000.000000000"}
+
+
+@pytest.fixture
+def store_name():
+    name = f"ns-{uuid.uuid4().hex}"
+    yield name
+    _STORES.pop(name, None)
+
+
+@pytest.fixture
+def other(store_name):
+    """Another client of the store, which writes with metadata."""
+    return open_backend(parse_tier_url(f"memory://{store_name}"))
+
+
+@pytest.fixture
+def make(tmp_path, nursery, store_name):
+    """make(meta=False, cache=None, background=False) -> (S3-like backend, Vfs); with
+    `meta`, every Vfs shares one metadata cache (a restart of the same mount)."""
+    factory = VfsFactory(tmp_path, nursery)
+    stores: list[MetaStore] = []
+
+    def _make(meta: bool = False, cache: CacheConfig | None = None,
+              background: bool = False) -> tuple[S3LikeListings, Vfs]:
+        backend = S3LikeListings(open_backend(parse_tier_url(f"memory://{store_name}")))
+        store = None
+        if meta:
+            store = MetaStore(str(tmp_path / "meta.sqlite3"))
+            stores.append(store)
+        vfs = factory(backend, cache=cache, meta=store)  # type: ignore[arg-type]
+        if background:
+            vfs.background = nursery
+        return backend, vfs
+    yield _make
+    for store in stores:
+        store.close()
+    factory.close()
+
+
+async def listed(vfs: Vfs, ino: int = ROOT_INO) -> dict[str, Node]:
+    fh = await vfs.opendir(ino)
+    try:
+        return {name: node for name, node, _ in vfs.readdir(fh, 0)}
+    finally:
+        vfs.releasedir(fh)
+
+
+async def until(predicate, seconds: float = 30.0) -> None:
+    with trio.fail_after(seconds):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def test_a_listing_without_metadata_never_shows_a_guess(make, other):
+    await other.put_bytes("ln", b"target", {"mode": LINK_MODE})
+    await other.put_bytes("secret", b"top secret", SECRET)
+    await other.put_bytes("big", b"x" * 8192, {})
+    await other.put_bytes("d/inner", b"", {})
+    _backend, vfs = make()
+    entries = await listed(vfs)
+    # nothing the listing did not say is a fact: not the kind of a small object (it may
+    # be a link), nor any mode, owner or time; a directory and a big file are certain
+    assert not entries["ln"].complete and not entries["ln"].kind_known
+    assert not entries["secret"].complete and not entries["secret"].kind_known
+    assert not entries["big"].complete and entries["big"].kind_known
+    assert not entries["d"].complete and entries["d"].kind_known
+    ops = Operations(vfs, FuseConfig())
+    shown = ops._entry(entries["ln"])
+    assert (shown.st_mode, shown.entry_timeout, shown.attr_timeout) == (0, 0, 0)
+    assert stat.S_IFMT(ops._entry(entries["d"]).st_mode) == stat.S_IFDIR
+    assert ops._entry(entries["d"]).attr_timeout == 0
+
+    # what the kernel asks next gets the facts
+    ln = await vfs.lookup(ROOT_INO, "ln")
+    assert stat.S_ISLNK(ln.attrs.mode) and ln.complete
+    assert await vfs.readlink(ln.ino) == "target"
+    secret = await vfs.getattr((await vfs.lookup(ROOT_INO, "secret")).ino)
+    assert stat.S_IMODE(secret.attrs.mode) == 0o600
+    assert (secret.attrs.uid, secret.attrs.gid) == (1000, 1000)
+    assert secret.attrs.mtime_ns == 1_000_000_000 * 10**9
+    assert not await vfs.access(secret.ino, os.R_OK, 65534, [65534])
+    # and a listing of the same version never turns them back into guesses
+    again = await listed(vfs)
+    assert again["ln"] is ln and stat.S_ISLNK(again["ln"].attrs.mode) and ln.complete
+    assert ops._entry(again["ln"]).st_mode == stat.S_IFLNK | 0o777
+
+
+async def test_a_lookup_completes_an_entry_before_anything_relies_on_it(make, other):
+    await other.put_bytes("run.sh", b"#!/bin/sh\n", {"mode": str(stat.S_IFREG | 0o750)})
+    _backend, vfs = make()
+    node = (await listed(vfs))["run.sh"]
+    assert not node.complete
+    # getattr, access and open of the inode the kernel may hold ask the store first
+    assert await vfs.access(node.ino, os.X_OK, UID, [GID]) is False  # other: no x bit
+    assert node.complete and stat.S_IMODE(node.attrs.mode) == 0o750
+    fh = await vfs.open(node.ino, os.O_RDONLY)
+    await vfs.release(fh)
+
+
+async def test_entries_are_completed_in_the_background_after_a_listing(make, other):
+    for i in range(40):
+        await other.put_bytes(f"f{i:02d}", b"x", {"mode": str(stat.S_IFREG | 0o640)})
+    backend, vfs = make(background=True, cache=CacheConfig(head_parallel=4))
+    entries = await listed(vfs)
+    await until(lambda: all(node.complete for node in entries.values()))
+    assert backend.requests["head"] == 40
+    for name in entries:  # ls -l, rsync and find then find them ready
+        node = await vfs.lookup(ROOT_INO, name)
+        assert stat.S_IMODE(node.attrs.mode) == 0o640
+    assert backend.requests["head"] == 40
+
+
+async def test_a_lookup_joins_a_head_under_way_and_a_fresh_listing_saves_the_list(
+        make, other):
+    await other.put_bytes("f", b"x", {"mode": str(stat.S_IFREG | 0o600)})
+    await other.put_bytes("d/g", b"y", {})
+    backend, vfs = make()
+    await listed(vfs)
+    before = backend.requests.copy()
+    async with trio.open_nursery() as nursery:
+        for _ in range(5):
+            nursery.start_soon(vfs.lookup, ROOT_INO, "f")
+    # five lookups of a name the fresh listing shows: one HEAD, no LIST
+    assert backend.requests - before == {"head": 1}
+    before = backend.requests.copy()
+    d = await vfs.lookup(ROOT_INO, "d")  # a directory the listing shows: its marker's HEAD
+    assert backend.requests - before == {"head": 1}
+    before = backend.requests.copy()
+    await vfs.lookup(ROOT_INO, "f")
+    await vfs.getattr(d.ino)
+    assert backend.requests - before == {}  # cached: nothing
+
+
+async def test_head_results_persist_by_version_across_restarts(make, other, store_name):
+    await other.put_bytes("ln", b"target", {"mode": LINK_MODE})
+    await other.put_bytes("secret", b"top secret", SECRET)
+    backend, first = make(meta=True)
+    for node in (await listed(first)).values():
+        await first.lookup(ROOT_INO, node.name)
+    backend, second = make(meta=True, cache=CacheConfig(listing_ttl=0, metadata_ttl=0))
+    # a restart lists again, and the listing shows the versions the HEADs described
+    entries = await listed(second)
+    assert backend.requests == {"list": 1}
+    assert entries["ln"].complete and stat.S_ISLNK(entries["ln"].attrs.mode)
+    assert entries["secret"].complete and entries["secret"].attrs.uid == 1000
+
+    # another client chmods it: the same ETag, another Last-Modified
+    await other.copy("secret", "secret", {**SECRET, "mode": str(stat.S_IFREG | 0o644)})
+    data, info = _STORES[store_name]["secret"]
+    _STORES[store_name]["secret"] = (data, replace(info, mtime=info.mtime + 5))
+    backend, third = make(meta=True, cache=CacheConfig(listing_ttl=0, metadata_ttl=0))
+    entries = await listed(third)
+    assert entries["ln"].complete and not entries["secret"].complete
+    node = await third.lookup(ROOT_INO, "secret")
+    assert stat.S_IMODE(node.attrs.mode) == 0o644 and backend.requests["head"] == 1
+
+
+async def test_a_new_version_makes_an_entry_provisional_again(make, other):
+    await other.put_bytes("x", b"target", {"mode": LINK_MODE})
+    _backend, vfs = make(cache=CacheConfig(listing_ttl=0))
+    await listed(vfs)
+    link = await vfs.lookup(ROOT_INO, "x")
+    assert link.kind == "link"
+    await other.put_bytes("x", b"now a file", {"mode": str(stat.S_IFREG | 0o600)})
+    entries = await listed(vfs)
+    assert not entries["x"].complete  # the listing saw a new version: asked again
+    node = await vfs.lookup(ROOT_INO, "x")
+    assert node.kind == "file" and stat.S_IMODE(node.attrs.mode) == 0o600
+    # the kernel held the link: the file is a new inode, the link's is gone from the
+    # tree (as a replaced file's inode is)
+    assert node is not link and link.unlinked
+
+
+async def test_trust_listings_shows_listed_objects_with_the_defaults(make, other):
+    await other.put_bytes("ln", b"target", {"mode": LINK_MODE})
+    backend, vfs = make(cache=CacheConfig(trust_listings=True))
+    entries = await listed(vfs)
+    node = entries["ln"]
+    assert node.complete and node.kind == "file" and stat.S_IMODE(node.attrs.mode) == 0o644
+    assert await vfs.lookup(ROOT_INO, "ln") is node
+    assert backend.requests == {"list": 1}
+
+
+async def test_a_name_over_255_bytes_is_enametoolong_on_lookup_too(make):
+    backend, vfs = make()
+    with pytest.raises(FsError) as info:
+        await vfs.lookup(ROOT_INO, "n" * 256)
+    assert info.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(FsError) as info:
+        await vfs.lookup(ROOT_INO, "\u00e9" * 128)  # 256 bytes of UTF-8
+    assert info.value.errno == errno.ENAMETOOLONG
+    assert backend.requests == {}
+
+
+async def test_negative_entries_are_bounded_in_number_and_age(autojump_clock):
+    negatives = Negatives(limit=3)
+    parent = Node(ino=1, name="", parent=None, attrs=None)  # type: ignore[arg-type]
+    for name in "abcd":
+        negatives.add(parent, name)
+    assert len(negatives) == 3 and not negatives.fresh(parent, "a", 5.0)
+    assert negatives.fresh(parent, "d", 5.0)
+    await trio.sleep(5.0)
+    assert not negatives.fresh(parent, "d", 5.0) and len(negatives) == 2
