@@ -22,7 +22,7 @@ from stormount.backends.base import ObjectInfo
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-SCHEMA = 1
+SCHEMA = 2
 Entries = dict[str, tuple[str, ObjectInfo | None]]  # name -> (kind, object or None)
 
 
@@ -60,7 +60,11 @@ class MetaStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version != SCHEMA:
+        if version == 1:
+            # rows of version 1 read as they are (a missing mtime_exact is True); the
+            # number tells an older release that it cannot read the new rows
+            self._db.execute(f"PRAGMA user_version={SCHEMA}")
+        elif version != SCHEMA:
             self._db.executescript("""
                 DROP TABLE IF EXISTS listings;
                 DROP TABLE IF EXISTS objects;

@@ -51,31 +51,23 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def default_uid(fuse: FuseConfig) -> int:
-    return os.getuid() if fuse.uid is None else fuse.uid
-
-
-def default_gid(fuse: FuseConfig) -> int:
-    return os.getgid() if fuse.gid is None else fuse.gid
-
-
 def _umask(fuse: FuseConfig) -> int:
     return 0o022 if fuse.umask is None else fuse.umask
 
 
 def default_attrs(kind: str, fuse: FuseConfig, size: int = 0, mtime_ns: int = 0) -> Attrs:
-    """What an entry shows when the store tells nothing of it: the mount's options."""
+    """What an entry carries when the store tells nothing of it: the mounting user,
+    0644 files and 0755 directories. (Ownership options change what is shown, `shown`,
+    never this: it is what a chmod of such an object stores with the new mode.)"""
     if kind == DIR:
-        mode = stat.S_IFDIR | ((0o755 if fuse.dir_mode is None else fuse.dir_mode)
-                               & ~_umask(fuse))
+        mode = stat.S_IFDIR | 0o755
     elif kind == LINK:
         mode = stat.S_IFLNK | 0o777
     else:
-        mode = stat.S_IFREG | ((0o644 if fuse.file_mode is None else fuse.file_mode)
-                               & ~_umask(fuse))
+        mode = stat.S_IFREG | 0o644
     mtime_ns = mtime_ns or now_ns()
-    return Attrs(mode=mode, uid=default_uid(fuse), gid=default_gid(fuse), size=size,
-                 mtime_ns=mtime_ns, ctime_ns=mtime_ns)
+    return Attrs(mode=mode, uid=os.getuid(), gid=os.getgid(), size=size, mtime_ns=mtime_ns,
+                 ctime_ns=mtime_ns)
 
 
 def shown(attrs: Attrs, fuse: FuseConfig) -> Attrs:
@@ -96,6 +88,26 @@ def shown(attrs: Attrs, fuse: FuseConfig) -> Attrs:
     return replace(attrs, mode=mode,
                    uid=attrs.uid if fuse.uid is None else fuse.uid,
                    gid=attrs.gid if fuse.gid is None else fuse.gid)
+
+
+POSIX_KEYS = frozenset({"mode", "uid", "gid", "mtime", "ctime", "rdev"})
+
+
+def carries_attrs(metadata: Mapping[str, str] | None) -> bool:
+    """Does stored metadata hold POSIX attributes (ours, s3fs's, rclone's)?"""
+    return bool(metadata) and not POSIX_KEYS.isdisjoint(metadata)  # type: ignore[arg-type]
+
+
+def with_attrs(stored: Mapping[str, str] | None, attrs: Attrs) -> dict[str, str]:
+    """An object's metadata with new attributes: what else it carries (another tool's
+    keys) is kept."""
+    kept = {k: v for k, v in (stored or {}).items() if k not in POSIX_KEYS}
+    return kept | metadata_of(attrs)
+
+
+def with_ctime(stored: Mapping[str, str], ctime_ns: int) -> dict[str, str]:
+    """An object's metadata as it is, with a new ctime (a rename)."""
+    return {**stored, "ctime": _seconds(ctime_ns)}
 
 
 def _int(meta: Mapping[str, str], key: str) -> int | None:

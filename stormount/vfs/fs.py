@@ -30,10 +30,13 @@ from stormount.vfs.attrs import (
     SPECIAL,
     Attrs,
     attrs_from_object,
+    carries_attrs,
     kind_of,
     metadata_of,
     now_ns,
     shown,
+    with_attrs,
+    with_ctime,
 )
 from stormount.vfs.namespace import NAME_MAX, Namespace, join, too_long, utf8, valid_name
 from stormount.vfs.nodes import Listing, Node, Staging
@@ -188,13 +191,17 @@ class Vfs:
 
     async def _touch_dir(self, node: Node) -> None:
         """An entry of this directory was added or removed here: its mtime and ctime
-        move, as on a local disk, and its marker carries them where it has one (one PUT
-        per directory for a burst of changes: markers wait out the debounce). A
-        directory implied by its keys alone keeps them in memory."""
+        move, as on a local disk. A marker waiting for its upload (made or changed here)
+        carries them; a stored one is not rewritten for them, since rewriting it from
+        what this mount knows could undo another client's chmod. Best effort: the
+        change itself is done."""
         node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
-        if node is not self.inodes.root and node.complete and not node.unlinked and (
-                node.etag or node.marker_queued) and not self.fuse.read_only:
+        if not node.marker_queued or node.unlinked or self.writeback.get(node.key) is None:
+            return
+        try:
             await self._queue_marker(node)
+        except OSError as e:
+            log.warning("the times of /%s stay in memory: %s", node.path, e)
 
     async def _stage(self, node: Node, *, load: bool = True) -> Staging:
         """Give a file its staging copy (caller holds node.lock), downloading the
@@ -346,23 +353,36 @@ class Vfs:
         node = self.node(ino)
         if not node.complete:
             return await self.known(ino)
-        if (node.kind == DIR or node.unlinked or node.staging is not None or node.etag is None
+        if (node is self.inodes.root or node.unlinked or node.staging is not None
+                or node.marker_queued or node.etag is None
                 or self.ns._fresh(node.checked_at, self.cache.metadata_ttl)):
             self.ns.hits += 1
             return node
         self.ns.misses += 1
+        key, parent = node.key, node.parent
         try:
-            info = await self.backend.head(node.key)
+            info = await self.backend.head(key)
         except Transient as e:
             self.ns._offline(node.path, e)
             return node  # offline: its last known attributes stand
         except NotFound:
+            if node.key != key or node.unlinked:
+                return node  # moved or removed here meanwhile: the answer is stale
+            if node.kind == DIR and not node.etag:  # still no marker: as it was
+                node.checked_at = trio.current_time()
+                return node
+            if node.kind == DIR:  # its marker is gone; its keys may stay: a lookup tells
+                node.complete = False
+                return await self.known(ino)
             if node.opens > 0:
                 return node  # still open here: its last known state stands
             if node.parent is not None:
                 self.ns.absent(node.parent, node.name)
             self.inodes.detach(node)
             raise FsError(errno.ENOENT, f"{node.path} was removed from the store") from None
+        if node.key != key or node.unlinked or node.parent is not parent or (
+                node.staging is not None):
+            return node  # changed here meanwhile: what this mount did is newer
         assert node.parent is not None
         kind = kind_of(node.key, info.metadata, info.size)
         self.ns.remember(kind, info)
@@ -375,7 +395,7 @@ class Vfs:
                       gid: int | None = None, size: int | None = None,
                       mtime_ns: int | None = None) -> Node:
         self._check_writable()
-        node = await self.known(ino)  # what it stores is rewritten whole
+        node = await self.getattr(ino)  # what is stored now: it is rewritten whole
         if size is not None:
             if node.kind == DIR:
                 raise FsError(errno.EISDIR, f"{node.path} is a directory")
@@ -410,7 +430,8 @@ class Vfs:
             elif node.kind == DIR:
                 await self._queue_marker(node)
             elif node.etag is not None:
-                info = await self.backend.copy(node.key, node.key, metadata_of(node.attrs))
+                info = await self.backend.copy(node.key, node.key,
+                                               with_attrs(node.stored, node.attrs))
                 self.ns.set_version(node, info)
                 if node.parent is not None:
                     self.ns.seen(node.parent, node.name, node.kind, info)
@@ -532,12 +553,7 @@ class Vfs:
         if node.kind != DIR:
             return 1
         listing = node.listing
-        if listing is None:
-            return 1
-        subdirs = {name for name, (kind, _) in listing.entries.items() if kind == DIR}
-        subdirs.update(name for name, child in node.children.items()
-                       if child.kind == DIR and not child.unlinked and child.etag is None)
-        return 2 + len(subdirs)
+        return 1 if listing is None else 2 + listing.subdirs
 
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -666,8 +682,9 @@ class Vfs:
                 raise FsError(errno.EEXIST, f"{existing.path} exists")
             if existing.kind == DIR:
                 raise FsError(errno.EISDIR, f"{existing.path} is a directory")
+            fh = await self.open(existing.ino, flags)  # O_CREAT alone keeps data
             existing.lookups += 1
-            return await self.open(existing.ino, flags), existing  # O_CREAT alone keeps data
+            return fh, existing
         self._charge(join(parent, name), 0, 1)
         try:
             staging = self._new_staging()
@@ -934,9 +951,10 @@ class Vfs:
                 dst.marker_queued = False
                 await self.backend.delete(dst.key)  # before the move brings src's marker
             await self._upload_now(src.key)  # queued files move as stored objects
-            # its own marker, where it has one, carries its new ctime
-            moved = await self._move_tree(src.key, new_path + "/",
-                                          {src.key: metadata_of(src.attrs)})
+            # its own marker, where it has one with attributes, carries its new ctime
+            marker = {} if src.stored is None or not carries_attrs(src.stored) else {
+                src.key: with_ctime(src.stored, src.attrs.ctime_ns)}
+            moved = await self._move_tree(src.key, new_path + "/", marker)
             for node in self._subtree(src):
                 if node.etag is not None and (node.kind != DIR or node is src):
                     info = moved.get(node.key)
@@ -965,11 +983,11 @@ class Vfs:
             old_key = src.key
             await self.writeback.settle(old_key)  # an upload in flight lands first
             stored = src.etag is not None
-            metadata = metadata_of(src.attrs)  # with the new ctime
-            if await self.writeback.rename(old_key, new_key, replaced, metadata):
+            if await self.writeback.rename(old_key, new_key, replaced,
+                                           metadata_of(src.attrs)):  # with the new ctime
                 staging = src.staging
                 if staging is not None and staging.queued is not None:
-                    staging.queued = (staging.queued[0], metadata)
+                    staging.queued = (staging.queued[0], metadata_of(src.attrs))
                 # its content is still to be uploaded: it will be, under the new name (the
                 # journal says so first, so a crash now cannot bring the old name back)
                 src.etag = replaced
@@ -983,6 +1001,11 @@ class Vfs:
             if not stored:
                 src.etag = replaced  # created here, not flushed yet: nothing to move
                 return None
+            # the copy carries the new ctime where the object carries attributes; one
+            # written by another tool keeps its metadata, and its Last-Modified, the
+            # time of the copy, is its ctime
+            metadata = None if src.stored is None or not carries_attrs(src.stored) else \
+                with_ctime(src.stored, src.attrs.ctime_ns)
             info = await self.backend.copy(old_key, new_key, metadata)
             await self.backend.delete(old_key)
             self.ns.set_version(src, info)

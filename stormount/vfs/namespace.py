@@ -9,9 +9,9 @@ fact. A listing of S3 carries no metadata, so what it introduces is provisional
 (`Node.complete` is False): its kind may be a guess (a small object may be a symlink,
 an empty one a fifo) and its mode, owner and times are unknown. `lookup` and `known`
 complete such an entry (a HEAD, or a HEAD result persisted for the same version) before
-returning it, and right after a listing the provisional entries are completed in the
-background, `head_parallel` at a time, so that `ls -l`, `rsync -a` and `find` mostly
-find them ready. A listing never downgrades what a HEAD said while the entry's version
+returning it, and once one entry of a listing is asked for, the others are completed
+in the background, `head_parallel` at a time, so that `ls -l`, `rsync -a` and `find`
+mostly find them ready. A listing never downgrades what a HEAD said while the entry's version
 (ETag and Last-Modified) is unchanged.
 """
 
@@ -37,12 +37,16 @@ from stormount.vfs.attrs import (
     kind_of,
     now_ns,
 )
+from stormount.vfs.listings import Derived, Entries, Scan, derive, entries_of, mark_subdirs
 from stormount.vfs.nodes import InodeTable, Listing, Node
 
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
 NEGATIVE_MAX = 10_000  # names remembered as absent, over all directories
+SCAN_PAGES = 10  # a flat listing of a subtree gives up after this many pages
+SCAN_WAIT = 10.0  # seconds a lookup waits for a flat listing under way to reach it
+KEPT_LISTINGS = 10_000  # listings kept for directories that have no node (by key)
 
 
 def valid_name(name: str) -> bool:
@@ -68,13 +72,16 @@ def join(parent: Node, name: str) -> str:
     return f"{path}/{name}" if path else name
 
 
-def same_version(a: ObjectInfo, b: ObjectInfo) -> bool:
+def same_version(a: ObjectInfo, b: ObjectInfo, *, strict: bool = False) -> bool:
     """Do two descriptions of an object name one version? The ETag, and the
     Last-Modified to the second where both know it: a change of metadata alone (a copy
-    onto itself) keeps the ETag and moves the time."""
+    onto itself) keeps the ETag and moves the time. `strict`: only if both know it (an
+    estimated time, as of an own PUT, cannot vouch that the metadata is unchanged)."""
     if a.etag != b.etag:
         return False
-    return not (a.mtime_exact and b.mtime_exact) or int(a.mtime) == int(b.mtime)
+    if not (a.mtime_exact and b.mtime_exact):
+        return not strict
+    return int(a.mtime) == int(b.mtime)
 
 
 def _node_holds(node: Node, info: ObjectInfo) -> bool:
@@ -91,6 +98,7 @@ class Negatives:
     def __init__(self, limit: int = NEGATIVE_MAX) -> None:
         self.limit = limit
         self._seen: OrderedDict[tuple[int, str], float] = OrderedDict()
+        self._by_dir: dict[int, set[str]] = {}
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -99,11 +107,21 @@ class Negatives:
         key = (parent.ino, name)
         self._seen.pop(key, None)
         self._seen[key] = trio.current_time()
+        self._by_dir.setdefault(parent.ino, set()).add(name)
         while len(self._seen) > self.limit:
-            self._seen.popitem(last=False)
+            (ino, old), _ = self._seen.popitem(last=False)
+            self._forget(ino, old)
+
+    def _forget(self, ino: int, name: str) -> None:
+        names = self._by_dir.get(ino)
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self._by_dir[ino]
 
     def discard(self, parent: Node, name: str) -> None:
-        self._seen.pop((parent.ino, name), None)
+        if self._seen.pop((parent.ino, name), None) is not None:
+            self._forget(parent.ino, name)
 
     def fresh(self, parent: Node, name: str, ttl: float) -> bool:
         at = self._seen.get((parent.ino, name))
@@ -111,12 +129,12 @@ class Negatives:
             return False
         if trio.current_time() - at < ttl:
             return True
-        del self._seen[(parent.ino, name)]
+        self.discard(parent, name)
         return False
 
     def clear(self, parent: Node) -> None:
-        for key in [k for k in self._seen if k[0] == parent.ino]:
-            del self._seen[key]
+        for name in self._by_dir.pop(parent.ino, ()):
+            del self._seen[(parent.ino, name)]
 
 
 class Namespace:
@@ -127,7 +145,7 @@ class Namespace:
         self.cache = cache
         self.meta = meta  # persisted listings and HEAD results; None: memory only
         self._queued_under = queued_under  # are uploads queued under this key prefix?
-        self.inodes = InodeTable(default_attrs(DIR, fuse))
+        self.inodes = InodeTable(default_attrs(DIR, fuse), on_drop=self._dropped)
         self.inodes.root.checked_at = math.inf
         self.inodes.root.complete = True
         self.negatives = Negatives()
@@ -135,6 +153,11 @@ class Namespace:
         # provisional entries completed, beside the requests
         self.background: trio.Nursery | None = None
         self._asking: dict[tuple[int, str], trio.Event] = {}  # lookups asking the store
+        # flat listings of subtrees under way, and the listings they derived for
+        # directories that have no node yet (by directory key)
+        self._scans: list[Scan] = []
+        self._derived: dict[str, Listing] = {}
+        self.epoch = 0  # own changes so far: a listing that raced one is not adopted
         self._heads = trio.Semaphore(cache.head_parallel)  # background HEADs at once
         self._start_ns = now_ns()
         self._warned: set[str] = set()
@@ -190,6 +213,7 @@ class Namespace:
         """The node now stands for this version of its object."""
         node.etag = info.etag
         node.modified = info.mtime if info.mtime_exact else None
+        node.stored = info.metadata
 
     # --- nodes from what the store says -------------------------------------------
 
@@ -222,7 +246,7 @@ class Namespace:
                     if not _node_holds(child, info):
                         child.link_target = None
                     self.set_version(child, info)
-                    child.complete = False
+                    child.complete = child.kind_known = False
                     self.negatives.discard(parent, name)
                     return child
                 if not unknown_to_kernel:
@@ -271,29 +295,31 @@ class Namespace:
 
     # --- what this mount changed, and what the store says ----------------------------
 
-    def _listing_put(self, parent: Node, name: str, kind: str, info: ObjectInfo | None,
-                     own: bool) -> None:
-        if own:
-            parent.changes += 1  # a listing in flight does not know it yet
+    def _listing_put(self, parent: Node, name: str, kind: str, info: ObjectInfo | None
+                     ) -> None:
+        # a listing in flight may not show it yet (an upload that just landed too)
+        parent.changes += 1
+        self.epoch += 1
         self.negatives.discard(parent, name)
         if parent.listing is not None:
-            parent.listing.entries[name] = (kind, info)
+            parent.listing.put(name, (kind, info))
         self._persist_change(parent, name, kind, info)
 
     def added(self, parent: Node, name: str, kind: str, info: ObjectInfo | None) -> None:
         """This mount made the entry (create, mkdir, symlink, mknod, rename)."""
-        self._listing_put(parent, name, kind, info, own=True)
+        self._listing_put(parent, name, kind, info)
 
     def seen(self, parent: Node, name: str, kind: str, info: ObjectInfo | None) -> None:
         """The store holds the entry as `info` says (a HEAD, an upload that landed)."""
-        self._listing_put(parent, name, kind, info, own=False)
+        self._listing_put(parent, name, kind, info)
 
     def _drop(self, parent: Node, name: str, own: bool) -> None:
         if own:
             parent.changes += 1
+            self.epoch += 1
         self.negatives.add(parent, name)
         if parent.listing is not None:
-            parent.listing.entries.pop(name, None)
+            parent.listing.drop(name)
         self._persist_change(parent, name, None, None)
 
     def removed(self, parent: Node, name: str) -> None:
@@ -305,9 +331,22 @@ class Namespace:
         """The store says there is no such entry (someone else removed it)."""
         self._drop(parent, name, own=False)
 
+    def _keep_listing(self, key: str, listing: Listing) -> None:
+        self._derived.pop(key, None)
+        self._derived[key] = listing
+        while len(self._derived) > KEPT_LISTINGS:
+            del self._derived[next(iter(self._derived))]  # the oldest first
+
+    def _dropped(self, node: Node) -> None:
+        """The kernel forgot a directory (memory pressure, drop_caches): its listing,
+        which may hold names the store has not seen yet, is kept for its next node."""
+        if node.kind == DIR and node.listing is not None and not node.unlinked:
+            self._keep_listing(node.key, node.listing)
+
     def list_again(self, parent: Node) -> None:
         """The directory changed in ways its listing does not show: list it again."""
         parent.changes += 1
+        self.epoch += 1
         if parent.listing is not None:
             parent.listing.at = -math.inf
         if self.meta is not None:
@@ -422,29 +461,54 @@ class Namespace:
         remembered = self._remembered(join(parent, name), kind)
         if remembered is not None:
             age, rkind, info = remembered
-            vouched = listed is not None and same_version(listed, info)
+            vouched = listed is not None and same_version(listed, info, strict=True)
             if listed is not None and not vouched:
                 return False, None  # the listing knows a newer version
             at = trio.current_time() - age
             if vouched:
                 at = max(at, listing.at)  # the listing saw this very version then
             if self._fresh(at, self.cache.metadata_ttl):
-                listing.entries[name] = (rkind, info)
+                listing.put(name, (rkind, info))
                 return True, self.child_from_object(parent, name, rkind, info, complete=True,
                                                     at=at)
         return False, None
 
     async def _ask_store(self, parent: Node, name: str) -> Node | None:
-        listing = self._load_listing(parent)
-        fresh = listing is not None and self._fresh(listing.at, self.cache.listing_ttl)
-        entry = listing.entries.get(name) if listing is not None else None
-        hint = entry[0] if fresh and entry is not None else None
-        child = parent.children.get(name)
-        held = child is not None and self.holds_queued(child)
-        try:
-            found = await self._stat_remote(parent, name, hint)
-        except Transient as e:
-            return self._offline_lookup(parent, name, entry, e)
+        scan = self._scan_over(join(parent, name) + "/")
+        if scan is not None:  # a flat listing under way will say what it is
+            scan.used = True
+            with trio.move_on_after(SCAN_WAIT):
+                await scan.wait_for(join(parent, name) + "/")
+            said, node = self._cached(parent, name)
+            if said:
+                return node
+        for _ in range(3):
+            key = join(parent, name)
+            listing = self._load_listing(parent)
+            if listing is None:
+                self._glance_soon(parent)  # the next names in it take one request, or none
+            fresh = listing is not None and self._fresh(listing.at, self.cache.listing_ttl)
+            entry = listing.entries.get(name) if listing is not None else None
+            hint = entry[0] if fresh and entry is not None else None
+            if hint is not None:
+                self._complete_soon(parent)  # its siblings are likely asked for next
+            child = parent.children.get(name)
+            held = child is not None and self.holds_queued(child)
+            changes = parent.changes
+            try:
+                found = await self._stat_remote(parent, name, hint)
+            except Transient as e:
+                return self._offline_lookup(parent, name, entry, e)
+            if parent.changes == changes and join(parent, name) == key:
+                break
+            # this mount changed the directory (or moved it) while the store was asked:
+            # the answer may be older than that change, so it tells nothing
+            said, node = self._cached(parent, name)
+            if said:
+                return node
+        else:
+            raise FsError(errno.EAGAIN, f"/{join(parent, name)} kept changing while it was "
+                          "looked up")
         if child is not None and self.inodes.get(child.ino) is not child:
             child = parent.children.get(name)  # dropped while we asked: never hand it out
         if found is None:
@@ -465,7 +529,7 @@ class Namespace:
             self.seen(parent, name, kind, info)  # news to the listing
         else:
             assert listing is not None
-            listing.entries[name] = (kind, info)  # the listing now says it all
+            listing.put(name, (kind, info))  # the listing now says it all
             self.remember(kind, info)
         return node
 
@@ -547,7 +611,13 @@ class Namespace:
     # --- listings --------------------------------------------------------------------
 
     def _load_listing(self, node: Node) -> Listing | None:
-        """The directory's listing from memory, else as persisted by an earlier run."""
+        """The directory's listing from memory (its own, or one a flat listing of a
+        directory above derived), else as persisted by an earlier run."""
+        if node.listing is None and node.key in self._derived:
+            node.listing = self._derived.pop(node.key)
+            for scan in self._scans:
+                if scan.within(node.key):
+                    scan.used = True
         if node.listing is None and self.meta is not None:
             persisted = self.meta.listing(node.key)
             if persisted is not None:
@@ -567,25 +637,8 @@ class Namespace:
             if node.listing is not None:
                 return node.listing
         raced = node.changes != changes  # own changes kept landing: trust nothing absent
-        entries: dict[str, tuple[str, ObjectInfo | None]] = {}
-        for prefix in prefixes:
-            name = prefix[len(node.key):-1]
-            if valid_name(name):
-                entries[name] = (DIR, None)
-            else:
-                self._warn_skip(prefix, "not a valid file name")
-        own_marker: ObjectInfo | None = None
-        for info in objects:
-            if info.key == node.key:
-                own_marker = info  # this directory's own marker
-                continue
-            name = info.key[len(node.key):]
-            if not valid_name(name):
-                self._warn_skip(info.key, "not a valid file name")
-            elif name in entries:
-                self._warn_skip(info.key, "a directory of the same name hides it")
-            else:
-                entries[name] = (kind_of(info.key, info.metadata, info.size), info)
+        entries, own_marker = entries_of(node.key, objects, prefixes, valid_name,
+                                         self._warn_skip)
         if raced:
             for name, child in node.children.items():
                 if child.etag is not None and not child.unlinked and name not in entries:
@@ -594,15 +647,21 @@ class Namespace:
                         etag=child.etag, metadata=None))
             listing = node.listing = Listing(entries=entries, at=-math.inf)  # list again
             return listing
-        now = trio.current_time()
-        listing = node.listing = Listing(entries=entries, at=now)
+        return self._adopt(node, entries, own_marker, trio.current_time())
+
+    def _adopt(self, node: Node, entries: Entries, marker: ObjectInfo | None,
+               at: float) -> Listing:
+        """A directory's listing as the store gave it at `at`: kept in memory and on
+        disk; children it no longer names are gone (removed by someone else)."""
+        listing = node.listing = Listing(entries=entries, at=at)
+        self._derived.pop(node.key, None)
         if self.meta is not None:
             self.meta.put_listing(node.key, entries)
         for name, child in list(node.children.items()):
             if (name not in entries and child.etag is not None and child.staging is None
                     and not self.holds_queued(child)):
                 self.inodes.detach(child)  # removed from the store by someone else
-        self._own_marker(node, own_marker, now)
+        self._own_marker(node, marker, at)
         return listing
 
     def _own_marker(self, node: Node, marker: ObjectInfo | None, at: float) -> None:
@@ -643,7 +702,10 @@ class Namespace:
         introduced without metadata are provisional, and being completed."""
         listing = self._load_listing(node)
         if listing is None:
+            listing = await self._from_scan(node)
+        if listing is None:
             self.misses += 1
+            self._scan_soon(node)  # its subdirectories are likely listed next (find, du)
             listing = await self._fetch_listing(node)
         elif not self._fresh(listing.at, self.cache.listing_ttl):
             if self.background is not None:
@@ -659,7 +721,6 @@ class Namespace:
             self.hits += 1
         rows = self._rows_for(node, listing)
         result: dict[str, Node] = {}
-        provisional: list[str] = []
         for name, (kind, listed) in listing.entries.items():
             known = node.children.get(name)
             if known is not None and known.kind == kind and (
@@ -675,21 +736,18 @@ class Namespace:
             else:
                 complete = listed.metadata is not None
                 row = rows.get(listed.key)
-                if not complete and row is not None and same_version(listed, row[2]):
+                if not complete and row is not None and same_version(listed, row[2],
+                                                                     strict=True):
                     # a HEAD of an earlier run described this very version
                     kind, listed, complete = row[1], row[2], True
-                    listing.entries[name] = (kind, listed)
+                    listing.put(name, (kind, listed))
                 child = self.child_from_object(node, name, kind, listed, complete,
                                                at=listing.at)
             result[name] = child
-            if not child.complete:
-                provisional.append(name)
         for name, known in node.children.items():
             if not known.unlinked and (known.etag is None or (
                     name not in result and self.holds_queued(known))):
                 result.setdefault(name, known)  # created here, not in the store yet
-        if provisional:
-            self._complete_soon(node, provisional)
         return sorted(result.items())
 
     def _rows_for(self, node: Node, listing: Listing) -> dict[str, tuple[float, str, ObjectInfo]]:
@@ -705,20 +763,37 @@ class Namespace:
                 keys.append(listed.key)
         return (self.meta.objects(keys) or {}) if keys else {}
 
-    def _complete_soon(self, node: Node, names: list[str]) -> None:
+    def _complete_soon(self, node: Node) -> None:
         """HEAD the provisional entries of a directory in the background, a bounded
-        number at once; a lookup of one of them joins its HEAD once it is under way."""
+        number at once; a lookup of one of them joins its HEAD once it is under way.
+        Started by the first entry of a listing that someone needs the attributes of
+        (ls -l, rsync, cp and find's lstat ask for each entry in turn), not by the
+        listing itself: `ls` and a find that needs no more than the kinds send no HEADs."""
         if self.background is None or node.completing or self.cache.trust_listings:
+            return
+        listing = node.listing
+        if listing is None:
+            return
+        names = []
+        for name, (_, listed) in listing.entries.items():
+            if listed is not None and listed.metadata is not None:
+                continue  # the listing says it all
+            child = node.children.get(name)
+            if child is None or not child.complete:
+                names.append(name)
+        if not names:
             return
         node.completing = True
 
         async def one(name: str) -> None:
             try:
                 child = node.children.get(name)
-                if (child is None or not child.complete) and self.inodes.get(node.ino) is node:
+                if (child is None or not child.complete) and not node.unlinked:
                     await self.lookup(node, name)
             except StormountError as e:  # the lookup that needs it tries again
                 log.debug("completing /%s: %s", join(node, name), e)
+            except Exception as e:  # best effort: never the end of the mount
+                log.warning("completing /%s failed: %r", join(node, name), e)
             finally:
                 self._heads.release()
 
@@ -735,16 +810,125 @@ class Namespace:
                 node.completing = False
         self.background.start_soon(run)
 
+    # --- flat listings of subtrees, and glances -------------------------------------
+
+    def _scan_over(self, key: str) -> Scan | None:
+        """A flat listing under way that will reach the directory `key`."""
+        for scan in self._scans:
+            if scan.within(key) and not scan.covers(key):
+                return scan
+        return None
+
+    async def _from_scan(self, node: Node) -> Listing | None:
+        """The listing of a directory a flat listing under way is about to derive."""
+        scan = self._scan_over(node.key)
+        if scan is None:
+            return None
+        scan.used = True
+        with trio.move_on_after(SCAN_WAIT):
+            await scan.wait_for(node.key)
+        return self._load_listing(node)
+
+    def _scan_soon(self, node: Node) -> None:
+        """List the subtree of a directory flat, in the background, beside its own
+        listing: the listings of its subdirectories (and whether they have markers)
+        come from one LIST per thousand keys. It goes on past its first page only while
+        what it derives is used, and gives up after SCAN_PAGES pages."""
+        if self.background is None or any(scan.within(node.key) for scan in self._scans):
+            return
+        scan = Scan(node.key)
+        self._scans.append(scan)
+        self.background.start_soon(self._scan, scan)
+
+    async def _scan(self, scan: Scan) -> None:
+        out: dict[str, Derived] = {}
+        adopted: set[str] = set()
+        token: str | None = None
+        try:
+            for page_no in range(1, SCAN_PAGES + 1):
+                epoch = self.epoch
+                page = await self.backend.list(scan.top, "", token)
+                if self.epoch != epoch:
+                    return  # an own change raced it: its view may be older than ours
+                derive(scan.top, page.objects, valid_name, self._warn_skip, out)
+                token = page.token
+                last = page.objects[-1].key if page.objects else None
+                self._adopt_covered(out, adopted, last, token is None)
+                scan.advance(last, token is None)
+                deeper = any("/" in info.key[len(scan.top):] for info in page.objects)
+                if token is None or not deeper or (page_no >= 1 and not scan.used):
+                    return
+        except StormountError as e:  # those waiting for it ask the store themselves
+            log.debug("flat listing of /%s: %s", scan.top, e)
+        finally:
+            scan.advance(None, True)
+            self._scans.remove(scan)
+
+    def _adopt_covered(self, out: dict[str, Derived], adopted: set[str], last: str | None,
+                       complete: bool) -> None:
+        """The derived listings of the directories a flat listing has seen all of."""
+        now = trio.current_time()
+        for key in sorted(out):  # parents first
+            if key in adopted or not (complete or (
+                    last is not None and last > key and not last.startswith(key))):
+                continue
+            adopted.add(key)
+            derived = out[key]
+            mark_subdirs(key, derived, out, self.implied_dir)
+            node = self.at(key.rstrip("/"))
+            if node is None or node.kind != DIR or node.unlinked:
+                self._keep_listing(key, Listing(entries=derived.entries, at=now))
+                if self.meta is not None:
+                    self.meta.put_listing(key, derived.entries)
+                continue
+            if node.listing is None:
+                self._adopt(node, derived.entries, derived.marker, now)
+            else:
+                self._own_marker(node, derived.marker, now)
+            self._subdirs_known(node, derived.entries, now)
+
+    def _subdirs_known(self, node: Node, entries: Entries, at: float) -> None:
+        """What a flat listing showed of the markers of a directory's subdirectories
+        goes into its listing, and completes their nodes where that says it all."""
+        listing = node.listing
+        for name, (kind, info) in entries.items():
+            if kind != DIR or info is None:
+                continue
+            if listing is not None and listing.entries.get(name) == (DIR, None):
+                listing.put(name, (DIR, info))
+            child = node.children.get(name)
+            if (child is not None and child.kind == DIR and not child.complete
+                    and info.metadata is not None and not child.marker_queued):
+                self.child_from_object(node, name, DIR, info, complete=True, at=at)
+
+    def _glance_soon(self, node: Node) -> None:
+        """A lookup in a directory whose listing is not known lists it, one page in the
+        background (as rclone looks names up through listings): the names looked up
+        next in it take one request, or none. A directory of more than a page is left
+        to the lookups."""
+        if self.background is None or node.refreshing or node.kind != DIR:
+            return
+        node.refreshing = True
+
+        async def glance() -> None:
+            try:
+                epoch = self.epoch
+                page = await self.backend.list(node.key, "/")
+                if (page.token is None and self.epoch == epoch and node.listing is None
+                        and not node.unlinked):
+                    entries, marker = entries_of(node.key, page.objects, page.prefixes,
+                                                 valid_name, self._warn_skip)
+                    self._adopt(node, entries, marker, trio.current_time())
+            except StormountError as e:  # the lookups ask the store themselves
+                log.debug("listing /%s for its lookups: %s", node.path, e)
+            finally:
+                node.refreshing = False
+        self.background.start_soon(glance)
+
     # --- the kernel lets go, and invalidation ---------------------------------------
 
     def forget(self, node: Node, count: int) -> None:
         node.lookups = max(0, node.lookups - count)
-        parent = node.parent
-        if (node.lookups == 0 and not node.unlinked and parent is not None
-                and parent.listing is not None and node.name in parent.listing.entries):
-            # its directory's listing names it: it stays, as the listing's entry (inode
-            # numbers then stay the same for as long as the listing lives)
-            return
         self.inodes.maybe_drop(node)
 
     def invalidate(self, path: str, recursive: bool = False) -> list[Node]:
@@ -753,6 +937,13 @@ class Namespace:
         disk. The next access asks the store. Returns the known nodes whose kernel
         entries the caller should drop too."""
         path = path.strip("/")
+        prefix = path + "/" if path else ""
+        for key in [k for k in self._derived if k.startswith(prefix) or k == prefix]:
+            del self._derived[key]
+        for scan in self._scans:
+            if scan.within(prefix) or prefix.startswith(scan.top):
+                scan.advance(None, True)  # what it shows may be older than the news
+        self.epoch += 1
         node: Node | None = self.inodes.root
         for name in path.split("/") if path else []:
             if node is None:
@@ -760,8 +951,8 @@ class Namespace:
             parent, node = node, node.children.get(name)
             self.negatives.discard(parent, name)
             parent.changes += 1  # a listing in flight must not bring the old view back
-            if parent.listing is not None and node is None:
-                parent.listing.at = -math.inf  # it may not know the name yet
+            if node is None:
+                parent.listing = None  # it may not know the name yet: listed anew
         if self.meta is not None:
             self.meta.forget_object(path)
             self.meta.forget_object(path + "/")
@@ -783,8 +974,8 @@ class Namespace:
             current.listing = None  # the next listing asks the store, and waits for it
             current.changes += 1
             self.negatives.clear(current)
-            if current.parent is not None and current.parent.listing is not None:
-                current.parent.listing.at = -math.inf
+            if current.parent is not None:
+                current.parent.listing = None
             if recursive:
                 todo.extend(current.children.values())
         return affected

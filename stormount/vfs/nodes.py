@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import trio
@@ -39,10 +40,25 @@ class Staging:
 
 @dataclass(eq=False)
 class Listing:
-    """A directory's entries as last listed: name -> (kind, object or None for prefixes)."""
+    """A directory's entries as last listed: name -> (kind, object or None for prefixes).
+    Change them through `put` and `drop`, which keep the count of subdirectories."""
 
     entries: dict[str, tuple[str, ObjectInfo | None]]
     at: float
+    subdirs: int = -1  # (counted at creation)
+
+    def __post_init__(self) -> None:
+        self.subdirs = sum(kind == DIR for kind, _ in self.entries.values())
+
+    def put(self, name: str, entry: tuple[str, ObjectInfo | None]) -> None:
+        old = self.entries.get(name)
+        self.subdirs += (entry[0] == DIR) - (old is not None and old[0] == DIR)
+        self.entries[name] = entry
+
+    def drop(self, name: str) -> None:
+        old = self.entries.pop(name, None)
+        if old is not None and old[0] == DIR:
+            self.subdirs -= 1
 
 
 @dataclass(eq=False)
@@ -55,6 +71,7 @@ class Node:
     # the store's Last-Modified of that version (None: not known to the second), which
     # with the ETag tells whether a listing still shows the version a HEAD described
     modified: float | None = None
+    stored: Mapping[str, str] | None = None  # that version's metadata (None: not known)
     page_cache_etag: str | None = None  # version the kernel's cached pages hold
     checked_at: float = -1e18  # trio time the attributes were last confirmed
     # the attributes are what the store says (a HEAD, a listing with metadata, an own
@@ -66,7 +83,6 @@ class Node:
     opens: int = 0  # open file handles
     children: dict[str, Node] = field(default_factory=dict)
     listing: Listing | None = None
-    negative: dict[str, float] = field(default_factory=dict)  # name -> trio time seen absent
     staging: Staging | None = None
     link_target: str | None = None
     unlinked: bool = False  # removed from the namespace while still referenced
@@ -106,7 +122,9 @@ class Node:
 
 
 class InodeTable:
-    def __init__(self, root_attrs: Attrs) -> None:
+    def __init__(self, root_attrs: Attrs,
+                 on_drop: Callable[[Node], None] = lambda node: None) -> None:
+        self._on_drop = on_drop  # told of each node forgotten, before it goes
         self.root = Node(ino=ROOT_INO, name="", parent=None, attrs=root_attrs)
         self.root.lookups = 1  # the kernel never forgets the root
         self._nodes: dict[int, Node] = {ROOT_INO: self.root}
@@ -142,6 +160,7 @@ class InodeTable:
         if not node.unlinked and (node.marker_queued or (
                 node.staging is not None and node.staging.dirty)):
             return  # not in the store yet: never drop it
+        self._on_drop(node)
         self._nodes.pop(node.ino, None)
         parent = node.parent
         if parent is not None and parent.children.get(node.name) is node:

@@ -108,7 +108,13 @@ class Pins:
         if node.kind == DIR:
             for _, child in await self.vfs.ns.list_dir(node):
                 # its attributes as facts, persisted: it lists and stats offline too
-                await self._fetch(await self.vfs.ns.known(child), state)
+                try:
+                    child = await self.vfs.ns.known(child)
+                except FsError as e:
+                    if e.errno != errno.ENOENT:
+                        raise
+                    continue  # removed since the listing
+                await self._fetch(child, state)
             return
         if node.kind != FILE:
             return

@@ -175,13 +175,20 @@ def test_parent_directory_times_move_with_its_entries(store, make_mount):
     moves(lambda: (d / "p").unlink(), d)
     moves(lambda: os.rename(d / "f", d / "g"), d)
     moves(lambda: os.rename(d / "g", e / "g"), d, e)
-    os.utime(d, ns=(OLD, OLD))
-    (d / "last").write_text("y")
-    kept = os.stat(d)
     assert m.stop() == 0
-    # a directory with a marker keeps them in the store
+
+    # a directory whose marker waits for its upload (made here) stores them with it
+    waiting = make_mount(store.url, env=store.env, name="waiting",
+                         args=("-o", "debounce=3600"))
+    new = waiting.path / "new"
+    new.mkdir()
+    os.utime(new, ns=(OLD, OLD))
+    (new / "f").write_text("y")
+    kept = os.stat(new)
+    assert kept.st_mtime_ns > OLD
+    assert waiting.stop() == 0  # the queue is uploaded on the way out
     again = fresh_mount(store, make_mount, "again")
-    st = os.stat(again.path / "d")
+    st = os.stat(again.path / "new")
     assert (st.st_mtime_ns, st.st_ctime_ns) == (kept.st_mtime_ns, kept.st_ctime_ns)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 from stormount.backends.base import ObjectInfo
@@ -34,7 +35,8 @@ def test_s3fs_decimal_and_rclone_octal_modes():
 def test_missing_or_bad_metadata_falls_back_to_defaults():
     fuse = FuseConfig(uid=7, gid=8)
     a = attrs_from_object(info(mode="rwx", mtime="yesterday"), FILE, fuse)
-    assert stat.S_IMODE(a.mode) == 0o644 and (a.uid, a.gid) == (7, 8)
+    assert stat.S_IMODE(a.mode) == 0o644 and (a.uid, a.gid) == (os.getuid(), os.getgid())
+    assert (shown(a, fuse).uid, shown(a, fuse).gid) == (7, 8)  # the options show
     assert a.mtime_ns == 1_000_500_000_000  # the store's Last-Modified
 
 

@@ -18,7 +18,7 @@ from stormount.backends import open_backend
 from stormount.backends.memory import _STORES
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig, parse_tier_url
-from stormount.errors import FsError
+from stormount.errors import FsError, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
 from stormount.vfs.namespace import Negatives
@@ -127,11 +127,13 @@ async def test_a_lookup_completes_an_entry_before_anything_relies_on_it(make, ot
     await vfs.release(fh)
 
 
-async def test_entries_are_completed_in_the_background_after_a_listing(make, other):
+async def test_entries_are_completed_in_the_background_once_one_is_needed(make, other):
     for i in range(40):
         await other.put_bytes(f"f{i:02d}", b"x", {"mode": str(stat.S_IFREG | 0o640)})
     backend, vfs = make(background=True, cache=CacheConfig(head_parallel=4))
     entries = await listed(vfs)
+    assert backend.requests["head"] == 0  # names alone (ls) need no HEAD
+    await vfs.lookup(ROOT_INO, "f00")  # the first entry someone needs: the rest follow
     await until(lambda: all(node.complete for node in entries.values()))
     assert backend.requests["head"] == 40
     for name in entries:  # ls -l, rsync and find then find them ready
@@ -231,3 +233,121 @@ async def test_negative_entries_are_bounded_in_number_and_age(autojump_clock):
     assert negatives.fresh(parent, "d", 5.0)
     await trio.sleep(5.0)
     assert not negatives.fresh(parent, "d", 5.0) and len(negatives) == 2
+
+
+async def walk(vfs: Vfs, ino: int = ROOT_INO, path: str = "") -> list[str]:
+    """What find prints: every path, directories looked up and listed in turn, files
+    only listed (their kind is certain)."""
+    out = []
+    for name, node in sorted((await listed(vfs, ino)).items()):
+        out.append(f"{path}{name}")
+        if node.kind == "dir":
+            child = await vfs.lookup(ino, name)
+            out += await walk(vfs, child.ino, f"{path}{name}/")
+    return out
+
+
+async def test_a_walk_of_a_small_subtree_costs_one_flat_listing(make, other):
+    keys = [f"t/d{i}/e{j}/f{k}" for i in range(3) for j in range(3) for k in range(4)]
+    for key in keys:
+        await other.put_bytes(key, b"x" * 5000, {})  # big enough to be surely files
+    await other.put_bytes("t/d1/", b"", {"mode": str(stat.S_IFDIR | 0o700)})  # a marker
+    backend, vfs = make(background=True)
+    t = await vfs.lookup(ROOT_INO, "t")
+    before = backend.requests.copy()
+    found = await walk(vfs, t.ino)
+    assert len([p for p in found if "/f" in p]) == len(keys)
+    # the listing of t, its flat listing, and the HEAD of the one marker: no LIST per
+    # directory, no HEAD of a directory without a marker
+    assert backend.requests - before == {"list": 2, "head": 1}
+    d1 = await vfs.lookup(t.ino, "d1")
+    assert stat.S_IMODE(d1.attrs.mode) == 0o700
+    d0 = await vfs.lookup(t.ino, "d0")
+    assert d0.complete and stat.S_IMODE(d0.attrs.mode) == 0o755  # no marker: defaults
+
+
+async def test_a_lookup_in_a_directory_not_listed_lists_it_for_the_next_ones(make, other):
+    for i in range(5):
+        await other.put_bytes(f"s/f{i}", b"x", {"mode": str(stat.S_IFREG | 0o600)})
+    backend, vfs = make(background=True)
+    s = await vfs.lookup(ROOT_INO, "s")
+    await vfs.lookup(s.ino, "f0")
+    await until(lambda: s.listing is not None)  # listed in the background
+    before = backend.requests.copy()
+    assert await vfs.ns.lookup(s, "nope") is None  # the listing answers: no such name
+    assert backend.requests - before == {}
+
+
+async def test_a_flat_listing_raced_by_an_own_change_is_not_adopted(make, other):
+    await other.put_bytes("t/a/f", b"x" * 5000, {})
+    backend, vfs = make(background=True)
+    t = await vfs.lookup(ROOT_INO, "t")
+    gate = trio.Event()
+    real_list = backend.list
+
+    async def slow_list(prefix, delimiter="/", token=None, limit=1000):
+        if delimiter == "":
+            await gate.wait()
+        return await real_list(prefix, delimiter, token, limit)
+    backend.list = slow_list  # type: ignore[method-assign]
+    await listed(vfs, t.ino)
+    fh, _node = await vfs.create(t.ino, "new", 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
+    await vfs.release(fh)
+    gate.set()
+    a = await vfs.lookup(t.ino, "a")
+    assert "f" in await listed(vfs, a.ino)
+    assert "new" in await listed(vfs, t.ino)
+
+
+async def test_a_store_answer_older_than_an_own_move_tells_nothing(make, other, nursery):
+    for name in ("x", "y"):
+        await other.put_bytes(f"d/{name}", b"small", {"mode": str(stat.S_IFREG | 0o600)})
+    backend, vfs = make(background=True)
+    moved = trio.Event()
+    real_head = backend.__getattr__("head")
+
+    async def head(key: str):
+        if key == "d/x":  # asked before the move, answered after it
+            await moved.wait()
+        return await real_head(key)
+    backend.head = head  # type: ignore[method-assign]
+    d = await vfs.lookup(ROOT_INO, "d")
+    await listed(vfs, d.ino)
+    nursery.start_soon(vfs.lookup, d.ino, "x")
+    await trio.sleep(0.01)
+    await vfs.rename(ROOT_INO, "d", ROOT_INO, "e")
+    moved.set()
+    await trio.sleep(0.05)
+    assert sorted(await listed(vfs, d.ino)) == ["x", "y"]
+    assert (await vfs.lookup(d.ino, "x")).attrs.size == 5
+
+
+async def test_a_new_version_of_uncertain_kind_is_listed_without_a_type(make, other):
+    await other.put_bytes("l", b"target", {"mode": LINK_MODE})
+    _backend, vfs = make(cache=CacheConfig(listing_ttl=0))
+    link = await vfs.lookup(ROOT_INO, "l")  # the kernel holds it as a link
+    assert link.kind == "link"
+    await other.put_bytes("l", b"#!/bin/sh\n", {})
+    entry = (await listed(vfs))["l"]
+    assert not entry.complete and not entry.kind_known
+    assert Operations(vfs, FuseConfig())._entry(entry).st_mode == 0  # DT_UNKNOWN
+
+
+async def test_a_directory_the_kernel_forgot_keeps_its_listing_for_an_outage(make):
+    backend, vfs = make(meta=True)
+    d = await vfs.mkdir(ROOT_INO, "w", 0o755, UID, GID)
+    fh, f = await vfs.create(d.ino, "a", 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
+    await vfs.release(fh)
+    assert not await vfs.writeback.flush()
+    vfs.forget(f.ino, f.lookups)  # memory pressure, drop_caches: the kernel lets go
+    vfs.forget(d.ino, d.lookups)
+    assert vfs.inodes.get(d.ino) is None
+
+    async def unreachable(*args, **kwargs):
+        raise Transient("the store is unreachable")
+    backend.head = backend.list = unreachable  # type: ignore[method-assign]
+    again = await vfs.lookup(ROOT_INO, "w")  # its marker, as stored, from the cache
+    assert await vfs.ns.lookup(again, "new") is None  # its listing says: no such name
+    fh, _ = await vfs.create(again.ino, "new", 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
+    await vfs.release(fh)
+    assert sorted(await listed(vfs, again.ino)) == ["a", "new"]

@@ -19,6 +19,7 @@ from stormount.backends import Backend, list_all, open_backend
 from stormount.backends.memory import _STORES
 from stormount.config import CacheConfig, FuseConfig, parse_tier_url
 from stormount.errors import FsError, NotFound
+from stormount.vfs.attrs import shown
 from stormount.vfs.fs import RENAME_NOREPLACE, Vfs
 from stormount.vfs.nodes import ROOT_INO, Node
 from tests.helpers.vfs import VfsFactory
@@ -667,6 +668,33 @@ async def test_mknod_stores_fifos_and_devices_as_empty_objects(vfs, make_vfs):
     assert await store_keys(vfs.backend) == ["c", "p", "r", "s"]
 
 
+async def test_rename_keeps_what_an_object_carries_and_stores_no_defaults(make_vfs, other):
+    await put(other, "plain", b"x" * 10)  # written by another tool: no attributes
+    await put(other, "tagged", b"y" * 10, {"sha256": "abc", "mode": str(stat.S_IFREG | 0o600)})
+    vfs = make_vfs(fuse=FuseConfig(uid=4242, gid=4242, file_mode=0o666))
+    await vfs.rename(ROOT_INO, "plain", ROOT_INO, "plain2")
+    await vfs.rename(ROOT_INO, "tagged", ROOT_INO, "tagged2")
+    assert (await other.head("plain2")).metadata == {}  # nothing invented
+    tagged = (await other.head("tagged2")).metadata
+    assert tagged["sha256"] == "abc" and stat.S_IMODE(int(tagged["mode"])) == 0o600
+    assert "uid" not in tagged and "ctime" in tagged  # the rename's ctime, nothing shown
+    await vfs.setattr((await vfs.lookup(ROOT_INO, "tagged2")).ino, mode=0o640)
+    assert (await other.head("tagged2")).metadata["sha256"] == "abc"  # a chmod keeps it
+
+
+async def test_changes_in_a_directory_never_rewrite_its_stored_marker(make_vfs, other):
+    await put(other, "shared/", b"", {"mode": str(stat.S_IFDIR | 0o777)})
+    vfs = make_vfs()
+    d = await vfs.lookup(ROOT_INO, "shared")
+    # another client locks it down; a file made here must not undo that
+    await put(other, "shared/", b"", {"mode": str(stat.S_IFDIR | 0o700)})
+    await make_file(vfs, d.ino, "f", b"x")
+    await vfs.unlink(d.ino, "f")
+    await settled()
+    assert stat.S_IMODE(int((await other.head("shared/")).metadata["mode"])) == 0o700
+    assert d.attrs.mtime_ns > 0  # its times moved in memory
+
+
 async def test_hard_link_is_eperm(vfs):
     f = await make_file(vfs, ROOT_INO, "f", b"x")
     assert await fs_errno(vfs.link(f.ino, ROOT_INO, "g")) == errno.EPERM
@@ -726,12 +754,14 @@ async def test_foreign_objects_found_by_lookup_without_listing(vfs, other):
 
 async def test_default_modes_follow_mount_options(make_vfs, other):
     await put(other, "d/f", b"x")
-    vfs = make_vfs(fuse=FuseConfig(umask=0o027, uid=777, gid=888))
-    d = await vfs.lookup(ROOT_INO, "d")
-    assert d.attrs.mode == stat.S_IFDIR | 0o750
-    f = await vfs.lookup(d.ino, "f")
-    assert f.attrs.mode == stat.S_IFREG | 0o640
-    assert (f.attrs.uid, f.attrs.gid) == (777, 888)
+    fuse = FuseConfig(umask=0o027, uid=777, gid=888)
+    vfs = make_vfs(fuse=fuse)
+    d = shown((await vfs.lookup(ROOT_INO, "d")).attrs, fuse)
+    assert d.mode == stat.S_IFDIR | 0o750
+    f = await vfs.lookup(ROOT_INO, "d")
+    f = shown((await vfs.lookup(f.ino, "f")).attrs, fuse)
+    assert f.mode == stat.S_IFREG | 0o640
+    assert (f.uid, f.gid) == (777, 888)
 
 
 async def test_keys_that_are_not_posix_names_are_skipped(vfs, other):
