@@ -13,6 +13,7 @@ import math
 import os
 import stat
 import tempfile
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -50,6 +51,10 @@ DOWNLOAD_CHUNK = 8 * 1024 * 1024
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 COPY_PARALLEL = 16
+# files read one after another in a directory (cp -r, tar c, rsync): the next ones of at
+# most a block are fetched ahead, this many
+SIBLINGS_AHEAD = 16
+WALKS_MAX = 1024  # directories whose order of reading is followed
 
 
 @dataclass(eq=False)
@@ -100,6 +105,9 @@ class Vfs:
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._moving: dict[Node, trio.Event] = {}  # nodes a rename is moving
+        # per directory: the last file opened for reading there, and how many were
+        # opened in the order of their names
+        self._walks: OrderedDict[int, tuple[str, int]] = OrderedDict()
 
     # the configuration in force (SIGHUP changes the live parts), shared with the namespace
     @property
@@ -669,7 +677,37 @@ class Vfs:
                 staging.generation += 1
                 node.attrs.size = 0
                 node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
+        if not writable and node.staging is None and node.etag:
+            self._walked(node)
         return self._open_handle(node, writable)
+
+    def _walked(self, node: Node) -> None:
+        """A stored file opened for reading: when the files of its directory are being
+        read in the order of their names, fetch the next small ones ahead, so that a
+        cp -r, tar or rsync of many small files waits for one GET at a time no more."""
+        parent = node.parent
+        if parent is None or self.reader is None or parent.listing is None:
+            return
+        last = self._walks.pop(parent.ino, None)
+        count = last[1] + 1 if last is not None and last[0] < node.name else 1
+        self._walks[parent.ino] = (node.name, count)
+        if len(self._walks) > WALKS_MAX:
+            self._walks.popitem(last=False)
+        if count < 2:
+            return  # one file read is no walk yet
+        listing = parent.listing
+        block = self.reader.blocks.block_size
+        for name in listing.after(node.name, SIBLINGS_AHEAD):
+            kind, info = listing.entries[name]
+            child = parent.children.get(name)
+            if child is not None and (child.staging is not None or child.etag is None):
+                continue  # read from its local copy
+            etag = child.etag if child is not None and child.complete else (
+                info.etag if info is not None else None)
+            size = child.attrs.size if child is not None and child.complete else (
+                info.size if info is not None else 0)
+            if kind == FILE and etag and 0 < size <= block:
+                self.reader.prefetch_object(join(parent, name), etag, size)
 
     async def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int,
                      gid: int) -> tuple[int, Node]:

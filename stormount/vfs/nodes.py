@@ -7,6 +7,7 @@ within a mount.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 from collections.abc import Callable, Mapping
@@ -46,6 +47,7 @@ class Listing:
     entries: dict[str, tuple[str, ObjectInfo | None]]
     at: float
     subdirs: int = -1  # (counted at creation)
+    _sorted: list[str] | None = None  # the names in order, once asked for
 
     def __post_init__(self) -> None:
         self.subdirs = sum(kind == DIR for kind, _ in self.entries.values())
@@ -53,12 +55,23 @@ class Listing:
     def put(self, name: str, entry: tuple[str, ObjectInfo | None]) -> None:
         old = self.entries.get(name)
         self.subdirs += (entry[0] == DIR) - (old is not None and old[0] == DIR)
+        if old is None:
+            self._sorted = None
         self.entries[name] = entry
 
     def drop(self, name: str) -> None:
         old = self.entries.pop(name, None)
-        if old is not None and old[0] == DIR:
-            self.subdirs -= 1
+        if old is not None:
+            self._sorted = None
+            if old[0] == DIR:
+                self.subdirs -= 1
+
+    def after(self, name: str, count: int) -> list[str]:
+        """Up to `count` names that sort after `name`."""
+        if self._sorted is None:
+            self._sorted = sorted(self.entries)
+        start = bisect.bisect_right(self._sorted, name)
+        return self._sorted[start:start + count]
 
 
 @dataclass(eq=False)

@@ -137,6 +137,15 @@ class Reader:
             self._queued.add(ident)
             self.background.start_soon(self._prefetch, ident, object_size)
 
+    def prefetch_object(self, key: str, version: str, size: int) -> None:
+        """Fetch a small object whole (its first block) in the background."""
+        ident = (key, version, 0)
+        if (self.background is None or ident in self._queued or ident in self._inflight
+                or self.blocks.has(*ident)):
+            return
+        self._queued.add(ident)
+        self.background.start_soon(self._prefetch, ident, size)
+
     async def _prefetch(self, ident: tuple[str, str, int], object_size: int) -> None:
         try:
             async with self._prefetch_limiter:

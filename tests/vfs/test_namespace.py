@@ -16,6 +16,7 @@ import trio
 
 from stormount.backends import open_backend
 from stormount.backends.memory import _STORES
+from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig, parse_tier_url
 from stormount.errors import FsError, Transient
@@ -351,3 +352,35 @@ async def test_a_directory_the_kernel_forgot_keeps_its_listing_for_an_outage(mak
     fh, _ = await vfs.create(again.ino, "new", 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
     await vfs.release(fh)
     assert sorted(await listed(vfs, again.ino)) == ["a", "new"]
+
+
+async def test_files_read_one_after_another_are_fetched_ahead(tmp_path, nursery, make, other):
+    for i in range(12):
+        await other.put_bytes(f"d/f{i:02d}", f"content {i}".encode(), {})
+    blocks = BlockCache(str(tmp_path / "blocks"), block_size=64 * 1024, max_bytes=1 << 30,
+                        min_free_bytes=0)
+    backend = S3LikeListings(open_backend(parse_tier_url(f"memory://{other.url[9:]}")))
+    vfs = VfsFactory(tmp_path, nursery)(backend, blocks=blocks)  # type: ignore[arg-type]
+    vfs.background = nursery
+    assert vfs.reader is not None
+    vfs.reader.background = nursery
+    d = await vfs.lookup(ROOT_INO, "d")
+    names = sorted(await listed(vfs, d.ino))
+
+    async def cat(name: str) -> bytes:
+        node = await vfs.lookup(d.ino, name)
+        fh = await vfs.open(node.ino, os.O_RDONLY)
+        try:
+            return await vfs.read(fh, 0, 1 << 20)
+        finally:
+            await vfs.release(fh)
+
+    for name in names[:2]:  # a cp -r begins
+        await cat(name)
+    await until(lambda: all(blocks.has(f"d/{n}", (vfs.inodes.get(d.ino).children[n].etag
+                                                  or ""), 0) for n in names[2:]))
+    before = backend.requests["get_range"]
+    for i, name in enumerate(names[2:], 2):
+        assert await cat(name) == f"content {i}".encode()
+    assert backend.requests["get_range"] == before  # every one was there already
+    blocks.close()
