@@ -24,7 +24,7 @@ from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
 from stormount.vfs.namespace import Negatives
 from stormount.vfs.nodes import ROOT_INO, Node
-from tests.helpers.vfs import GID, UID, S3LikeListings, VfsFactory
+from tests.helpers.vfs import GID, UID, S3LikeListings, VfsFactory, read
 
 LINK_MODE = str(stat.S_IFLNK | 0o777)
 SECRET = {"mode": str(stat.S_IFREG | 0o600), "uid": "1000", "gid": "1000",
@@ -367,20 +367,12 @@ async def test_files_read_one_after_another_are_fetched_ahead(tmp_path, nursery,
     d = await vfs.lookup(ROOT_INO, "d")
     names = sorted(await listed(vfs, d.ino))
 
-    async def cat(name: str) -> bytes:
-        node = await vfs.lookup(d.ino, name)
-        fh = await vfs.open(node.ino, os.O_RDONLY)
-        try:
-            return await vfs.read(fh, 0, 1 << 20)
-        finally:
-            await vfs.release(fh)
-
     for name in names[:2]:  # a cp -r begins
-        await cat(name)
+        await read(vfs, f"d/{name}")
     await until(lambda: all(blocks.has(f"d/{n}", (vfs.inodes.get(d.ino).children[n].etag
                                                   or ""), 0) for n in names[2:]))
     before = backend.requests["get_range"]
     for i, name in enumerate(names[2:], 2):
-        assert await cat(name) == f"content {i}".encode()
+        assert await read(vfs, f"d/{name}") == f"content {i}".encode()
     assert backend.requests["get_range"] == before  # every one was there already
     blocks.close()
