@@ -832,7 +832,7 @@ class Namespace:
     def _scan_soon(self, node: Node) -> None:
         """List the subtree of a directory flat, in the background, beside its own
         listing: the listings of its subdirectories (and whether they have markers)
-        come from one LIST per thousand keys. It goes on past its first page only while
+        come from one LIST per thousand keys. It goes on past its second page only while
         what it derives is used, and gives up after SCAN_PAGES pages."""
         if self.background is None or any(scan.within(node.key) for scan in self._scans):
             return
@@ -856,7 +856,7 @@ class Namespace:
                 self._adopt_covered(out, adopted, last, token is None)
                 scan.advance(last, token is None)
                 deeper = any("/" in info.key[len(scan.top):] for info in page.objects)
-                if token is None or not deeper or (page_no >= 1 and not scan.used):
+                if token is None or not deeper or (page_no >= 2 and not scan.used):
                     return
         except StormountError as e:  # those waiting for it ask the store themselves
             log.debug("flat listing of /%s: %s", scan.top, e)
