@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs fio and rclone for `make bench` when they are missing (idempotent). Never fails
-# the build: whatever cannot be installed is reported, and benchmarks/run.py then skips
-# the figures that need it and says so in its table.
+# Installs fio, rclone and s3fs (the peers) for `make bench` when they are missing
+# (idempotent). Never fails the build: whatever cannot be installed is reported, and
+# benchmarks/run.py then skips the figures that need it and says so in its table.
 set -u
 
 sudo_=""
@@ -9,13 +9,13 @@ if [ "$(id -u)" != 0 ]; then
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
         sudo_="sudo"
     else
-        echo "bench: not root and no passwordless sudo; fio/rclone not installed if missing" >&2
+        echo "bench: not root and no passwordless sudo; fio/rclone/s3fs not installed if missing" >&2
         exit 0
     fi
 fi
 
 missing=()
-for tool in fio rclone; do
+for tool in fio rclone s3fs; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
