@@ -1,4 +1,4 @@
-"""Figures, their goals (from issue 4) and the report: a markdown table on stdout plus
+"""Figures, their goals (from issues 4 and 17) and the report: a markdown table on stdout plus
 JSON and markdown files in benchmarks/results/."""
 
 from __future__ import annotations
@@ -12,15 +12,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TIMES = "\u00d7"  # the multiplication sign of "0.9x"
 
 
+# the peer columns, in this order; a column shows when any row has its figure
+PEERS = ("rclone", "s3fs")
+
+
 @dataclass
 class Goal:
     """`kind` "ratio": stormount / reference compared with `value`; "peer": stormount /
-    rclone (not judged without rclone); "abs": stormount itself compared with `value`;
-    "works": met when the figure was measured at all."""
+    the peer named by `peer` (not judged without it); "abs": stormount itself compared
+    with `value`; "works": met when the figure was measured and `Row.ok` holds (e.g. a
+    copy that must be exact)."""
     kind: str
     op: str  # ">=" or "<="
     value: float
     text: str
+    peer: str = "rclone"
 
     def met(self, row: Row) -> bool | None:
         if self.kind == "works":
@@ -28,7 +34,7 @@ class Goal:
         if row.stormount is None:
             return None
         x = row.ratio() if self.kind == "ratio" else \
-            row.peer_ratio() if self.kind == "peer" else row.stormount
+            row.peer_ratio(self.peer) if self.kind == "peer" else row.stormount
         if x is None:
             return None
         return x >= self.value if self.op == ">=" else x <= self.value
@@ -43,24 +49,36 @@ class Row:
     goal: Goal | None = None
     stormount: float | None = None
     reference: float | None = None
-    rclone: float | None = None
-    ok: bool = True  # for "works" goals: the operation completed
+    peers: dict[str, float] = field(default_factory=dict)  # e.g. "rclone" -> its figure
+    ok: bool = True  # for "works" goals: the operation completed (or came out exact)
     notes: list[str] = field(default_factory=list)
+
+    def get(self, kind: str) -> float | None:
+        """The figure of "stormount" or of a peer ("rclone", "s3fs")."""
+        return self.stormount if kind == "stormount" else self.peers.get(kind)
+
+    def set(self, kind: str, value: float | None) -> None:
+        if kind == "stormount":
+            self.stormount = value
+        elif value is not None:
+            self.peers[kind] = value
 
     def ratio(self) -> float | None:
         if self.stormount is None or not self.reference:
             return None
         return self.stormount / self.reference
 
-    def rclone_ratio(self) -> float | None:
-        if self.rclone is None or not self.reference:
+    def peer_ref_ratio(self, peer: str) -> float | None:
+        """A peer's figure over the reference (shown beside it, as Ratio is)."""
+        if self.peers.get(peer) is None or not self.reference:
             return None
-        return self.rclone / self.reference
+        return self.peers[peer] / self.reference
 
-    def peer_ratio(self) -> float | None:
-        if self.stormount is None or not self.rclone:
+    def peer_ratio(self, peer: str = "rclone") -> float | None:
+        """stormount over a peer: what a "peer" goal judges."""
+        if self.stormount is None or not self.peers.get(peer):
             return None
-        return self.stormount / self.rclone
+        return self.stormount / self.peers[peer]
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -68,19 +86,18 @@ class Row:
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
         d["ratio"] = self.ratio()
-        d["rclone_ratio"] = self.rclone_ratio()
-        d["peer_ratio"] = self.peer_ratio()
+        d["peer_ref_ratios"] = {p: self.peer_ref_ratio(p) for p in self.peers}
         d["met"] = self.goal.met(self) if self.goal else None
         return d
 
 
-def ratio_goal(op: str, value: float, what: str, quote: str = "", kind: str = "ratio"
-               ) -> Goal:
+def ratio_goal(op: str, value: float, what: str, quote: str = "", kind: str = "ratio",
+               peer: str = "rclone") -> Goal:
     """E.g. ratio_goal(">=", 0.9, "direct"): stormount at least 0.9 times the reference;
-    `quote` adds the issue's figures behind the goal; kind="peer" compares with rclone."""
+    `quote` adds the issue's figures behind the goal; kind="peer" compares with `peer`."""
     text = f"{'≥' if op == '>=' else '≤'} {value:g}{TIMES} {what}"
     text += f" ({quote})" if quote else ""
-    return Goal(kind, op, value, text)
+    return Goal(kind, op, value, text, peer)
 
 
 def fmt(value: float | None, unit: str) -> str:
@@ -101,10 +118,9 @@ def fmt_ratio(r: float | None) -> str:
     return f"{r:.3f}{TIMES}" if r < 0.1 else f"{r:.2f}{TIMES}"
 
 
-def table(rows: list[Row], with_rclone: bool) -> str:
+def table(rows: list[Row], peers: list[str]) -> str:
     head = ["Figure", "stormount", "Reference", "Ratio", "Goal", "Met?"]
-    if with_rclone:
-        head.append("rclone (peer)")
+    head += [f"{p} (peer)" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         ref = fmt(row.reference, row.unit)
@@ -115,11 +131,11 @@ def table(rows: list[Row], with_rclone: bool) -> str:
         cells = [row.figure, fmt(row.stormount, row.unit), ref, fmt_ratio(row.ratio()),
                  row.goal.text if row.goal else "report only",
                  {True: "yes", False: "**no**", None: "—"}[met]]
-        if with_rclone:
-            peer = fmt(row.rclone, row.unit)
-            if row.rclone is not None and row.rclone_ratio() is not None:
-                peer += f" ({fmt_ratio(row.rclone_ratio())})"
-            cells.append(peer)
+        for p in peers:  # each with its ratio to the reference, as stormount's
+            cell = fmt(row.peers.get(p), row.unit)
+            if row.peer_ref_ratio(p) is not None:
+                cell += f" ({fmt_ratio(row.peer_ref_ratio(p))})"
+            cells.append(cell)
         if row.notes:
             cells[0] += "<br>*" + "; ".join(row.notes) + "*"
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -127,10 +143,10 @@ def table(rows: list[Row], with_rclone: bool) -> str:
 
 
 def render(rows: list[Row], meta: dict[str, object], notes: list[str]) -> str:
-    with_rclone = any(r.rclone is not None for r in rows)
+    peers = [p for p in PEERS if any(p in r.peers for r in rows)]
     out = [f"# stormount benchmark, {meta['started']}", "",
            f"Parameters: {meta['parameters']}; took {meta['duration_s']:.0f} s.", "",
-           table(rows, with_rclone), ""]
+           table(rows, peers), ""]
     if notes:
         out += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(out)

@@ -214,11 +214,11 @@ def sequential(b: Bench) -> None:
         with mount(port, f"{kind}-seq-{port}") as m:
             b.cold()
             rate, got = seq_read(m.path / "seq.bin", size, p.read_deadline)
-            setattr(cold_row, kind, rate)
+            cold_row.set(kind, rate)
             partial_note(cold_row, f"{kind} (cold)", got, size, p.read_deadline)
             if warm:
                 rate, got2 = seq_read(m.path / "seq.bin", got, p.read_deadline)
-                setattr(rw, kind, rate)
+                rw.set(kind, rate)
                 partial_note(rw, f"{kind} (warm)", got2, got, p.read_deadline)
         b.track_rss(m)
 
@@ -302,7 +302,7 @@ def random_reads(b: Bench) -> None:
                 probe("stat", m.path / "rand.bin", timeout=p.op_timeout)  # lookup, not timed
                 b.cold()
                 out = probe("pread", m.path / "rand.bin", *offsets, timeout=p.op_timeout)
-                setattr(lat, kind, statistics.median(out["seconds"]) * 1000)
+                lat.set(kind, statistics.median(out["seconds"]) * 1000)
             b.track_rss(m)
         log(f"uncached 4 KiB read latency, {kind}")
         guarded(lat, kind, mount_lat)
@@ -322,7 +322,7 @@ def random_reads(b: Bench) -> None:
                 mount = b.session.stormount if kind == "stormount" else b.session.rclone
                 with mount(b.port, f"{kind}-fio{jobs}") as m:
                     b.cold()
-                    setattr(row, kind, fio_iops(m.path / "rand.bin", jobs, p.fio_seconds))
+                    row.set(kind, fio_iops(m.path / "rand.bin", jobs, p.fio_seconds))
                 b.track_rss(m)
             log(f"fio randread {jobs} job(s), {kind}")
             guarded(row, kind, run_fio)
@@ -507,5 +507,5 @@ def make_rows(p: Params) -> dict[str, Row]:
 def finish_rss(b: Bench) -> None:
     row = b.rows["peak_rss"]
     row.stormount = b.rss.get("stormount")
-    row.rclone = b.rss.get("rclone")
+    row.set("rclone", b.rss.get("rclone"))
     row.note("max VmHWM over the sequential and random-read mounts")

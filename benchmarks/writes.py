@@ -116,14 +116,14 @@ def run_then_stored(kind: str, m: Mount, t0: float, limit: float, first: Row,
                     what: str) -> None:
     """`first` gets what `run` measures; then, if it finished, `store` gets the seconds
     from `t0` until the mount's queue is empty and `check` sees the bucket complete."""
-    guarded(first, kind, lambda: setattr(first, kind, run()))
-    if getattr(first, kind) is None:
+    guarded(first, kind, lambda: first.set(kind, run()))
+    if first.get(kind) is None:
         store.note(f"{kind}: not measured, {what} did not finish")
         return
 
     def until_stored() -> None:
         wait_for(stored(m, check), limit, f"what {what} wrote, in the bucket")
-        setattr(store, kind, time.perf_counter() - t0)
+        store.set(kind, time.perf_counter() - t0)
 
     guarded(store, kind, until_stored)
 
@@ -225,8 +225,8 @@ def untar(b: Bench, arch: Archive) -> None:
         log(f"tar x of {len(arch.sizes)} files, {kind}")
         guarded_all([ret, store], kind, partial(mounted, kind))
     bodies.clear()
-    if ret.stormount is not None and ret.rclone is not None:
-        ret.note(f"stormount / rclone = {ret.stormount / ret.rclone:.2f}")
+    if ret.peer_ratio("rclone") is not None:
+        ret.note(f"stormount / rclone = {ret.peer_ratio('rclone'):.2f}")
     elif ret.stormount is not None:
         ret.note("rclone not measured: the goal is not judged; Ratio is against local")
 
@@ -321,7 +321,7 @@ def rename(b: Bench) -> None:
             t0 = time.perf_counter()
             returned = timed(["mv", str(d / "old.bin"), str(d / "new.bin")], to)
             wait_for(lambda: renamed(prefix), limit, "the new name alone in the bucket")
-            setattr(row, kind, time.perf_counter() - t0)
+            row.set(kind, time.perf_counter() - t0)
         row.note(f"{kind}: mv returned after {returned:.3f} s")
 
     log("rename of a 100 MiB object: direct")
