@@ -255,7 +255,8 @@ class Session:
         cache = cache_dir or self.workdir / "cache" / name
         url = f"s3://{BUCKET}?endpoint=http://127.0.0.1:{port}&region={REGION}"
         argv = [*stormount_cmd(), "mount", url, str(mp), "--cache-dir", str(cache), *extra]
-        r = subprocess.run(argv, env=bench_env(), capture_output=True, text=True, timeout=150)
+        r = subprocess.run(argv, env=bench_env(), cwd=REPO, capture_output=True, text=True,
+                           timeout=150)
         if r.returncode != 0:
             raise MountFailed(r.stderr.strip() or f"exit {r.returncode}")
         m = Mount("stormount", mp, _stormount_pid(mp))
@@ -288,9 +289,43 @@ class Session:
         rc_port = free_port() if rc else None
         if rc_port is not None:
             argv += ["--rc", "--rc-no-auth", "--rc-addr", f"127.0.0.1:{rc_port}"]
+        with self._peer_mount("rclone", name, mp, argv, env) as m:
+            m.rc_port = rc_port
+            yield m
+
+    @contextlib.contextmanager
+    def s3fs(self, port: int, name: str) -> Iterator[Mount]:
+        """s3fs (in the foreground, so the session owns it) of the same bucket, with its
+        defaults: no local data cache, its stat cache in memory."""
+        mp = self.workdir / "mnt" / name
+        mp.mkdir(parents=True, exist_ok=True)
+        passwd = self.workdir / "s3fs.passwd"
+        if not passwd.exists():  # s3fs refuses a credentials file others can read
+            passwd.write_text(f"{ACCESS_KEY}:{SECRET_KEY}\n")
+            passwd.chmod(0o600)
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        argv = ["s3fs", BUCKET, str(mp), "-f", "-o", f"url=http://127.0.0.1:{port}",
+                "-o", "use_path_request_style", "-o", f"endpoint={REGION}",
+                "-o", f"passwd_file={passwd}", "-o", "dbglevel=warn"]
+        with self._peer_mount("s3fs", name, mp, argv, env) as m:
+            yield m
+
+    def mount(self, kind: str, port: int, name: str) -> contextlib.AbstractContextManager[Mount]:
+        """A fresh mount of `kind` ("stormount", "rclone", "s3fs") through `port`."""
+        if kind == "stormount":
+            return self.stormount(port, name)
+        if kind == "rclone":
+            return self.rclone(port, name)
+        if kind == "s3fs":
+            return self.s3fs(port, name)
+        raise ValueError(kind)
+
+    @contextlib.contextmanager
+    def _peer_mount(self, kind: str, name: str, mp: Path, argv: list[str],
+                    env: dict[str, str]) -> Iterator[Mount]:
+        """A peer's foreground process, mounted at `mp` until the block ends."""
         proc = self.spawn(name, argv, env, ready=lambda: mounted(mp) is not None)
-        m = Mount("rclone", mp, proc.pid)
-        m.rc_port = rc_port
+        m = Mount(kind, mp, proc.pid)
 
         def unmount() -> None:
             m.peak_rss_mib = m.peak_rss_mib or vm_hwm_mib(proc.pid)
@@ -350,8 +385,28 @@ def bench_env() -> dict[str, str]:
 
 
 def stormount_cmd() -> list[str]:
+    """This checkout's venv's `stormount`; else `python -m stormount`, which (run with
+    cwd=REPO, as every call here is) imports this checkout's package, e.g. from a git
+    worktree that has no venv of its own, whatever the python's editable install says."""
     exe = REPO / ".venv" / "bin" / "stormount"
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "stormount"]
+
+
+def stormount_source() -> str:
+    """Which stormount the mounts run: the package directory the command imports and the
+    commit of this checkout, flagging uncommitted changes under stormount/."""
+    exe = REPO / ".venv" / "bin" / "python"
+    py = str(exe) if (REPO / ".venv" / "bin" / "stormount").exists() else sys.executable
+    r = subprocess.run([py, "-c", "import stormount, os; print(os.path.dirname("
+                        "stormount.__file__))"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    where = r.stdout.strip() or f"unknown ({r.stderr.strip()[-120:]})"
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, timeout=30).stdout.strip() or "?"
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", "stormount"],
+                           capture_output=True, text=True, timeout=30).stdout.strip()
+    return f"{where} at {head}" + (" with uncommitted changes" if dirty else "")
 
 
 def _stormount_pid(mp: Path) -> int | None:
@@ -373,7 +428,8 @@ def _stormount_pid(mp: Path) -> int | None:
 def _unmount_stormount(m: Mount) -> None:
     try:
         r = subprocess.run([*stormount_cmd(), "unmount", str(m.path), "--timeout", "60"],
-                           env=bench_env(), capture_output=True, text=True, timeout=90)
+                           env=bench_env(), cwd=REPO, capture_output=True, text=True,
+                           timeout=90)
         ok = r.returncode == 0
         if not ok:
             log(f"stormount unmount {m.path}: {r.stderr.strip()}")
