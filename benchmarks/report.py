@@ -33,6 +33,8 @@ class Goal:
             return None if row.stormount is None and row.ok else row.ok
         if row.stormount is None:
             return None
+        if row.failures:  # e.g. fast but with wrong attributes: not met, however fast
+            return False
         x = row.ratio() if self.kind == "ratio" else \
             row.peer_ratio(self.peer) if self.kind == "peer" else row.stormount
         if x is None:
@@ -52,6 +54,7 @@ class Row:
     peers: dict[str, float] = field(default_factory=dict)  # e.g. "rclone" -> its figure
     ok: bool = True  # for "works" goals: the operation completed (or came out exact)
     notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # stormount's result was wrong
 
     def get(self, kind: str) -> float | None:
         """The figure of "stormount" or of a peer ("rclone", "s3fs")."""
@@ -82,6 +85,12 @@ class Row:
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def fail(self, text: str) -> None:
+        """stormount's figure came with a wrong result: the goal is not met whatever
+        the figure, and the table says why in bold."""
+        self.failures.append(text)
+        self.ok = False
 
     def to_json(self) -> dict[str, object]:
         d = asdict(self)
@@ -136,6 +145,8 @@ def table(rows: list[Row], peers: list[str]) -> str:
             if row.peer_ref_ratio(p) is not None:
                 cell += f" ({fmt_ratio(row.peer_ref_ratio(p))})"
             cells.append(cell)
+        if row.failures:
+            cells[0] += "<br>**FAILED: " + "; ".join(row.failures) + "**"
         if row.notes:
             cells[0] += "<br>*" + "; ".join(row.notes) + "*"
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
