@@ -1,14 +1,14 @@
-"""The test data and the measurements. Each section fills its rows: a stormount figure, the
-reference measured in the same run (boto3 on the same server, or local files), and the
-rclone peer where it applies. Every figure is timed with time.perf_counter, every step
-that touches a mount runs in a child process or command with a timeout, and "cold" means
-a fresh mount plus dropped kernel caches (when permitted)."""
+"""The read figures and what every section shares. Each section fills its rows: a
+stormount figure, the reference measured in the same run (boto3 on the same server, or
+local files), and the peers (rclone, s3fs) where they apply. Every figure is timed with
+time.perf_counter, every step that touches a mount runs in a child process or command
+with a timeout, and "cold" means a fresh mount plus dropped kernel caches (when
+permitted). The namespace sections (ls, tree, rsync) are in metadata.py, the writes in
+writes.py."""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -42,6 +42,7 @@ class Params:
     write_size: int = 512 * MiB  # the dd file of the write section
     tar_files: int = 2000  # about this many files in the write section's tar archive
     upload_deadline: float = 240.0  # a write section's wait for the bucket gives up here
+    cp_dir: str = "tree"  # what the cp -r rows copy (--quick: tree/d0, a tenth)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Bench:
     proxy20: int | None  # the 20 ms RTT proxy in front of it
     has_fio: bool
     has_rclone: bool
+    has_s3fs: bool
     rows: dict[str, Row]
     notes: list[str]
     s3: Any = None
@@ -137,12 +139,8 @@ def guarded(row: Row, who: str, fn: Callable[[], None]) -> None:
 
 # -- data ---------------------------------------------------------------------------------
 
-def tree_keys() -> list[str]:
-    a, b, c = TREE_SHAPE
-    return [f"tree/d{i}/e{j}/f{k:02d}" for i in range(a) for j in range(b) for k in range(c)]
-
-
 def create_data(b: Bench) -> None:
+    """The bucket and the large objects (the namespace's small ones: metadata.py)."""
     t0 = time.perf_counter()
     s3 = b.s3
     s3.create_bucket(Bucket=BUCKET)
@@ -156,16 +154,7 @@ def create_data(b: Bench) -> None:
             for _ in range(0, size, 8 * MiB):
                 f.write(random.randbytes(min(8 * MiB, size - f.tell())))
         s3.upload_file(str(path), BUCKET, name, Config=big)
-    small = [(f"ls5000/f{i:05d}", 256) for i in range(LS_COUNT)]
-    small += [(k, 8192) for k in tree_keys()]
-    small += [(f"stat-{i:02d}", 1024) for i in range(STAT_COUNT)]
-    with cf.ThreadPoolExecutor(16) as pool:
-        list(pool.map(lambda kv: s3.put_object(Bucket=BUCKET, Key=kv[0],
-                                               Body=os.urandom(kv[1])), small))
-    (b.local / "ls5000").mkdir()
-    for i in range(LS_COUNT):
-        (b.local / "ls5000" / f"f{i:05d}").write_bytes(os.urandom(256))
-    log(f"test data created in {time.perf_counter() - t0:.1f} s")
+    log(f"large objects created in {time.perf_counter() - t0:.1f} s")
 
 
 # -- sequential reads ---------------------------------------------------------------------
@@ -328,97 +317,6 @@ def random_reads(b: Bench) -> None:
             guarded(row, kind, run_fio)
 
 
-# -- metadata -----------------------------------------------------------------------------
-
-def raw_list(client: Any, prefix: str, delimiter: str | None) -> tuple[float, int]:
-    kw = {"Bucket": BUCKET, "Prefix": prefix} | ({"Delimiter": delimiter} if delimiter else {})
-    t0 = time.perf_counter()
-    n = 0
-    for page in client.get_paginator("list_objects_v2").paginate(**kw):
-        n += len(page.get("Contents", []))
-    return time.perf_counter() - t0, n
-
-
-def listing(b: Bench) -> None:
-    cold, warm = b.rows["ls_cold"], b.rows["ls_warm"]
-    to = b.params.op_timeout
-
-    def ref_cold() -> None:
-        cold.reference, n = raw_list(b.s3, "ls5000/", "/")
-        assert n == LS_COUNT, n
-
-    def ref_warm() -> None:
-        timed(["ls", "-l", str(b.local / "ls5000")], to)
-        warm.reference = timed(["ls", "-l", str(b.local / "ls5000")], to)
-
-    def mounted_ls() -> None:
-        with b.session.stormount(b.port, "ls") as m:
-            b.cold()
-            cold.stormount = timed(["ls", "-l", str(m.path / "ls5000")], to)
-            warm.stormount = timed(["ls", "-l", str(m.path / "ls5000")], to)
-
-    guarded(cold, "raw listing", ref_cold)
-    guarded(warm, "local ls", ref_warm)
-    log("ls -l of 5,000 objects")
-    guarded(cold, "stormount", mounted_ls)
-
-
-def tree(b: Bench) -> None:
-    find, st, cp = b.rows["find_cold"], b.rows["stat_cold"], b.rows["cp_cold"]
-    to = b.params.op_timeout
-    keys = tree_keys()
-    stat_names = [f"stat-{i:02d}" for i in range(STAT_COUNT)]
-
-    def ref_find() -> None:
-        find.reference, n = raw_list(b.s3, "tree/", None)
-        assert n == len(keys), n
-
-    def ref_head() -> None:
-        b.s3.head_object(Bucket=BUCKET, Key="seq.bin")  # a warm connection
-        times = []
-        for k in stat_names:
-            t0 = time.perf_counter()
-            b.s3.head_object(Bucket=BUCKET, Key=k)
-            times.append(time.perf_counter() - t0)
-        st.reference = statistics.median(times) * 1000
-
-    def ref_gets() -> None:
-        t0 = time.perf_counter()
-        for k in keys:
-            b.s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()
-        cp.reference = time.perf_counter() - t0
-
-    def mounted_find() -> None:
-        with b.session.stormount(b.port, "find") as m:
-            b.cold()
-            find.stormount = timed(["find", str(m.path / "tree")], to)
-
-    def mounted_stat() -> None:
-        with b.session.stormount(b.port, "stat") as m:
-            b.cold()
-            out = probe("stat", *(m.path / n for n in stat_names), timeout=to)
-            st.stormount = statistics.median(out["seconds"]) * 1000
-            first = out["seconds"][0] * 1000
-            st.note(f"median of {STAT_COUNT} files; the first took {first:.1f} ms")
-
-    def mounted_cp() -> None:
-        out = b.session.workdir / "cp-out"
-        with b.session.stormount(b.port, "cp") as m:
-            b.cold()
-            cp.stormount = timed(["cp", "-r", str(m.path / "tree"), str(out)], to)
-        n = sum(len(files) for _, _, files in os.walk(out))
-        if n != len(keys):
-            raise RuntimeError(f"cp -r copied {n} of {len(keys)} files")
-
-    for row, who, fn in ((find, "raw listing", ref_find), (st, "HEAD", ref_head),
-                         (cp, "serial GETs", ref_gets)):
-        guarded(row, who, fn)
-    log("find, stat, cp -r of the 2,000-file tree")
-    guarded(find, "stormount", mounted_find)
-    guarded(st, "stormount", mounted_stat)
-    guarded(cp, "stormount", mounted_cp)
-
-
 # -- restart with a warm cache and the store unreachable ----------------------------------
 
 def restart_offline(b: Bench) -> None:
@@ -469,7 +367,7 @@ def restart_offline(b: Bench) -> None:
 
 # -- the figures --------------------------------------------------------------------------
 
-def make_rows(p: Params) -> dict[str, Row]:
+def read_rows(p: Params) -> dict[str, Row]:
     seq = f"{p.seq_size // MiB} MiB"
     rnd = f"{p.rand_size // MiB} MiB"
     rows = [
@@ -484,16 +382,12 @@ def make_rows(p: Params) -> dict[str, Row]:
         Row("rand_4", f"4 KiB random read, fio 4 jobs, {rnd}", "IOPS",
             "ranged GETs, 4 threads", Goal("abs", ">=", 169_000, "≥ 169k IOPS (s3fs)")),
         Row("rand_lat", "One uncached 4 KiB read", "ms", "one ranged GET"),
-        Row("ls_cold", f"`ls -l` of {LS_COUNT:,} objects, cold", "s",
-            "paginated ListObjectsV2", ratio_goal("<=", 1.5, "raw")),
-        Row("ls_warm", f"`ls -l` of {LS_COUNT:,} objects, warm", "s",
-            "local directory", ratio_goal("<=", 3.0, "local")),
-        Row("find_cold", "`find` over a 2,000-file tree, cold", "s",
-            "recursive ListObjectsV2", ratio_goal("<=", 1.5, "raw")),
-        Row("stat_cold", "`stat` of one uncached file", "ms", "one HEAD",
-            ratio_goal("<=", 1.2, "HEAD")),
-        Row("cp_cold", "`cp -r` of the 2,000-file tree, cold", "s", "serial GETs",
-            ratio_goal("<=", 1.0, "GETs")),
+    ]
+    return {r.key: r for r in rows}
+
+
+def mount_rows(p: Params) -> dict[str, Row]:
+    rows = [
         Row("peak_rss", "Peak RSS of the daemon, read workloads", "MiB", "",
             Goal("abs", "<=", 150, "≤ 150 MiB")),
         Row("restart_ls", f"After restart, store unreachable: `ls -l` {LS_COUNT:,}", "s",
