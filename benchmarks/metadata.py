@@ -1,8 +1,8 @@
 """The namespace figures (sections `ls`, `tree`, `rsync`): listing, walking, stat and
 copying trees out of a mount, each at 0 ms and through the 20 ms latency proxy, beside
-direct boto3 through the same port in the same run, with s3fs (and rclone) as peers where
-the figure says something about them. Where stormount's output can be wrong, it is
-checked, and a wrong result fails the row whatever its time.
+direct boto3 through the same port in the same run, with s3fs as the peer (and rclone on
+rsync). Where stormount's output can be wrong, it is checked, and a wrong result fails
+the row whatever its time (a peer's wrong result is noted).
 
 The objects carry attributes as stormount (and s3fs) store them: x-amz-meta-mode is the
 full st_mode in decimal, uid/gid decimal, mtime/ctime "SECONDS.NNNNNNNNN"; a symlink is an
@@ -257,6 +257,14 @@ def peers(b: Bench, want: tuple[str, ...]) -> list[str]:
     return [p for p in want if have[p]]
 
 
+def wrong(row: Row, kind: str, text: str) -> None:
+    """A wrong result fails the row when it is stormount's; a peer's is noted."""
+    if kind == "stormount":
+        row.fail(text)
+    else:
+        row.note(f"{kind}: {text}")
+
+
 def run(argv: list[str], timeout: float) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Seconds a command takes with its stdout to a pipe (read here), and its result."""
     t0 = time.perf_counter()
@@ -377,34 +385,34 @@ def listing(b: Bench) -> None:
                 b.cold()
                 dt, bad, text = ls_l(m.path / LS_DIR, limit(b.params, cold.reference), want)
                 cold.set(kind, dt)
-                if kind != "stormount":
-                    cold.note(f"{kind}: {text}")
-                    return
                 if bad:
-                    cold.fail(f"wrong attributes: {text}")
+                    wrong(cold, kind, f"wrong attributes: {text}")
                 else:
-                    cold.note(f"attributes checked: {text}")
+                    cold.note(f"{kind}: attributes checked, {text}")
+                if kind != "stormount":
+                    return
                 dt, bad, text = ls_l(m.path / LS_DIR, limit(b.params, warm.reference), want)
                 warm.stormount = dt
                 if bad:
                     warm.fail(f"wrong attributes: {text}")
 
-        def short(port: int = port, rtt: int = rtt, names: Row = names) -> None:
-            with b.session.stormount(port, f"stormount-lsnames-{rtt}") as m:
+        def short(kind: str, port: int = port, rtt: int = rtt, names: Row = names) -> None:
+            with b.session.mount(kind, port, f"{kind}-lsnames-{rtt}") as m:
                 b.cold()
                 dt, r = run(["ls", str(m.path / LS_DIR)],
                             limit(b.params, names.reference))
                 if r.returncode:
                     raise RuntimeError(f"ls exit {r.returncode}: {r.stderr.strip()[:160]}")
-                names.stormount = dt
+                names.set(kind, dt)
                 if len(r.stdout.splitlines()) != LS_COUNT:
-                    names.fail(f"ls printed {len(r.stdout.splitlines())} of {LS_COUNT} names")
+                    wrong(names, kind, f"ls printed {len(r.stdout.splitlines())} of "
+                          f"{LS_COUNT} names")
 
         for kind in ["stormount", *peers(b, ("s3fs",))]:
             log(f"ls -l of {LS_COUNT:,} objects with metadata, {kind}, {rtt} ms")
             guarded(cold, kind, partial(long, kind))
-        log(f"ls (names) of {LS_COUNT:,} objects, stormount, {rtt} ms")
-        guarded(names, "stormount", short)
+            log(f"ls (names) of {LS_COUNT:,} objects, {kind}, {rtt} ms")
+            guarded(names, kind, partial(short, kind))
 
 
 # -- find, stat, cp -r --------------------------------------------------------------------
@@ -444,49 +452,53 @@ def tree(b: Bench) -> None:
                 client.get_object(Bucket=BUCKET, Key=k)["Body"].read()
             cp.reference = time.perf_counter() - t0
 
-        def mounted_find(port: int = port, rtt: int = rtt, find: Row = find) -> None:
-            with b.session.stormount(port, f"stormount-find-{rtt}") as m:
+        def mounted_find(kind: str, port: int = port, rtt: int = rtt, find: Row = find
+                         ) -> None:
+            with b.session.mount(kind, port, f"{kind}-find-{rtt}") as m:
                 b.cold()
                 dt, r = run(["find", str(m.path / "tree")], limit(b.params, find.reference))
                 if r.returncode:
                     raise RuntimeError(f"find exit {r.returncode}: {r.stderr.strip()[:160]}")
-                find.stormount = dt
+                find.set(kind, dt)
                 if len(r.stdout.splitlines()) != find_lines:
-                    find.fail(f"find printed {len(r.stdout.splitlines())} of {find_lines} "
-                              "paths")
+                    wrong(find, kind, f"find printed {len(r.stdout.splitlines())} of "
+                          f"{find_lines} paths")
 
-        def mounted_stat(port: int = port, rtt: int = rtt, st: Row = st) -> None:
-            with b.session.stormount(port, f"stormount-stat-{rtt}") as m:
+        def mounted_stat(kind: str, port: int = port, rtt: int = rtt, st: Row = st) -> None:
+            with b.session.mount(kind, port, f"{kind}-stat-{rtt}") as m:
                 b.cold()
                 out = probe("stat", *(m.path / n for n in stats), timeout=b.params.op_timeout)
-                st.stormount = statistics.median(out["seconds"]) * 1000
-                first = out["seconds"][0] * 1000
-                st.note(f"median of {STAT_COUNT} files; the first took {first:.1f} ms")
+                st.set(kind, statistics.median(out["seconds"]) * 1000)
+                if kind == "stormount":
+                    first = out["seconds"][0] * 1000
+                    st.note(f"median of {STAT_COUNT} files; stormount's first took "
+                            f"{first:.1f} ms")
 
-        def mounted_cp(port: int = port, rtt: int = rtt, cp: Row = cp) -> None:
-            out = b.session.workdir / f"cp-out-{rtt}"
+        def mounted_cp(kind: str, port: int = port, rtt: int = rtt, cp: Row = cp) -> None:
+            out = b.session.workdir / f"cp-out-{kind}-{rtt}"
             try:
-                with b.session.stormount(port, f"stormount-cp-{rtt}") as m:
+                with b.session.mount(kind, port, f"{kind}-cp-{rtt}") as m:
                     b.cold()
                     dt, r = run(["cp", "-r", str(m.path / b.params.cp_dir), str(out)],
                                 limit(b.params, cp.reference))
                     if r.returncode:
                         raise RuntimeError(f"cp exit {r.returncode}: "
                                            f"{r.stderr.strip()[:160]}")
-                    cp.stormount = dt
+                    cp.set(kind, dt)
                 n = sum(len(files) for _, _, files in os.walk(out))
                 if n != len(copied):
-                    cp.fail(f"cp -r copied {n} of {len(copied)} files")
+                    wrong(cp, kind, f"cp -r copied {n} of {len(copied)} files")
             finally:
                 shutil.rmtree(out, ignore_errors=True)
 
         for row, who, fn in ((find, "raw listing", ref_find), (st, "HEAD", ref_head),
                              (cp, "serial GETs", ref_gets)):
             guarded(row, who, fn)
-        log(f"find, stat, cp -r ({len(copied)} files) of the tree, stormount, {rtt} ms")
-        guarded(find, "stormount", mounted_find)
-        guarded(st, "stormount", mounted_stat)
-        guarded(cp, "stormount", mounted_cp)
+        for kind in ["stormount", *peers(b, ("s3fs",))]:
+            log(f"find, stat, cp -r ({len(copied)} files) of the tree, {kind}, {rtt} ms")
+            guarded(find, kind, partial(mounted_find, kind))
+            guarded(st, kind, partial(mounted_stat, kind))
+            guarded(cp, kind, partial(mounted_cp, kind))
 
 
 # -- rsync -a out of a mount --------------------------------------------------------------
@@ -529,12 +541,10 @@ def rsync_out(b: Bench) -> None:
                     text += f"; rsync exit {r.returncode}: " + \
                         (r.stderr.strip().splitlines() or [""])[-1][:120]
                 row.set(kind, dt)
-                if kind != "stormount":
-                    row.note(f"{kind}: {text}")
-                elif bad or r.returncode:
-                    row.fail(text)
+                if bad or r.returncode:
+                    wrong(row, kind, text)
                 else:
-                    row.note(f"stormount: {text}")
+                    row.note(f"{kind}: {text}")
             finally:
                 shutil.rmtree(out, ignore_errors=True)
 
