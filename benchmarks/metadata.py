@@ -252,9 +252,10 @@ def skip_20(rows: list[Row]) -> None:
         row.note("skipped: ../shared/bench/latproxy.py not found")
 
 
-def peers(b: Bench, want: tuple[str, ...]) -> list[str]:
+def peers(b: Bench, want: tuple[str, ...], rtt: int) -> list[str]:
+    """The peers of `want` to measure at `rtt` (--quick: at 0 ms only)."""
     have = {"rclone": b.has_rclone, "s3fs": b.has_s3fs}
-    return [p for p in want if have[p]]
+    return [p for p in want if have[p] and (rtt == 0 or b.params.peers_20)]
 
 
 def wrong(row: Row, kind: str, text: str) -> None:
@@ -408,7 +409,7 @@ def listing(b: Bench) -> None:
                     wrong(names, kind, f"ls printed {len(r.stdout.splitlines())} of "
                           f"{LS_COUNT} names")
 
-        for kind in ["stormount", *peers(b, ("s3fs",))]:
+        for kind in ["stormount", *peers(b, ("s3fs",), rtt)]:
             log(f"ls -l of {LS_COUNT:,} objects with metadata, {kind}, {rtt} ms")
             guarded(cold, kind, partial(long, kind))
             log(f"ls (names) of {LS_COUNT:,} objects, {kind}, {rtt} ms")
@@ -494,7 +495,7 @@ def tree(b: Bench) -> None:
         for row, who, fn in ((find, "raw listing", ref_find), (st, "HEAD", ref_head),
                              (cp, "serial GETs", ref_gets)):
             guarded(row, who, fn)
-        for kind in ["stormount", *peers(b, ("s3fs",))]:
+        for kind in ["stormount", *peers(b, ("s3fs",), rtt)]:
             log(f"find, stat, cp -r ({len(copied)} files) of the tree, {kind}, {rtt} ms")
             guarded(find, kind, partial(mounted_find, kind))
             guarded(st, kind, partial(mounted_stat, kind))
@@ -549,7 +550,7 @@ def rsync_out(b: Bench) -> None:
                 shutil.rmtree(out, ignore_errors=True)
 
         guarded(row, "local rsync", ref)
-        for kind in ["stormount", *peers(b, ("s3fs", "rclone"))]:
+        for kind in ["stormount", *peers(b, ("s3fs", "rclone"), rtt)]:
             log(f"rsync -a out of a mount, {kind}, {rtt} ms")
             guarded(row, kind, partial(mounted, kind))
 

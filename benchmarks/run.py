@@ -33,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="64 MiB objects and dd, 3 s fio runs, cp -r of a tenth of the "
-                         "tree, shorter limits (~5 min)")
+                         "tree, namespace peers at 0 ms only, shorter limits (~6 min)")
     ap.add_argument("--seq-mib", type=int, help="sequential object size (default 512, quick 64)")
     ap.add_argument("--rand-mib", type=int, help="random-read object (default 256, quick 64)")
     ap.add_argument("--fio-seconds", type=float, help="fio/ranged-GET run time (10, quick 3)")
@@ -72,7 +72,7 @@ def main() -> int:
         write_size=(a.write_mib or (64 if q else 512)) * w.MiB,
         tar_files=a.tar_files,
         upload_deadline=a.upload_deadline or (120 if q else 240),
-        cp_dir="tree/d0" if q else "tree")
+        cp_dir="tree/d0" if q else "tree", peers_20=not q)
     only = [s for s in a.only.split(",") if s]
     unknown = set(only) - set(SECTIONS)
     if unknown:
@@ -142,6 +142,7 @@ def main() -> int:
                            f"read limit {params.read_deadline:g} s, dd "
                            f"{params.write_size // w.MiB} MiB, tar ~{params.tar_files} files, "
                            f"cp -r of {params.cp_dir}/"
+                           + ("" if params.peers_20 else ", namespace peers at 0 ms only")
                            + (" (--quick)" if q else "")),
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release(),
                         "python": platform.python_version(), "load_start": load0,

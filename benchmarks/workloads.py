@@ -43,6 +43,7 @@ class Params:
     tar_files: int = 2000  # about this many files in the write section's tar archive
     upload_deadline: float = 240.0  # a write section's wait for the bucket gives up here
     cp_dir: str = "tree"  # what the cp -r rows copy (--quick: tree/d0, a tenth)
+    peers_20: bool = True  # the namespace rows' peers at 20 ms too (not with --quick)
 
 
 @dataclass
