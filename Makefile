@@ -42,9 +42,9 @@ install-systemd:
 	@bash scripts/install-system-deps.sh --runtime
 	@bash scripts/install-systemd.sh
 
-# The benchmark suite (benchmarks/, see benchmarks/results/README.md): installs fio and
-# rclone when missing, then measures stormount beside boto3, local files and rclone in one
-# run (~20 min). `make bench ARGS=--quick` is a ~4 min smoke run.
+# The benchmark suite (benchmarks/, see benchmarks/results/README.md): installs fio,
+# rclone and s3fs when missing, then measures stormount beside boto3, local files, rclone
+# and s3fs in one run (~18 min). `make bench ARGS=--quick` is a ~6 min smoke run.
 bench: install
 	@bash benchmarks/install-tools.sh
 	$(BIN)/python benchmarks/run.py $(ARGS)
