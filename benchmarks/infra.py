@@ -402,10 +402,13 @@ def stormount_source() -> str:
                        timeout=60)
     where = r.stdout.strip() or f"unknown ({r.stderr.strip()[-120:]})"
     git = ["git", "-C", str(REPO)]
-    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, timeout=30).stdout.strip() or "?"
-    dirty = subprocess.run([*git, "status", "--porcelain", "--", "stormount"],
-                           capture_output=True, text=True, timeout=30).stdout.strip()
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=30).stdout.strip() or "?"
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "stormount"],
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git: the path alone
+        return where
     return f"{where} at {head}" + (" with uncommitted changes" if dirty else "")
 
 
