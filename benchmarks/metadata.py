@@ -76,7 +76,10 @@ def tree_keys() -> list[str]:
 
 
 def stat_names() -> list[str]:
-    return [f"stat-{i:02d}" for i in range(STAT_COUNT)]
+    """One file per directory: a mount that lists a directory once one of its names is
+    looked up (and completes the rest) would otherwise answer all but the first stat
+    from its cache; each of these is a lookup nothing has prepared."""
+    return [f"stat/d{i:02d}/f" for i in range(STAT_COUNT)]
 
 
 def set_attrs(path: Path, a: Attrs) -> None:
@@ -91,7 +94,7 @@ def set_attrs(path: Path, a: Attrs) -> None:
 
 def create_data(b: Bench) -> None:
     """ls5000/ (with metadata, plus a local copy with the same attributes), tree/ and
-    stat-NN (plain objects), and rsync/ (built locally, then stored object by object)."""
+    stat/dNN/f (plain objects), and rsync/ (built locally, then stored object by object)."""
     t0 = time.perf_counter()
     s3 = b.s3
     local_ls = b.local / LS_DIR
@@ -468,12 +471,14 @@ def tree(b: Bench) -> None:
         def mounted_stat(kind: str, port: int = port, rtt: int = rtt, st: Row = st) -> None:
             with b.session.mount(kind, port, f"{kind}-stat-{rtt}") as m:
                 b.cold()
-                out = probe("stat", *(m.path / n for n in stats), timeout=b.params.op_timeout)
-                st.set(kind, statistics.median(out["seconds"]) * 1000)
+                # each directory is looked up first, untimed: the figure is the file's
+                paths = [p for n in stats for p in (m.path / n.rpartition("/")[0], m.path / n)]
+                out = probe("stat", *paths, timeout=b.params.op_timeout)
+                st.set(kind, statistics.median(out["seconds"][1::2]) * 1000)
                 if kind == "stormount":
-                    first = out["seconds"][0] * 1000
-                    st.note(f"median of {STAT_COUNT} files; stormount's first took "
-                            f"{first:.1f} ms")
+                    first = out["seconds"][1] * 1000
+                    st.note(f"median of {STAT_COUNT} files, each in a directory of its "
+                            f"own; stormount's first took {first:.1f} ms")
 
         def mounted_cp(kind: str, port: int = port, rtt: int = rtt, cp: Row = cp) -> None:
             out = b.session.workdir / f"cp-out-{kind}-{rtt}"

@@ -485,8 +485,6 @@ class Namespace:
         for _ in range(3):
             key = join(parent, name)
             listing = self._load_listing(parent)
-            if listing is None:
-                self._glance_soon(parent)  # the next names in it take one request, or none
             fresh = listing is not None and self._fresh(listing.at, self.cache.listing_ttl)
             entry = listing.entries.get(name) if listing is not None else None
             hint = entry[0] if fresh and entry is not None else None
@@ -509,6 +507,8 @@ class Namespace:
         else:
             raise FsError(errno.EAGAIN, f"/{join(parent, name)} kept changing while it was "
                           "looked up")
+        if listing is None:  # (after this lookup's own requests, not competing with them)
+            self._glance_soon(parent)  # the next names in it take one request, or none
         if child is not None and self.inodes.get(child.ino) is not child:
             child = parent.children.get(name)  # dropped while we asked: never hand it out
         if found is None:

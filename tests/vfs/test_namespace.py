@@ -255,6 +255,7 @@ async def test_a_walk_of_a_small_subtree_costs_one_flat_listing(make, other):
     await other.put_bytes("t/d1/", b"", {"mode": str(stat.S_IFDIR | 0o700)})  # a marker
     backend, vfs = make(background=True)
     t = await vfs.lookup(ROOT_INO, "t")
+    await until(lambda: vfs.inodes.root.listing is not None)  # the root, listed for it
     before = backend.requests.copy()
     found = await walk(vfs, t.ino)
     assert len([p for p in found if "/f" in p]) == len(keys)
