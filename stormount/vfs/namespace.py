@@ -158,6 +158,8 @@ class Namespace:
         self._scans: list[Scan] = []
         self._derived: dict[str, Listing] = {}
         self.epoch = 0  # own changes so far: a listing that raced one is not adopted
+        self._deep: set[str] = set()  # directories a lookup saw subdirectories in
+        self._misses: dict[int, int] = {}  # lookups that asked the store, by directory
         self._heads = trio.Semaphore(cache.head_parallel)  # background HEADs at once
         self._start_ns = now_ns()
         self._warned: set[str] = set()
@@ -507,8 +509,17 @@ class Namespace:
         else:
             raise FsError(errno.EAGAIN, f"/{join(parent, name)} kept changing while it was "
                           "looked up")
-        if listing is None:  # (after this lookup's own requests, not competing with them)
-            self._glance_soon(parent)  # the next names in it take one request, or none
+        if listing is None:
+            # a second name asked for in a directory never listed: list it (after this
+            # lookup's own requests, not competing with them), so the next take one
+            # request, or none
+            misses = self._misses.pop(parent.ino, 0) + 1
+            if misses >= 2:
+                self._glance_soon(parent)
+            else:
+                self._misses[parent.ino] = misses
+                while len(self._misses) > KEPT_LISTINGS:
+                    del self._misses[next(iter(self._misses))]
         if child is not None and self.inodes.get(child.ino) is not child:
             child = parent.children.get(name)  # dropped while we asked: never hand it out
         if found is None:
@@ -523,6 +534,9 @@ class Namespace:
             return None
         kind, info = found
         node = self.child_from_object(parent, name, kind, info, complete=True)
+        if kind == DIR and node.key in self._deep:
+            self._deep.discard(node.key)
+            self._scan_soon(node)  # its subtree, listed flat before it is walked
         listing = parent.listing  # (it may have been listed again meanwhile)
         entry = listing.entries.get(name) if listing is not None else None
         if entry is None or entry[0] != kind:
@@ -588,6 +602,8 @@ class Namespace:
             nonlocal page_has_children, marker
             page = await self.backend.list(key + "/", "/", limit=1)
             page_has_children = bool(page.objects or page.prefixes)
+            if page.prefixes:  # it has subdirectories: a walk of it may follow
+                self._deep.add(key + "/")
             if page.objects and page.objects[0].key == key + "/":
                 marker = page.objects[0]
 
@@ -705,8 +721,9 @@ class Namespace:
             listing = await self._from_scan(node)
         if listing is None:
             self.misses += 1
-            self._scan_soon(node)  # its subdirectories are likely listed next (find, du)
             listing = await self._fetch_listing(node)
+            if listing.subdirs:
+                self._scan_soon(node)  # its subdirectories are likely listed next (find)
         elif not self._fresh(listing.at, self.cache.listing_ttl):
             if self.background is not None:
                 self.hits += 1
@@ -813,9 +830,9 @@ class Namespace:
     # --- flat listings of subtrees, and glances -------------------------------------
 
     def _scan_over(self, key: str) -> Scan | None:
-        """A flat listing under way that will reach the directory `key`."""
+        """A flat listing under way of a directory above `key` that will reach it."""
         for scan in self._scans:
-            if scan.within(key) and not scan.covers(key):
+            if scan.within(key) and key != scan.top and not scan.covers(key):
                 return scan
         return None
 
@@ -902,7 +919,7 @@ class Namespace:
                 self.child_from_object(node, name, DIR, info, complete=True, at=at)
 
     def _glance_soon(self, node: Node) -> None:
-        """A lookup in a directory whose listing is not known lists it, one page in the
+        """Lookups in a directory whose listing is not known list it, one page in the
         background (as rclone looks names up through listings): the names looked up
         next in it take one request, or none. A directory of more than a page is left
         to the lookups."""
