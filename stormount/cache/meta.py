@@ -104,6 +104,17 @@ class MetaStore:
                          (dir_key, data, time.time() - age))
 
     @_best_effort
+    def put_listings(self, listings: list[tuple[str, Entries]]) -> None:
+        """Many listings in one transaction (a flat listing's page derives hundreds)."""
+        now = time.time()
+        rows = [(key, json.dumps([[name, kind, _info_to_json(info)]
+                                  for name, (kind, info) in entries.items()]), now)
+                for key, entries in listings]
+        with self._db:  # one transaction
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO listings VALUES (?, ?, ?)", rows)
+
+    @_best_effort
     def forget_listing(self, dir_key: str) -> None:
         self._db.execute("DELETE FROM listings WHERE dir = ?", (dir_key,))
 

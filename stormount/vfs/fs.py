@@ -51,9 +51,11 @@ DOWNLOAD_CHUNK = 8 * 1024 * 1024
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 COPY_PARALLEL = 16
-# files read one after another in a directory (cp -r, tar c, rsync): the next ones of at
-# most a block are fetched ahead, this many
+# files read whole one after another in a directory (cp -r, tar c, rsync): the next
+# ones are fetched ahead, this many, of at most SIBLING_MAX bytes, AHEAD_MAX in all
 SIBLINGS_AHEAD = 16
+SIBLING_MAX = 1024 * 1024
+AHEAD_MAX = 8 * 1024 * 1024
 WALKS_MAX = 1024  # directories whose order of reading is followed
 
 
@@ -62,6 +64,7 @@ class Handle:
     node: Node
     writable: bool
     read_state: ReadState = field(default_factory=ReadState)
+    read_to: int = 0  # the furthest byte read through it
 
 
 @dataclass(eq=False)
@@ -295,7 +298,7 @@ class Vfs:
                 self.ns.set_version(node, info)
                 node.checked_at = trio.current_time()
                 if node.parent is not None:
-                    self.ns.seen(node.parent, node.name, DIR, info)
+                    self.ns.stored(node.parent, node.name, DIR, info)
                 self.inodes.maybe_drop(node)
             return
         if node.staging is None:
@@ -313,7 +316,7 @@ class Vfs:
             staging.dirty = False  # unless changed since its last hand-over
             staging.queued = None
         if node.parent is not None:
-            self.ns.seen(node.parent, node.name, node.kind, info)
+            self.ns.stored(node.parent, node.name, node.kind, info)
         self._drop_staging_if_clean(node)
         self.inodes.maybe_drop(node)
 
@@ -442,7 +445,7 @@ class Vfs:
                                                with_attrs(node.stored, node.attrs))
                 self.ns.set_version(node, info)
                 if node.parent is not None:
-                    self.ns.seen(node.parent, node.name, node.kind, info)
+                    self.ns.stored(node.parent, node.name, node.kind, info)
             node.checked_at = trio.current_time()
         if node.opens == 0:
             await self._handover(node)  # a path truncate, or new attributes of a queued file
@@ -677,14 +680,13 @@ class Vfs:
                 staging.generation += 1
                 node.attrs.size = 0
                 node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
-        if not writable and node.staging is None and node.etag:
-            self._walked(node)
         return self._open_handle(node, writable)
 
     def _walked(self, node: Node) -> None:
-        """A stored file opened for reading: when the files of its directory are being
-        read in the order of their names, fetch the next small ones ahead, so that a
-        cp -r, tar or rsync of many small files waits for one GET at a time no more."""
+        """A stored file was read whole: when the files of its directory are being read
+        so, one after another in the order of their names, fetch the next small ones
+        ahead, so that a cp -r, tar or rsync of many small files waits for one GET at a
+        time no more."""
         parent = node.parent
         if parent is None or self.reader is None or parent.listing is None:
             return
@@ -696,7 +698,8 @@ class Vfs:
         if count < 2:
             return  # one file read is no walk yet
         listing = parent.listing
-        block = self.reader.blocks.block_size
+        limit = min(self.reader.blocks.block_size, SIBLING_MAX)
+        budget = AHEAD_MAX
         for name in listing.after(node.name, SIBLINGS_AHEAD):
             kind, info = listing.entries[name]
             child = parent.children.get(name)
@@ -706,7 +709,8 @@ class Vfs:
                 info.etag if info is not None else None)
             size = child.attrs.size if child is not None and child.complete else (
                 info.size if info is not None else 0)
-            if kind == FILE and etag and 0 < size <= block:
+            if kind == FILE and etag and 0 < size <= min(limit, budget):
+                budget -= size
                 self.reader.prefetch_object(join(parent, name), etag, size)
 
     async def create(self, parent_ino: int, name: str, mode: int, flags: int, uid: int,
@@ -750,10 +754,12 @@ class Vfs:
         size = min(size, node.attrs.size - offset)
         if size <= 0:
             return b""
+        handle = self.handle(fh)
+        handle.read_to = max(handle.read_to, offset + size)
         try:
             if self.reader is not None and node.etag:
                 return await self.reader.read(node.key, node.etag, node.attrs.size, offset, size,
-                                              self.handle(fh).read_state)
+                                              handle.read_state)
             return await self.backend.get_range(node.key, offset, size, node.etag or None)
         except NotFound:
             raise FsError(errno.ESTALE, f"{node.path} was removed from the store") from None
@@ -813,6 +819,9 @@ class Vfs:
             return
         node = handle.node
         node.opens -= 1
+        if (not handle.writable and node.staging is None and node.etag
+                and 0 < node.attrs.size <= handle.read_to):
+            self._walked(node)
         if node.opens == 0:
             try:
                 await self._handover(node)  # a writer that never flushed (or a failed flush)
@@ -921,6 +930,9 @@ class Vfs:
         taken = await self._quota_rename(src, dst, new_path)
         ctime = src.attrs.ctime_ns
         src.attrs.ctime_ns = now_ns()  # a rename changes the entry: its copy carries that
+        moving = (src.key, new_path + "/") if src.kind == DIR else None
+        if moving is not None:
+            self.ns.begin_move(*moving)  # no listing of either place is believed meanwhile
         try:
             info = await self._rename_objects(src, dst, new_path, new_parent)
         except BaseException:
@@ -930,6 +942,9 @@ class Vfs:
                 if dst is not None and dst.kind != DIR:
                     self.quotas.charge(new_path, dst.attrs.size, 1, check=False)
             raise
+        finally:
+            if moving is not None:
+                self.ns.end_move(*moving)
         if dst is not None:
             dst.unlinked = True
             self.inodes.detach(dst)
@@ -1000,6 +1015,8 @@ class Vfs:
                         node.etag = None if node.kind != DIR else ""
                     else:
                         self.ns.set_version(node, info)
+                if node.kind == DIR:
+                    node.listing = None  # (its entries name the old keys) listed anew
             return None
         else:
             if dst is not None and dst.kind == DIR:

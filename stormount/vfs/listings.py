@@ -104,29 +104,41 @@ def covered(key: str, last: str | None, done: bool) -> bool:
 
 
 class Scan:
-    """A flat listing of a subtree under way, page by page: what it has covered, and a
-    way to wait until it covers a directory (or ends)."""
+    """A flat listing of a subtree under way, page by page: what it has covered, a way
+    to wait until it covers a directory (or ends), and whether what it derives is used
+    (it goes on only while it is)."""
 
     def __init__(self, top: str) -> None:
         self.top = top
         self.last: str | None = None  # the last key seen
-        self.done = False  # it ended: everything under `top` seen, or given up
-        self.used = False  # a directory it derived was looked up or listed
+        self.complete = False  # everything under `top` seen
+        self.done = False  # it ended: complete, or given up
+        self.used = trio.Event()  # a directory it derived was looked up or listed
         self._moved = trio.Event()
 
     def within(self, key: str) -> bool:
         return key.startswith(self.top)
 
     def covers(self, key: str) -> bool:
-        return covered(key, self.last, self.done)
+        """Has it seen every key of the directory `key`?"""
+        return covered(key, self.last, self.complete)
 
-    def advance(self, last: str | None, done: bool) -> None:
+    def use(self) -> None:
+        self.used.set()
+
+    def advance(self, last: str | None, *, complete: bool = False, done: bool = False
+                ) -> None:
         self.last = last if last is not None else self.last
-        self.done = self.done or done
+        self.complete = self.complete or complete
+        self.done = self.done or done or complete
         self._moved.set()
         self._moved = trio.Event()
 
-    async def wait_for(self, key: str) -> None:
-        """Until the scan has seen every key of the directory `key`, or ended."""
-        while not (self.done or self.covers(key)):
+    async def wait_for(self, key: str, pages: int = 2) -> bool:
+        """Until the scan has seen every key of the directory `key`, or ended, or gone
+        `pages` further; whether it covers `key` now."""
+        for _ in range(pages):
+            if self.done or self.covers(key):
+                break
             await self._moved.wait()
+        return self.covers(key)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import trio
@@ -47,6 +47,8 @@ NEGATIVE_MAX = 10_000  # names remembered as absent, over all directories
 SCAN_PAGES = 10  # a flat listing of a subtree gives up after this many pages
 SCAN_WAIT = 10.0  # seconds a lookup waits for a flat listing under way to reach it
 KEPT_LISTINGS = 10_000  # listings kept for directories that have no node (by key)
+KEPT_ENTRIES = 1_000_000  # ... and their entries, all together
+CHANGE_LOG = 4096  # own changes remembered, for listings in flight to be checked against
 
 
 def valid_name(name: str) -> bool:
@@ -156,9 +158,14 @@ class Namespace:
         # flat listings of subtrees under way, and the listings they derived for
         # directories that have no node yet (by directory key)
         self._scans: list[Scan] = []
+        self._scanned: dict[str, float] = {}  # tops of flat listings that ended whole, when
         self._derived: dict[str, Listing] = {}
-        self.epoch = 0  # own changes so far: a listing that raced one is not adopted
-        self._deep: set[str] = set()  # directories a lookup saw subdirectories in
+        self._derived_entries = 0
+        # this mount's changes, by directory key (and moves of directories): a listing
+        # that raced one is not adopted
+        self._log: deque[tuple[int, str, bool]] = deque(maxlen=CHANGE_LOG)
+        self._seq = 0
+        self._moving: list[str] = []  # directory keys (old and new) of moves under way
         self._misses: dict[int, int] = {}  # lookups that asked the store, by directory
         self._heads = trio.Semaphore(cache.head_parallel)  # background HEADs at once
         self._start_ns = now_ns()
@@ -297,11 +304,33 @@ class Namespace:
 
     # --- what this mount changed, and what the store says ----------------------------
 
+    def _changed(self, parent: Node) -> None:
+        """This mount changed what a directory holds: a listing of it in flight, or a
+        flat listing of a subtree holding it, may be older than that."""
+        parent.changes += 1
+        self._seq += 1
+        self._log.append((self._seq, parent.key, False))
+
+    def changed_under(self, top: str, since: int) -> bool:
+        """Has this mount changed anything under the directory `top` since `since` (a
+        `seq`), or is it moving a directory above or below it?"""
+        if any(top.startswith(k) or k.startswith(top) for k in self._moving):
+            return True
+        if self._log and self._log[0][0] > since + 1:
+            return True  # the log no longer reaches back that far
+        for seq, key, move in reversed(self._log):
+            if seq <= since:
+                return False
+            if key.startswith(top) or (move and top.startswith(key)):
+                return True
+        return False
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
     def _listing_put(self, parent: Node, name: str, kind: str, info: ObjectInfo | None
                      ) -> None:
-        # a listing in flight may not show it yet (an upload that just landed too)
-        parent.changes += 1
-        self.epoch += 1
         self.negatives.discard(parent, name)
         if parent.listing is not None:
             parent.listing.put(name, (kind, info))
@@ -309,16 +338,20 @@ class Namespace:
 
     def added(self, parent: Node, name: str, kind: str, info: ObjectInfo | None) -> None:
         """This mount made the entry (create, mkdir, symlink, mknod, rename)."""
+        self._changed(parent)
+        self._listing_put(parent, name, kind, info)
+
+    def stored(self, parent: Node, name: str, kind: str, info: ObjectInfo) -> None:
+        """A write of this mount landed (an upload, a marker, new metadata): a listing
+        in flight may not show it yet."""
+        self._changed(parent)
         self._listing_put(parent, name, kind, info)
 
     def seen(self, parent: Node, name: str, kind: str, info: ObjectInfo | None) -> None:
-        """The store holds the entry as `info` says (a HEAD, an upload that landed)."""
+        """The store holds the entry as `info` says (a lookup found it)."""
         self._listing_put(parent, name, kind, info)
 
-    def _drop(self, parent: Node, name: str, own: bool) -> None:
-        if own:
-            parent.changes += 1
-            self.epoch += 1
+    def _drop(self, parent: Node, name: str) -> None:
         self.negatives.add(parent, name)
         if parent.listing is not None:
             parent.listing.drop(name)
@@ -327,17 +360,47 @@ class Namespace:
     def removed(self, parent: Node, name: str) -> None:
         """This mount removed the entry (unlink, rmdir, the old name of a rename): a
         listing in flight, which may still show it, is not believed."""
-        self._drop(parent, name, own=True)
+        self._changed(parent)
+        self._drop(parent, name)
 
     def absent(self, parent: Node, name: str) -> None:
         """The store says there is no such entry (someone else removed it)."""
-        self._drop(parent, name, own=False)
+        self._drop(parent, name)
+
+    def begin_move(self, old: str, new: str) -> None:
+        """A directory is being moved (its keys copied, then deleted): no listing of
+        either place is believed until it is done, and none kept from before is."""
+        self._moving.extend((old, new))
+        self._moved(old, new)
+
+    def end_move(self, old: str, new: str) -> None:
+        self._moving.remove(old)
+        self._moving.remove(new)
+        self._moved(old, new)
+
+    def _moved(self, old: str, new: str) -> None:
+        for key in (old, new):
+            self._seq += 1
+            self._log.append((self._seq, key, True))
+            self._forget_kept(key)
+
+    def _forget_kept(self, prefix: str) -> None:
+        """Listings kept for directories at or below `prefix` (a directory key) go."""
+        for key in [k for k in self._derived if k.startswith(prefix)]:
+            self._drop_kept(key)
 
     def _keep_listing(self, key: str, listing: Listing) -> None:
-        self._derived.pop(key, None)
+        self._drop_kept(key)
         self._derived[key] = listing
-        while len(self._derived) > KEPT_LISTINGS:
-            del self._derived[next(iter(self._derived))]  # the oldest first
+        self._derived_entries += len(listing.entries)
+        while len(self._derived) > KEPT_LISTINGS or self._derived_entries > KEPT_ENTRIES:
+            self._drop_kept(next(iter(self._derived)))  # the oldest first
+
+    def _drop_kept(self, key: str) -> Listing | None:
+        listing = self._derived.pop(key, None)
+        if listing is not None:
+            self._derived_entries -= len(listing.entries)
+        return listing
 
     def _dropped(self, node: Node) -> None:
         """The kernel forgot a directory (memory pressure, drop_caches): its listing,
@@ -347,8 +410,7 @@ class Namespace:
 
     def list_again(self, parent: Node) -> None:
         """The directory changed in ways its listing does not show: list it again."""
-        parent.changes += 1
-        self.epoch += 1
+        self._changed(parent)
         if parent.listing is not None:
             parent.listing.at = -math.inf
         if self.meta is not None:
@@ -476,11 +538,16 @@ class Namespace:
         return False, None
 
     async def _ask_store(self, parent: Node, name: str) -> Node | None:
-        scan = self._scan_over(join(parent, name) + "/")
-        if scan is not None:  # a flat listing under way will say what it is
-            scan.used = True
+        listing = self._load_listing(parent)
+        fresh = listing is not None and self._fresh(listing.at, self.cache.listing_ttl)
+        entry = listing.entries.get(name) if listing is not None else None
+        if (entry is None or entry[0] == DIR or not fresh) and \
+                (scan := self._scan_over(join(parent, name) + "/")) is not None:
+            # a flat listing under way is about to say what it is (a directory's marker,
+            # its parent's listing); a file's attributes need a HEAD whatever it says
             with trio.move_on_after(SCAN_WAIT):
-                await scan.wait_for(join(parent, name) + "/")
+                if await scan.wait_for(join(parent, name) + "/"):
+                    scan.use()
             said, node = self._cached(parent, name)
             if said:
                 return node
@@ -494,21 +561,20 @@ class Namespace:
                 self._complete_soon(parent)  # its siblings are likely asked for next
             child = parent.children.get(name)
             held = child is not None and self.holds_queued(child)
-            changes = parent.changes
             try:
                 found = await self._stat_remote(parent, name, hint)
             except Transient as e:
                 return self._offline_lookup(parent, name, entry, e)
-            if parent.changes == changes and join(parent, name) == key:
-                break
-            # this mount changed the directory (or moved it) while the store was asked:
-            # the answer may be older than that change, so it tells nothing
-            said, node = self._cached(parent, name)
-            if said:
-                return node
+            if join(parent, name) == key:
+                break  # (else it moved meanwhile: the answer is of its old name)
         else:
-            raise FsError(errno.EAGAIN, f"/{join(parent, name)} kept changing while it was "
+            raise FsError(errno.ESTALE, f"/{join(parent, name)} kept moving while it was "
                           "looked up")
+        # what this mount did while the store was asked (a create, an unlink, an upload
+        # landing, another lookup's answer) is newer than the answer
+        said, node = self._cached(parent, name)
+        if said:
+            return node
         if listing is None:
             # a second name asked for in a directory never listed: list it (after this
             # lookup's own requests, not competing with them), so the next take one
@@ -520,8 +586,7 @@ class Namespace:
                 self._misses[parent.ino] = misses
                 while len(self._misses) > KEPT_LISTINGS:
                     del self._misses[next(iter(self._misses))]
-        if child is not None and self.inodes.get(child.ino) is not child:
-            child = parent.children.get(name)  # dropped while we asked: never hand it out
+        child = parent.children.get(name)
         if found is None:
             if held or (child is not None and self.holds_queued(child)):
                 # its queued contents landed while the store was asked: it is there
@@ -532,10 +597,9 @@ class Namespace:
                 self.inodes.detach(child)
             self.absent(parent, name)
             return None
-        kind, info = found
+        kind, info, deeper = found
         node = self.child_from_object(parent, name, kind, info, complete=True)
-        if kind == DIR and node.key in self._deep:
-            self._deep.discard(node.key)
+        if deeper:
             self._scan_soon(node)  # its subtree, listed flat before it is walked
         listing = parent.listing  # (it may have been listed again meanwhile)
         entry = listing.entries.get(name) if listing is not None else None
@@ -568,27 +632,28 @@ class Namespace:
             return child
         raise error
 
-    async def _stat_remote(self, parent: Node, name: str,
-                           hint: str | None) -> tuple[str, ObjectInfo] | None:
+    async def _stat_remote(self, parent: Node, name: str, hint: str | None
+                           ) -> tuple[str, ObjectInfo, bool] | None:
         """What the store holds under this name: a directory wins over a file of the
         same name (as in mountpoint-s3), since a directory cannot be shadowed safely.
         `hint`: what a fresh listing says the name is; a directory there has keys under
         name/ (with or without a marker), trusted within the listing TTL as its
-        absences are."""
+        absences are. With the kind and object: whether it was seen to hold
+        subdirectories."""
         key = join(parent, name)
         if hint == DIR:
             try:
-                return DIR, await self.backend.head(key + "/")
+                return DIR, await self.backend.head(key + "/"), False
             except NotFound:
-                return DIR, self.implied_dir(key + "/")
+                return DIR, self.implied_dir(key + "/"), False
         if hint is not None:
             try:
                 info = await self.backend.head(key)
-                return kind_of(key, info.metadata, info.size), info
+                return kind_of(key, info.metadata, info.size), info, False
             except NotFound:
                 pass
         head: ObjectInfo | None = None
-        page_has_children = False
+        page_has_children = deeper = False
         marker: ObjectInfo | None = None
 
         async def _head() -> None:
@@ -599,11 +664,10 @@ class Namespace:
                 head = None
 
         async def _list() -> None:
-            nonlocal page_has_children, marker
+            nonlocal page_has_children, marker, deeper
             page = await self.backend.list(key + "/", "/", limit=1)
             page_has_children = bool(page.objects or page.prefixes)
-            if page.prefixes:  # it has subdirectories: a walk of it may follow
-                self._deep.add(key + "/")
+            deeper = bool(page.prefixes)  # it has subdirectories: a walk may follow
             if page.objects and page.objects[0].key == key + "/":
                 marker = page.objects[0]
 
@@ -619,9 +683,9 @@ class Namespace:
                     marker = await self.backend.head(key + "/")
                 except NotFound:
                     marker = None
-            return DIR, marker or self.implied_dir(key + "/")
+            return DIR, marker or self.implied_dir(key + "/"), deeper
         if head is not None:
-            return kind_of(key, head.metadata, head.size), head
+            return kind_of(key, head.metadata, head.size), head, False
         return None
 
     # --- listings --------------------------------------------------------------------
@@ -630,10 +694,10 @@ class Namespace:
         """The directory's listing from memory (its own, or one a flat listing of a
         directory above derived), else as persisted by an earlier run."""
         if node.listing is None and node.key in self._derived:
-            node.listing = self._derived.pop(node.key)
+            node.listing = self._drop_kept(node.key)
             for scan in self._scans:
                 if scan.within(node.key):
-                    scan.used = True
+                    scan.use()
         if node.listing is None and self.meta is not None:
             persisted = self.meta.listing(node.key)
             if persisted is not None:
@@ -670,7 +734,8 @@ class Namespace:
         """A directory's listing as the store gave it at `at`: kept in memory and on
         disk; children it no longer names are gone (removed by someone else)."""
         listing = node.listing = Listing(entries=entries, at=at)
-        self._derived.pop(node.key, None)
+        node.big = False
+        self._drop_kept(node.key)
         if self.meta is not None:
             self.meta.put_listing(node.key, entries)
         for name, child in list(node.children.items()):
@@ -841,10 +906,9 @@ class Namespace:
         scan = self._scan_over(node.key)
         if scan is None:
             return None
-        scan.used = True
         with trio.move_on_after(SCAN_WAIT):
             await scan.wait_for(node.key)
-        return self._load_listing(node)
+        return self._load_listing(node)  # (which marks the scan used if it derived it)
 
     def _scan_soon(self, node: Node) -> None:
         """List the subtree of a directory flat, in the background, beside its own
@@ -853,6 +917,9 @@ class Namespace:
         what it derives is used, and gives up after SCAN_PAGES pages."""
         if self.background is None or any(scan.within(node.key) for scan in self._scans):
             return
+        when = self._scanned.get(node.key)
+        if when is not None and self._fresh(when, self.cache.listing_ttl):
+            return  # listed whole a moment ago
         scan = Scan(node.key)
         self._scans.append(scan)
         self.background.start_soon(self._scan, scan)
@@ -862,29 +929,40 @@ class Namespace:
         adopted: set[str] = set()
         token: str | None = None
         try:
-            for page_no in range(1, SCAN_PAGES + 1):
-                epoch = self.epoch
+            for _ in range(SCAN_PAGES):
+                since, started = self._seq, trio.current_time()
                 page = await self.backend.list(scan.top, "", token)
-                if self.epoch != epoch:
-                    return  # an own change raced it: its view may be older than ours
+                if self.changed_under(scan.top, since):
+                    return  # this mount changed the subtree meanwhile: the page may be older
                 derive(scan.top, page.objects, valid_name, self._warn_skip, out)
                 token = page.token
                 last = page.objects[-1].key if page.objects else None
                 self._adopt_covered(out, adopted, last, token is None)
-                scan.advance(last, token is None)
-                deeper = any("/" in info.key[len(scan.top):] for info in page.objects)
-                if token is None or not deeper or (page_no >= 2 and not scan.used):
+                scan.advance(last, complete=token is None)
+                if token is None:
+                    self._scanned.pop(scan.top, None)
+                    self._scanned[scan.top] = trio.current_time()
+                    while len(self._scanned) > KEPT_LISTINGS:
+                        del self._scanned[next(iter(self._scanned))]
+                if token is None or not any("/" in info.key[len(scan.top):]
+                                            for info in page.objects):
+                    return  # all of it, or a flat directory: nothing more to derive
+                # on only while what it gives is used (a walk); a page's time to see
+                with trio.move_on_after(max(1.0, trio.current_time() - started)):
+                    await scan.used.wait()
+                if not scan.used.is_set():
                     return
         except StormountError as e:  # those waiting for it ask the store themselves
             log.debug("flat listing of /%s: %s", scan.top, e)
         finally:
-            scan.advance(None, True)
+            scan.advance(None, done=True)
             self._scans.remove(scan)
 
     def _adopt_covered(self, out: dict[str, Derived], adopted: set[str], last: str | None,
                        complete: bool) -> None:
         """The derived listings of the directories a flat listing has seen all of."""
         now = trio.current_time()
+        persist = []
         for key in sorted(out):  # parents first
             if key in adopted or not (complete or (
                     last is not None and last > key and not last.startswith(key))):
@@ -895,14 +973,15 @@ class Namespace:
             node = self.at(key.rstrip("/"))
             if node is None or node.kind != DIR or node.unlinked:
                 self._keep_listing(key, Listing(entries=derived.entries, at=now))
-                if self.meta is not None:
-                    self.meta.put_listing(key, derived.entries)
+                persist.append((key, derived.entries))
                 continue
             if node.listing is None:
                 self._adopt(node, derived.entries, derived.marker, now)
             else:
                 self._own_marker(node, derived.marker, now)
             self._subdirs_known(node, derived.entries, now)
+        if persist and self.meta is not None:
+            self.meta.put_listings(persist)
 
     def _subdirs_known(self, node: Node, entries: Entries, at: float) -> None:
         """What a flat listing showed of the markers of a directory's subdirectories
@@ -923,15 +1002,17 @@ class Namespace:
         background (as rclone looks names up through listings): the names looked up
         next in it take one request, or none. A directory of more than a page is left
         to the lookups."""
-        if self.background is None or node.refreshing or node.kind != DIR:
+        if self.background is None or node.refreshing or node.kind != DIR or node.big:
             return
         node.refreshing = True
 
         async def glance() -> None:
             try:
-                epoch = self.epoch
+                since = self._seq
                 page = await self.backend.list(node.key, "/")
-                if (page.token is None and self.epoch == epoch and node.listing is None
+                if page.token is not None:
+                    node.big = True  # more than a page: left to the lookups
+                elif (not self.changed_under(node.key, since) and node.listing is None
                         and not node.unlinked):
                     entries, marker = entries_of(node.key, page.objects, page.prefixes,
                                                  valid_name, self._warn_skip)
@@ -955,12 +1036,12 @@ class Namespace:
         entries the caller should drop too."""
         path = path.strip("/")
         prefix = path + "/" if path else ""
-        for key in [k for k in self._derived if k.startswith(prefix) or k == prefix]:
-            del self._derived[key]
+        self._forget_kept(prefix)
         for scan in self._scans:
-            if scan.within(prefix) or prefix.startswith(scan.top):
-                scan.advance(None, True)  # what it shows may be older than the news
-        self.epoch += 1
+            if scan.within(prefix) or scan.top.startswith(prefix):
+                scan.advance(None, done=True)  # what it shows may be older than the news
+        self._seq += 1
+        self._log.append((self._seq, prefix, True))
         node: Node | None = self.inodes.root
         for name in path.split("/") if path else []:
             if node is None:

@@ -103,6 +103,7 @@ class Node:
     changes: int = 0  # own changes to this directory's entries, to spot racing listings
     refreshing: bool = False  # a background refresh of its listing is under way
     completing: bool = False  # background HEADs of its provisional entries are under way
+    big: bool = False  # its listing is more than a page: lookups in it ask one by one
     marker_queued: bool = False  # a directory whose marker waits in the upload queue
 
     @property

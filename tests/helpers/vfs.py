@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -112,12 +113,25 @@ async def at(t0: float, seconds: float) -> None:
 
 class S3LikeListings:
     """A store whose listings carry no metadata, as S3's ListObjectsV2 does; it counts
-    the requests that reach the store, by operation (what crosses the wire)."""
+    the requests that reach the store, by operation (what crosses the wire), logs them,
+    and can make each take `rtt` seconds (with trio's clock) and run `hooks[op](*args)`
+    first."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, rtt: float = 0.0) -> None:
         self._backend = backend
         self.url = backend.url
+        self.rtt = rtt
         self.requests: Counter[str] = Counter()
+        self.log: list[tuple[object, ...]] = []
+        self.hooks: dict[str, Callable[..., Awaitable[None]]] = {}
+
+    async def _before(self, op: str, *args: Any) -> None:
+        self.requests[op] += 1
+        self.log.append((op, *args))
+        if op in self.hooks:
+            await self.hooks[op](*args)
+        if self.rtt:
+            await trio.sleep(self.rtt)
 
     def __getattr__(self, name: str) -> Any:
         target = getattr(self._backend, name)
@@ -125,13 +139,13 @@ class S3LikeListings:
             return target
 
         async def call(*args: Any, **kwargs: Any) -> Any:
-            self.requests[name] += 1
+            await self._before(name, *args)
             return await target(*args, **kwargs)
         return call
 
     async def list(self, prefix: str, delimiter: str = "/", token: str | None = None,
                    limit: int = 1000) -> ListPage:
-        self.requests["list"] += 1
+        await self._before("list", prefix, delimiter, token, limit)
         page = await self._backend.list(prefix, delimiter, token, limit)
         return ListPage([replace(o, metadata=None) for o in page.objects], page.prefixes,
                         page.token)

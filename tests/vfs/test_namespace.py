@@ -24,7 +24,7 @@ from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
 from stormount.vfs.namespace import Negatives
 from stormount.vfs.nodes import ROOT_INO, Node
-from tests.helpers.vfs import GID, UID, S3LikeListings, VfsFactory, read
+from tests.helpers.vfs import GID, UID, S3LikeListings, VfsFactory, read, write
 
 LINK_MODE = str(stat.S_IFLNK | 0o777)
 SECRET = {"mode": str(stat.S_IFREG | 0o600), "uid": "1000", "gid": "1000",
@@ -376,3 +376,177 @@ async def test_files_read_one_after_another_are_fetched_ahead(tmp_path, nursery,
         assert await read(vfs, f"d/{name}") == f"content {i}".encode()
     assert backend.requests["get_range"] == before  # every one was there already
     blocks.close()
+
+
+# --- flat listings, glances and walks: what a change of this mount must never lose ----
+
+async def scanned(vfs: Vfs, t: Node) -> None:
+    await until(lambda: not vfs.ns._scans and t.listing is not None)
+
+
+@pytest.fixture
+def slow(tmp_path, nursery, store_name):
+    """slow(rtt, blocks=None) -> (S3-like backend whose requests take rtt, Vfs)."""
+    factory = VfsFactory(tmp_path, nursery)
+
+    def _make(rtt: float = 0.0, blocks: BlockCache | None = None
+              ) -> tuple[S3LikeListings, Vfs]:
+        backend = S3LikeListings(open_backend(parse_tier_url(f"memory://{store_name}")), rtt)
+        vfs = factory(backend, blocks=blocks)  # type: ignore[arg-type]
+        vfs.background = nursery
+        if vfs.reader is not None:
+            vfs.reader.background = nursery
+        return backend, vfs
+    yield _make
+    factory.close()
+
+
+async def test_a_directory_moved_over_an_empty_one_shows_its_own_names(slow, other):
+    for key in ("t/a/f", "t/a/g"):
+        await other.put_bytes(key, b"x" * 5000, {})
+    await other.put_bytes("t/b/", b"", {})
+    _backend, vfs = slow()
+    t = await vfs.lookup(ROOT_INO, "t")  # scanned: a/ and b/ derived
+    await scanned(vfs, t)
+    a = await vfs.lookup(t.ino, "a")
+    await vfs.lookup(t.ino, "b")
+    await vfs.rename(t.ino, "a", t.ino, "b")  # mv -T t/a t/b
+    assert sorted(await listed(vfs, a.ino)) == ["f", "g"]
+    assert (await vfs.lookup(a.ino, "f")).attrs.size == 5000
+
+
+async def test_a_name_removed_after_a_move_does_not_come_back(slow, other):
+    for key in ("t/a/f", "t/a/g", "t/z/h"):
+        await other.put_bytes(key, b"x" * 5000, {})
+    _backend, vfs = slow()
+    t = await vfs.lookup(ROOT_INO, "t")
+    await scanned(vfs, t)
+    a = await vfs.lookup(t.ino, "a")
+    await vfs.rename(t.ino, "a", t.ino, "b")
+    await vfs.lookup(a.ino, "f")
+    await vfs.unlink(a.ino, "f")
+    await vfs.rename(t.ino, "b", t.ino, "a")
+    assert sorted(await listed(vfs, a.ino)) == ["g"]
+
+
+async def test_a_flat_listing_taken_while_a_directory_moves_is_not_used(slow, other,
+                                                                        autojump_clock):
+    for i in range(10):
+        await other.put_bytes(f"t/a/f{i}", b"x" * 5000, {})
+    await other.put_bytes("t/z/h", b"x" * 5000, {})
+    backend, vfs = slow(0.01)
+    half_deleted, answered = trio.Event(), trio.Event()
+    deleted: list[str] = []
+
+    async def on_list(prefix, delimiter, token, limit):
+        if prefix == "t/" and delimiter == "":  # the flat listing of t, mid-move
+            await half_deleted.wait()
+
+    async def on_delete(key):
+        if key >= "t/a/f5":
+            await answered.wait()
+        deleted.append(key)
+        if len(deleted) == 5:
+            half_deleted.set()
+    backend.hooks.update(list=on_list, delete=on_delete)
+    t = await vfs.lookup(ROOT_INO, "t")
+    await listed(vfs, t.ino)
+    a = await vfs.lookup(t.ino, "a")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(vfs.rename, t.ino, "a", t.ino, "b")
+        await half_deleted.wait()
+        await trio.sleep(0.5)
+        answered.set()
+    assert sorted(await listed(vfs, a.ino)) == [f"f{i}" for i in range(10)]
+
+
+async def test_parallel_lookups_in_a_big_directory_all_answer(slow, other, autojump_clock):
+    for i in range(1001):  # more than a page: no glance gives it a listing
+        await other.put_bytes(f"p/f{i:04}", b"x" * 5000, {})
+    backend, vfs = slow(0.02)
+    p = await vfs.lookup(ROOT_INO, "p")
+    before = backend.requests.copy()
+    async with trio.open_nursery() as nursery:
+        for i in range(8):  # a data loader's workers opening files by name
+            nursery.start_soon(vfs.lookup, p.ino, f"f{i * 100:04}")
+    asked = backend.requests - before
+    assert asked["head"] == 8 and asked["list"] <= 9  # a probe each, one glance
+
+
+async def test_a_big_directory_is_glanced_once(slow, other, autojump_clock):
+    for i in range(1001):
+        await other.put_bytes(f"p/f{i:04}", b"x" * 5000, {})
+    backend, vfs = slow(0.01)
+    p = await vfs.lookup(ROOT_INO, "p")
+    for i in range(20):  # rsync's generator stats each name
+        await vfs.lookup(p.ino, f"f{i:04}")
+        await trio.sleep(0.1)
+    glances = [e for e in backend.log if e[0] == "list" and e[1] == "p/" and e[4] == 1000]
+    assert len(glances) == 1
+
+
+async def test_a_file_beside_a_big_subdirectory_is_not_held_up(slow, other, autojump_clock):
+    for i in range(3000):
+        await other.put_bytes(f"t/a/x{i:05}", b"", {})
+    await other.put_bytes("t/b", b"x" * 5000, {})
+    backend, vfs = slow(0.1)
+    t = await vfs.lookup(ROOT_INO, "t")
+    await listed(vfs, t.ino)  # ls t
+    before, t0 = backend.requests.copy(), trio.current_time()
+    await vfs.lookup(t.ino, "b")  # stat t/b: a HEAD, nothing more, at once
+    assert backend.requests - before == {"head": 1}
+    assert trio.current_time() - t0 < 0.15
+
+
+async def test_a_lookup_then_a_listing_scan_the_subtree_once(slow, other, autojump_clock):
+    for i in range(3):
+        await other.put_bytes(f"t/d{i}/f", b"x" * 5000, {})
+    backend, vfs = slow(0.02)
+    t = await vfs.lookup(ROOT_INO, "t")  # stat t: its probe sees subdirectories
+    await listed(vfs, t.ino)  # ls t
+    await trio.sleep(1)
+    assert len([e for e in backend.log if e[0] == "list" and e[2] == ""]) == 1
+
+
+async def test_reading_the_start_of_each_file_fetches_nothing_ahead(slow, other, tmp_path,
+                                                                    autojump_clock):
+    for i in range(10):
+        await other.put_bytes(f"photos/p{i:02}.jpg", os.urandom(300_000), {})
+    blocks = BlockCache(str(tmp_path / "blocks"), block_size=1 << 20, max_bytes=1 << 30,
+                        min_free_bytes=0)
+    backend, vfs = slow(0.01, blocks=blocks)
+    d = await vfs.lookup(ROOT_INO, "photos")
+    for name in sorted(await listed(vfs, d.ino)):  # file *, head -c 64 *, a thumbnailer
+        node = await vfs.lookup(d.ino, name)
+        fh = await vfs.open(node.ino, os.O_RDONLY)
+        await vfs.read(fh, 0, 64)
+        await vfs.release(fh)
+    await trio.sleep(5)
+    assert backend.requests["get_range"] == 10  # what was asked for, no more
+    blocks.close()
+
+
+async def test_writes_elsewhere_do_not_throw_a_flat_listing_away(slow, other,
+                                                                 autojump_clock):
+    for key in [f"t/d{i}/e{j}/f{k}" for i in range(3) for j in range(3) for k in range(4)]:
+        await other.put_bytes(key, b"x" * 5000, {})
+    backend, vfs = slow(0.02)
+    w = await vfs.mkdir(ROOT_INO, "w", 0o755, UID, GID)
+    stop = trio.Event()
+
+    async def writer() -> None:  # another program saving files in another directory
+        i = 0
+        while not stop.is_set():
+            await write(vfs, f"n{i}", b"data", parent=w.ino)
+            i += 1
+            await trio.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.sleep(0.05)
+        before = backend.log[:]
+        t = await vfs.lookup(ROOT_INO, "t")
+        await walk(vfs, t.ino)  # find t
+        stop.set()
+    lists = [e for e in backend.log[len(before):] if e[0] == "list" and e[1].startswith("t")]
+    assert len(lists) <= 3  # the lookup's probe, t's listing, its flat listing
