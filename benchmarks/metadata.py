@@ -276,6 +276,19 @@ def run(argv: list[str], timeout: float) -> tuple[float, subprocess.CompletedPro
     return time.perf_counter() - t0, r
 
 
+def timed_lines(row: Row, kind: str, argv: list[str], p: Params, lines: int,
+                what: str) -> None:
+    """Time a command whose stdout has one line per entry, as `kind`'s figure of `row`;
+    a failure raises, a count other than `lines` is a wrong result."""
+    dt, r = run(argv, limit(p, row.reference))
+    if r.returncode:
+        raise RuntimeError(f"{argv[0]} exit {r.returncode}: {r.stderr.strip()[:160]}")
+    row.set(kind, dt)
+    got = len(r.stdout.splitlines())
+    if got != lines:
+        wrong(row, kind, f"{argv[0]} printed {got} of {lines} {what}")
+
+
 def limit(p: Params, reference: float | None) -> float:
     """A step on a mount gets --op-timeout plus ten times its reference: room for a
     mount far off its goal (20 ms makes everything slower) without hanging the run."""
@@ -403,14 +416,8 @@ def listing(b: Bench) -> None:
         def short(kind: str, port: int = port, rtt: int = rtt, names: Row = names) -> None:
             with b.session.mount(kind, port, f"{kind}-lsnames-{rtt}") as m:
                 b.cold()
-                dt, r = run(["ls", str(m.path / LS_DIR)],
-                            limit(b.params, names.reference))
-                if r.returncode:
-                    raise RuntimeError(f"ls exit {r.returncode}: {r.stderr.strip()[:160]}")
-                names.set(kind, dt)
-                if len(r.stdout.splitlines()) != LS_COUNT:
-                    wrong(names, kind, f"ls printed {len(r.stdout.splitlines())} of "
-                          f"{LS_COUNT} names")
+                timed_lines(names, kind, ["ls", str(m.path / LS_DIR)], b.params, LS_COUNT,
+                            "names")
 
         for kind in ["stormount", *peers(b, ("s3fs",), rtt)]:
             log(f"ls -l of {LS_COUNT:,} objects with metadata, {kind}, {rtt} ms")
@@ -460,13 +467,8 @@ def tree(b: Bench) -> None:
                          ) -> None:
             with b.session.mount(kind, port, f"{kind}-find-{rtt}") as m:
                 b.cold()
-                dt, r = run(["find", str(m.path / "tree")], limit(b.params, find.reference))
-                if r.returncode:
-                    raise RuntimeError(f"find exit {r.returncode}: {r.stderr.strip()[:160]}")
-                find.set(kind, dt)
-                if len(r.stdout.splitlines()) != find_lines:
-                    wrong(find, kind, f"find printed {len(r.stdout.splitlines())} of "
-                          f"{find_lines} paths")
+                timed_lines(find, kind, ["find", str(m.path / "tree")], b.params, find_lines,
+                            "paths")
 
         def mounted_stat(kind: str, port: int = port, rtt: int = rtt, st: Row = st) -> None:
             with b.session.mount(kind, port, f"{kind}-stat-{rtt}") as m:

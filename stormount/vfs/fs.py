@@ -39,7 +39,8 @@ from stormount.vfs.attrs import (
     with_attrs,
     with_ctime,
 )
-from stormount.vfs.namespace import NAME_MAX, Namespace, join, too_long, utf8, valid_name
+from stormount.vfs.names import NAME_MAX, join, too_long, utf8, valid_name
+from stormount.vfs.namespace import Namespace
 from stormount.vfs.nodes import Listing, Node, Staging
 from stormount.vfs.quota import Quotas
 from stormount.vfs.reader import Reader, ReadState

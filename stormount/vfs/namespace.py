@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 
 import trio
@@ -28,7 +28,8 @@ import trio
 from stormount.backends.base import Backend, ObjectInfo, list_all
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, FuseConfig
-from stormount.errors import FsError, NotFound, StormountError, Transient, first_error
+from stormount.errors import FsError, NotFound, Transient, first_error
+from stormount.vfs.ahead import SCAN_WAIT, Ahead
 from stormount.vfs.attrs import (
     DIR,
     attrs_from_object,
@@ -37,106 +38,27 @@ from stormount.vfs.attrs import (
     kind_of,
     now_ns,
 )
-from stormount.vfs.listings import Derived, Entries, Scan, derive, entries_of, mark_subdirs
+from stormount.vfs.listings import (
+    Entries,
+    entries_of,
+)
+from stormount.vfs.names import (
+    NAME_MAX,
+    Negatives,
+    join,
+    node_holds,
+    same_version,
+    too_long,
+    utf8,
+    valid_name,
+)
 from stormount.vfs.nodes import InodeTable, Listing, Node
 
 log = logging.getLogger(__name__)
 
-NAME_MAX = 255
-NEGATIVE_MAX = 10_000  # names remembered as absent, over all directories
-SCAN_PAGES = 10  # a flat listing of a subtree gives up after this many pages
-SCAN_WAIT = 10.0  # seconds a lookup waits for a flat listing under way to reach it
 KEPT_LISTINGS = 10_000  # listings kept for directories that have no node (by key)
 KEPT_ENTRIES = 1_000_000  # ... and their entries, all together
 CHANGE_LOG = 4096  # own changes remembered, for listings in flight to be checked against
-
-
-def valid_name(name: str) -> bool:
-    """Can this key segment be a POSIX file name?"""
-    return (bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
-            and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX)
-
-
-def utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def too_long(name: str) -> bool:
-    return len(name.encode("utf-8", "surrogateescape")) > NAME_MAX
-
-
-def join(parent: Node, name: str) -> str:
-    path = parent.path
-    return f"{path}/{name}" if path else name
-
-
-def same_version(a: ObjectInfo, b: ObjectInfo, *, strict: bool = False) -> bool:
-    """Do two descriptions of an object name one version? The ETag, and the
-    Last-Modified to the second where both know it: a change of metadata alone (a copy
-    onto itself) keeps the ETag and moves the time. `strict`: only if both know it (an
-    estimated time, as of an own PUT, cannot vouch that the metadata is unchanged)."""
-    if a.etag != b.etag:
-        return False
-    if not (a.mtime_exact and b.mtime_exact):
-        return not strict
-    return int(a.mtime) == int(b.mtime)
-
-
-def _node_holds(node: Node, info: ObjectInfo) -> bool:
-    """Is `info` the version `node` describes?"""
-    if node.etag is None or node.etag != info.etag:
-        return False
-    return node.modified is None or not info.mtime_exact or int(node.modified) == int(info.mtime)
-
-
-class Negatives:
-    """Names seen absent, per directory, with when: bounded in number (the oldest go
-    first) and trusted for `negative_ttl` only, as mountpoint-s3's negative cache."""
-
-    def __init__(self, limit: int = NEGATIVE_MAX) -> None:
-        self.limit = limit
-        self._seen: OrderedDict[tuple[int, str], float] = OrderedDict()
-        self._by_dir: dict[int, set[str]] = {}
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def add(self, parent: Node, name: str) -> None:
-        key = (parent.ino, name)
-        self._seen.pop(key, None)
-        self._seen[key] = trio.current_time()
-        self._by_dir.setdefault(parent.ino, set()).add(name)
-        while len(self._seen) > self.limit:
-            (ino, old), _ = self._seen.popitem(last=False)
-            self._forget(ino, old)
-
-    def _forget(self, ino: int, name: str) -> None:
-        names = self._by_dir.get(ino)
-        if names is not None:
-            names.discard(name)
-            if not names:
-                del self._by_dir[ino]
-
-    def discard(self, parent: Node, name: str) -> None:
-        if self._seen.pop((parent.ino, name), None) is not None:
-            self._forget(parent.ino, name)
-
-    def fresh(self, parent: Node, name: str, ttl: float) -> bool:
-        at = self._seen.get((parent.ino, name))
-        if at is None:
-            return False
-        if trio.current_time() - at < ttl:
-            return True
-        self.discard(parent, name)
-        return False
-
-    def clear(self, parent: Node) -> None:
-        for name in self._by_dir.pop(parent.ino, ()):
-            del self._seen[(parent.ino, name)]
 
 
 class Namespace:
@@ -157,8 +79,7 @@ class Namespace:
         self._asking: dict[tuple[int, str], trio.Event] = {}  # lookups asking the store
         # flat listings of subtrees under way, and the listings they derived for
         # directories that have no node yet (by directory key)
-        self._scans: list[Scan] = []
-        self._scanned: dict[str, float] = {}  # tops of flat listings that ended whole, when
+        self.ahead = Ahead(self)  # listings and attributes fetched before they are asked for
         self._derived: dict[str, Listing] = {}
         self._derived_entries = 0
         # this mount's changes, by directory key (and moves of directories): a listing
@@ -167,7 +88,6 @@ class Namespace:
         self._seq = 0
         self._moving: list[str] = []  # directory keys (old and new) of moves under way
         self._misses: dict[int, int] = {}  # lookups that asked the store, by directory
-        self._heads = trio.Semaphore(cache.head_parallel)  # background HEADs at once
         self._start_ns = now_ns()
         self._warned: set[str] = set()
         # lookups, getattrs and listings answered from the caches, and those that asked
@@ -180,7 +100,7 @@ class Namespace:
     def _fresh(self, at: float, ttl: float) -> bool:
         return trio.current_time() - at < ttl
 
-    def _warn_skip(self, key: str, why: str) -> None:
+    def warn_skip(self, key: str, why: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
             log.warning("skipping object %r: %s", key, why)
@@ -240,7 +160,7 @@ class Namespace:
         if child is not None:
             if child.staging is not None and child.staging.dirty and not child.unlinked:
                 return child  # not uploaded yet: what this mount wrote wins
-            if not complete and child.complete and _node_holds(child, info):
+            if not complete and child.complete and node_holds(child, info):
                 # a listing never downgrades what a HEAD said of this very version
                 if child.modified is not None and info.mtime_exact:
                     child.checked_at = max(child.checked_at, now)
@@ -252,7 +172,7 @@ class Namespace:
                 if not certain and not unknown_to_kernel:
                     # a new version of an entry the kernel knows, of a kind a listing
                     # cannot tell: it keeps its kind, unshown, until a HEAD says
-                    if not _node_holds(child, info):
+                    if not node_holds(child, info):
                         child.link_target = None
                     self.set_version(child, info)
                     child.complete = child.kind_known = False
@@ -265,7 +185,7 @@ class Namespace:
         if child is None:
             child = self.inodes.add(parent, name, attrs)
         else:
-            if not _node_holds(child, info):
+            if not node_holds(child, info):
                 child.link_target = None
             child.attrs = attrs
         child.complete = complete
@@ -389,7 +309,7 @@ class Namespace:
         for key in [k for k in self._derived if k.startswith(prefix)]:
             self._drop_kept(key)
 
-    def _keep_listing(self, key: str, listing: Listing) -> None:
+    def keep_listing(self, key: str, listing: Listing) -> None:
         self._drop_kept(key)
         self._derived[key] = listing
         self._derived_entries += len(listing.entries)
@@ -406,7 +326,7 @@ class Namespace:
         """The kernel forgot a directory (memory pressure, drop_caches): its listing,
         which may hold names the store has not seen yet, is kept for its next node."""
         if node.kind == DIR and node.listing is not None and not node.unlinked:
-            self._keep_listing(node.key, node.listing)
+            self.keep_listing(node.key, node.listing)
 
     def list_again(self, parent: Node) -> None:
         """The directory changed in ways its listing does not show: list it again."""
@@ -501,7 +421,7 @@ class Namespace:
             return True, child
         if child is None and self.negatives.fresh(parent, name, self.cache.negative_ttl):
             return True, None
-        listing = self._load_listing(parent)
+        listing = self.load_listing(parent)
         if listing is None or not self._fresh(listing.at, self.cache.listing_ttl):
             remembered = self._remembered(join(parent, name), None)
             if remembered is not None and remembered[0] < self.cache.metadata_ttl:
@@ -538,11 +458,11 @@ class Namespace:
         return False, None
 
     async def _ask_store(self, parent: Node, name: str) -> Node | None:
-        listing = self._load_listing(parent)
+        listing = self.load_listing(parent)
         fresh = listing is not None and self._fresh(listing.at, self.cache.listing_ttl)
         entry = listing.entries.get(name) if listing is not None else None
         if (entry is None or entry[0] == DIR or not fresh) and \
-                (scan := self._scan_over(join(parent, name) + "/")) is not None:
+                (scan := self.ahead.scan_over(join(parent, name) + "/")) is not None:
             # a flat listing under way is about to say what it is (a directory's marker,
             # its parent's listing); a file's attributes need a HEAD whatever it says
             with trio.move_on_after(SCAN_WAIT):
@@ -553,12 +473,12 @@ class Namespace:
                 return node
         for _ in range(3):
             key = join(parent, name)
-            listing = self._load_listing(parent)
+            listing = self.load_listing(parent)
             fresh = listing is not None and self._fresh(listing.at, self.cache.listing_ttl)
             entry = listing.entries.get(name) if listing is not None else None
             hint = entry[0] if fresh and entry is not None else None
             if hint is not None:
-                self._complete_soon(parent)  # its siblings are likely asked for next
+                self.ahead.complete(parent)  # its siblings are likely asked for next
             child = parent.children.get(name)
             held = child is not None and self.holds_queued(child)
             try:
@@ -581,7 +501,7 @@ class Namespace:
             # request, or none
             misses = self._misses.pop(parent.ino, 0) + 1
             if misses >= 2:
-                self._glance_soon(parent)
+                self.ahead.glance(parent)
             else:
                 self._misses[parent.ino] = misses
                 while len(self._misses) > KEPT_LISTINGS:
@@ -600,7 +520,7 @@ class Namespace:
         kind, info, deeper = found
         node = self.child_from_object(parent, name, kind, info, complete=True)
         if deeper:
-            self._scan_soon(node)  # its subtree, listed flat before it is walked
+            self.ahead.scan(node)  # its subtree, listed flat before it is walked
         listing = parent.listing  # (it may have been listed again meanwhile)
         entry = listing.entries.get(name) if listing is not None else None
         if entry is None or entry[0] != kind:
@@ -690,14 +610,12 @@ class Namespace:
 
     # --- listings --------------------------------------------------------------------
 
-    def _load_listing(self, node: Node) -> Listing | None:
+    def load_listing(self, node: Node) -> Listing | None:
         """The directory's listing from memory (its own, or one a flat listing of a
         directory above derived), else as persisted by an earlier run."""
         if node.listing is None and node.key in self._derived:
             node.listing = self._drop_kept(node.key)
-            for scan in self._scans:
-                if scan.within(node.key):
-                    scan.use()
+            self.ahead.scan_used(node.key)
         if node.listing is None and self.meta is not None:
             persisted = self.meta.listing(node.key)
             if persisted is not None:
@@ -718,7 +636,7 @@ class Namespace:
                 return node.listing
         raced = node.changes != changes  # own changes kept landing: trust nothing absent
         entries, own_marker = entries_of(node.key, objects, prefixes, valid_name,
-                                         self._warn_skip)
+                                         self.warn_skip)
         if raced:
             for name, child in node.children.items():
                 if child.etag is not None and not child.unlinked and name not in entries:
@@ -727,9 +645,9 @@ class Namespace:
                         etag=child.etag, metadata=None))
             listing = node.listing = Listing(entries=entries, at=-math.inf)  # list again
             return listing
-        return self._adopt(node, entries, own_marker, trio.current_time())
+        return self.adopt(node, entries, own_marker, trio.current_time())
 
-    def _adopt(self, node: Node, entries: Entries, marker: ObjectInfo | None,
+    def adopt(self, node: Node, entries: Entries, marker: ObjectInfo | None,
                at: float) -> Listing:
         """A directory's listing as the store gave it at `at`: kept in memory and on
         disk; children it no longer names are gone (removed by someone else)."""
@@ -742,10 +660,10 @@ class Namespace:
             if (name not in entries and child.etag is not None and child.staging is None
                     and not self.holds_queued(child)):
                 self.inodes.detach(child)  # removed from the store by someone else
-        self._own_marker(node, marker, at)
+        self.own_marker(node, marker, at)
         return listing
 
-    def _own_marker(self, node: Node, marker: ObjectInfo | None, at: float) -> None:
+    def own_marker(self, node: Node, marker: ObjectInfo | None, at: float) -> None:
         """A directory's own listing shows whether it has a marker: without one, its
         attributes are the mount's defaults, a fact; with one that lists its metadata,
         they are the marker's."""
@@ -781,14 +699,14 @@ class Namespace:
         """The entries of a directory, sorted by name: the store's (as listed within
         the listing TTL) and this mount's own not uploaded yet. Entries the listing
         introduced without metadata are provisional, and being completed."""
-        listing = self._load_listing(node)
+        listing = self.load_listing(node)
         if listing is None:
-            listing = await self._from_scan(node)
+            listing = await self.ahead.scan_listing(node)
         if listing is None:
             self.misses += 1
             listing = await self._fetch_listing(node)
             if listing.subdirs:
-                self._scan_soon(node)  # its subdirectories are likely listed next (find)
+                self.ahead.scan(node)  # its subdirectories are likely listed next (find)
         elif not self._fresh(listing.at, self.cache.listing_ttl):
             if self.background is not None:
                 self.hits += 1
@@ -845,184 +763,6 @@ class Namespace:
                 keys.append(listed.key)
         return (self.meta.objects(keys) or {}) if keys else {}
 
-    def _complete_soon(self, node: Node) -> None:
-        """HEAD the provisional entries of a directory in the background, a bounded
-        number at once; a lookup of one of them joins its HEAD once it is under way.
-        Started by the first entry of a listing that someone needs the attributes of
-        (ls -l, rsync, cp and find's lstat ask for each entry in turn), not by the
-        listing itself: `ls` and a find that needs no more than the kinds send no HEADs."""
-        if self.background is None or node.completing or self.cache.trust_listings:
-            return
-        listing = node.listing
-        if listing is None:
-            return
-        names = []
-        for name, (_, listed) in listing.entries.items():
-            if listed is not None and listed.metadata is not None:
-                continue  # the listing says it all
-            child = node.children.get(name)
-            if child is None or not child.complete:
-                names.append(name)
-        if not names:
-            return
-        node.completing = True
-
-        async def one(name: str) -> None:
-            try:
-                child = node.children.get(name)
-                if (child is None or not child.complete) and not node.unlinked:
-                    await self.lookup(node, name)
-            except StormountError as e:  # the lookup that needs it tries again
-                log.debug("completing /%s: %s", join(node, name), e)
-            except Exception as e:  # best effort: never the end of the mount
-                log.warning("completing /%s failed: %r", join(node, name), e)
-            finally:
-                self._heads.release()
-
-        async def run() -> None:
-            try:
-                async with trio.open_nursery() as nursery:
-                    for name in names:
-                        child = node.children.get(name)
-                        if child is not None and child.complete:
-                            continue
-                        await self._heads.acquire()
-                        nursery.start_soon(one, name)
-            finally:
-                node.completing = False
-        self.background.start_soon(run)
-
-    # --- flat listings of subtrees, and glances -------------------------------------
-
-    def _scan_over(self, key: str) -> Scan | None:
-        """A flat listing under way of a directory above `key` that will reach it."""
-        for scan in self._scans:
-            if scan.within(key) and key != scan.top and not scan.covers(key):
-                return scan
-        return None
-
-    async def _from_scan(self, node: Node) -> Listing | None:
-        """The listing of a directory a flat listing under way is about to derive."""
-        scan = self._scan_over(node.key)
-        if scan is None:
-            return None
-        with trio.move_on_after(SCAN_WAIT):
-            await scan.wait_for(node.key)
-        return self._load_listing(node)  # (which marks the scan used if it derived it)
-
-    def _scan_soon(self, node: Node) -> None:
-        """List the subtree of a directory flat, in the background, beside its own
-        listing: the listings of its subdirectories (and whether they have markers)
-        come from one LIST per thousand keys. It goes on past its second page only while
-        what it derives is used, and gives up after SCAN_PAGES pages."""
-        if self.background is None or any(scan.within(node.key) for scan in self._scans):
-            return
-        when = self._scanned.get(node.key)
-        if when is not None and self._fresh(when, self.cache.listing_ttl):
-            return  # listed whole a moment ago
-        scan = Scan(node.key)
-        self._scans.append(scan)
-        self.background.start_soon(self._scan, scan)
-
-    async def _scan(self, scan: Scan) -> None:
-        out: dict[str, Derived] = {}
-        adopted: set[str] = set()
-        token: str | None = None
-        try:
-            for _ in range(SCAN_PAGES):
-                since, started = self._seq, trio.current_time()
-                page = await self.backend.list(scan.top, "", token)
-                if self.changed_under(scan.top, since):
-                    return  # this mount changed the subtree meanwhile: the page may be older
-                derive(scan.top, page.objects, valid_name, self._warn_skip, out)
-                token = page.token
-                last = page.objects[-1].key if page.objects else None
-                self._adopt_covered(out, adopted, last, token is None)
-                scan.advance(last, complete=token is None)
-                if token is None:
-                    self._scanned.pop(scan.top, None)
-                    self._scanned[scan.top] = trio.current_time()
-                    while len(self._scanned) > KEPT_LISTINGS:
-                        del self._scanned[next(iter(self._scanned))]
-                if token is None or not any("/" in info.key[len(scan.top):]
-                                            for info in page.objects):
-                    return  # all of it, or a flat directory: nothing more to derive
-                # on only while what it gives is used (a walk); a page's time to see
-                with trio.move_on_after(max(1.0, trio.current_time() - started)):
-                    await scan.used.wait()
-                if not scan.used.is_set():
-                    return
-        except StormountError as e:  # those waiting for it ask the store themselves
-            log.debug("flat listing of /%s: %s", scan.top, e)
-        finally:
-            scan.advance(None, done=True)
-            self._scans.remove(scan)
-
-    def _adopt_covered(self, out: dict[str, Derived], adopted: set[str], last: str | None,
-                       complete: bool) -> None:
-        """The derived listings of the directories a flat listing has seen all of."""
-        now = trio.current_time()
-        persist = []
-        for key in sorted(out):  # parents first
-            if key in adopted or not (complete or (
-                    last is not None and last > key and not last.startswith(key))):
-                continue
-            adopted.add(key)
-            derived = out[key]
-            mark_subdirs(key, derived, out, self.implied_dir)
-            node = self.at(key.rstrip("/"))
-            if node is None or node.kind != DIR or node.unlinked:
-                self._keep_listing(key, Listing(entries=derived.entries, at=now))
-                persist.append((key, derived.entries))
-                continue
-            if node.listing is None:
-                self._adopt(node, derived.entries, derived.marker, now)
-            else:
-                self._own_marker(node, derived.marker, now)
-            self._subdirs_known(node, derived.entries, now)
-        if persist and self.meta is not None:
-            self.meta.put_listings(persist)
-
-    def _subdirs_known(self, node: Node, entries: Entries, at: float) -> None:
-        """What a flat listing showed of the markers of a directory's subdirectories
-        goes into its listing, and completes their nodes where that says it all."""
-        listing = node.listing
-        for name, (kind, info) in entries.items():
-            if kind != DIR or info is None:
-                continue
-            if listing is not None and listing.entries.get(name) == (DIR, None):
-                listing.put(name, (DIR, info))
-            child = node.children.get(name)
-            if (child is not None and child.kind == DIR and not child.complete
-                    and info.metadata is not None and not child.marker_queued):
-                self.child_from_object(node, name, DIR, info, complete=True, at=at)
-
-    def _glance_soon(self, node: Node) -> None:
-        """Lookups in a directory whose listing is not known list it, one page in the
-        background (as rclone looks names up through listings): the names looked up
-        next in it take one request, or none. A directory of more than a page is left
-        to the lookups."""
-        if self.background is None or node.refreshing or node.kind != DIR or node.big:
-            return
-        node.refreshing = True
-
-        async def glance() -> None:
-            try:
-                since = self._seq
-                page = await self.backend.list(node.key, "/")
-                if page.token is not None:
-                    node.big = True  # more than a page: left to the lookups
-                elif (not self.changed_under(node.key, since) and node.listing is None
-                        and not node.unlinked):
-                    entries, marker = entries_of(node.key, page.objects, page.prefixes,
-                                                 valid_name, self._warn_skip)
-                    self._adopt(node, entries, marker, trio.current_time())
-            except StormountError as e:  # the lookups ask the store themselves
-                log.debug("listing /%s for its lookups: %s", node.path, e)
-            finally:
-                node.refreshing = False
-        self.background.start_soon(glance)
-
     # --- the kernel lets go, and invalidation ---------------------------------------
 
     def forget(self, node: Node, count: int) -> None:
@@ -1037,9 +777,7 @@ class Namespace:
         path = path.strip("/")
         prefix = path + "/" if path else ""
         self._forget_kept(prefix)
-        for scan in self._scans:
-            if scan.within(prefix) or scan.top.startswith(prefix):
-                scan.advance(None, done=True)  # what it shows may be older than the news
+        self.ahead.stop_scans_under(prefix)  # what they show may be older than the news
         self._seq += 1
         self._log.append((self._seq, prefix, True))
         node: Node | None = self.inodes.root

@@ -22,7 +22,7 @@ from stormount.config import CacheConfig, FuseConfig, parse_tier_url
 from stormount.errors import FsError, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.fs import Vfs
-from stormount.vfs.namespace import Negatives
+from stormount.vfs.names import Negatives
 from stormount.vfs.nodes import ROOT_INO, Node
 from tests.helpers.vfs import GID, UID, S3LikeListings, VfsFactory, read, write
 
@@ -381,7 +381,7 @@ async def test_files_read_one_after_another_are_fetched_ahead(tmp_path, nursery,
 # --- flat listings, glances and walks: what a change of this mount must never lose ----
 
 async def scanned(vfs: Vfs, t: Node) -> None:
-    await until(lambda: not vfs.ns._scans and t.listing is not None)
+    await until(lambda: not vfs.ns.ahead._scans and t.listing is not None)
 
 
 @pytest.fixture
