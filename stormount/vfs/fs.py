@@ -553,6 +553,10 @@ class Vfs:
                 # replaced since opendir (the store said it is of another kind), or
                 # removed: the kernel must never learn a dead inode
                 replaced = handle.node.children.get(name)
+                if replaced is None and not node.unlinked:
+                    # only forgotten (stored, clean, unreferenced, e.g. its upload
+                    # landed meanwhile): the entry stands
+                    replaced = self.inodes.revive(node)
                 if replaced is None or replaced.unlinked:
                     continue
                 node = replaced

@@ -184,5 +184,13 @@ class InodeTable:
             node.staging.close()
             node.staging = None
 
+    def revive(self, node: Node) -> Node:
+        """Take back a node forgotten while nobody referenced it (a directory handle
+        still lists it: the entry stands, its inode was never given to the kernel)."""
+        assert not node.unlinked and node.parent is not None
+        self._nodes[node.ino] = node
+        node.parent.children[node.name] = node
+        return node
+
     def all(self) -> list[Node]:
         return list(self._nodes.values())
