@@ -40,7 +40,7 @@ from stormount.manage.store import lifecycle_store
 from stormount.vfs.fs import Vfs
 from stormount.vfs.pins import Pins
 from stormount.vfs.quota import Quotas
-from stormount.writeback import Journal, Writeback
+from stormount.writeback import WRITING, Journal, Writeback
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,6 +102,33 @@ def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
         os.close(lock_fd)
         raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
     return lock_fd, staging
+
+
+def recover_held(cache: str, journal: Journal) -> None:
+    """Files an earlier daemon died writing (open for writing, written since their last
+    close or sync): their content is what a writer had written so far, maybe half a file.
+    It is not uploaded under their names: each goes to recovered/<time>/<its path>."""
+    held = [up for up in journal.load() if up.held == WRITING]
+    if not held:
+        return
+    keep = os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+    for up in held:
+        dest = os.path.join(keep, up.path)
+        while os.path.lexists(dest):
+            dest += "~"
+        try:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            size = os.stat(up.staging).st_size
+            os.rename(up.staging, dest)
+        except FileNotFoundError:
+            log.error("%s was still being written when an earlier run ended, and its "
+                      "staging file %s is gone: nothing to recover", up.path, up.staging)
+        else:
+            log.warning("%s was still being written when an earlier run ended: what was "
+                        "written then (%d bytes, perhaps not all of it) is in %s, and was "
+                        "not uploaded", up.path, size, dest,
+                        extra={"event": "recovered", "key": up.path, "file": dest})
+        journal.remove(up.path)
 
 
 def keep_unqueued(cache: str, staging: str, queued: set[str]) -> None:
@@ -356,10 +383,12 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                      for i, (backend, tier_cfg) in enumerate(zip(backends, cfg.tiers, strict=True))]
             chain = Chain(tiers, repair, cfg.chain, spool)
             writeback = Writeback(chain, journal, cfg.writeback)
+            chain.on_tier_up = writeback.retry_now
             vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta,
                       quotas=Quotas(cfg.quotas) if cfg.quotas else None)
-            restored = vfs.restore()
             try:
+                recover_held(cfg.cache.dir, journal)
+                restored = vfs.restore()
                 keep_unqueued(cfg.cache.dir, staging, {up.staging for up in restored})
             except OSError as e:
                 raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e}") from None

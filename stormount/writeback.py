@@ -5,6 +5,15 @@ beside the staging files): a crash of the daemon, even `kill -9`, loses nothing 
 acknowledged, because the kernel keeps both the staging file's pages and the journal's
 log. `fsync` also forces both to the disk, so they survive a power cut.
 
+A file is uploaded once its last writable descriptor is released, or when it is synced:
+never while a writer may still be changing it. Until then its row is held. The kernel
+says `close()` (a FUSE flush) before it says which close was the last (the release),
+and `dd` closes a dup of its descriptor before it writes: a close journals the file
+`CLOSED` (uploaded at the next start if the daemon dies before the release), and the
+first write after it makes it `WRITING`. A `WRITING` row found at start is a file that
+was still being written when the daemon died: its content goes to `recovered/`, never to
+the store under its name half-written.
+
 The uploader sends each file once it has been left alone for `debounce` seconds, at most
 `parallel` at a time, conditional on the version the content was based on. Transient
 failures are retried with exponential backoff and jitter (1, 2, 4, 8 s, capped at
@@ -46,6 +55,8 @@ from stormount.stats import Rate
 log = logging.getLogger(__name__)
 
 QUEUED, UPLOADING, FAILING = "queued", "uploading", "failing"
+OPEN = "open"  # how a held upload is shown: written, waiting for its writer's last close
+FINAL, CLOSED, WRITING = 0, 1, 2  # an upload's `held`
 MARKER = ""  # the staging of a directory marker: it has no content
 
 _SCHEMA = """
@@ -57,9 +68,13 @@ CREATE TABLE IF NOT EXISTS pending (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     state TEXT NOT NULL,
-    queued_at REAL NOT NULL     -- wall-clock time of the close that queued it
+    queued_at REAL NOT NULL,    -- wall-clock time of the close that queued it
+    held INTEGER NOT NULL DEFAULT 0  -- 0: final; open for writing: 1 closed since its
+                                     -- last write (CLOSED), 2 written since (WRITING)
 );
 """
+# journals of version 1 have no `held` column: every row of theirs was final
+_UPGRADE = "ALTER TABLE pending ADD COLUMN held INTEGER NOT NULL DEFAULT 0"
 
 
 @dataclass(eq=False)
@@ -76,12 +91,14 @@ class Upload:
     last_error: str | None = None
     state: str = QUEUED
     queued_at: float = field(default_factory=time.time)
+    held: int = FINAL  # else a writer may still change it: not uploaded until released
     due: float = 0.0  # trio time of the next attempt
     finished: trio.Event = field(default_factory=trio.Event)  # the attempt in flight ended
     uploaded: trio.Event = field(default_factory=trio.Event)  # this content is stored
 
     def describe(self) -> dict[str, object]:
-        return {"path": self.path, "state": self.state, "attempts": self.attempts,
+        state = OPEN if self.held and self.state != UPLOADING else self.state
+        return {"path": self.path, "state": state, "attempts": self.attempts,
                 "last_error": self.last_error, "queued_at": self.queued_at,
                 "size": _size(self.staging)}
 
@@ -103,21 +120,25 @@ class Journal(SqliteJournal):
 
     def __init__(self, path: str) -> None:
         super().__init__(path, _SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(pending)")}
+        if "held" not in columns:
+            self._db.execute(_UPGRADE)
 
     def load(self) -> list[Upload]:
         rows = self._db.execute(
-            "SELECT path, staging, base, metadata, attempts, last_error, state, queued_at"
-            " FROM pending ORDER BY queued_at").fetchall()
+            "SELECT path, staging, base, metadata, attempts, last_error, state, queued_at,"
+            " held FROM pending ORDER BY queued_at").fetchall()
         return [Upload(path=p, staging=s, base=b, metadata=json.loads(m), attempts=a,
-                       last_error=e, state=FAILING if st == FAILING else QUEUED, queued_at=q)
-                for p, s, b, m, a, e, st, q in rows]
+                       last_error=e, state=FAILING if st == FAILING else QUEUED, queued_at=q,
+                       held=h)
+                for p, s, b, m, a, e, st, q, h in rows]
 
     def put(self, up: Upload, *, durable: bool = False) -> None:
         self._write(durable, (
             "INSERT OR REPLACE INTO pending (path, staging, base, metadata, attempts,"
-            " last_error, state, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " last_error, state, queued_at, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (up.path, up.staging, up.base, json.dumps(up.metadata, sort_keys=True),
-             up.attempts, up.last_error, up.state, up.queued_at)))
+             up.attempts, up.last_error, up.state, up.queued_at, up.held)))
 
     def remove(self, path: str) -> None:
         self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)))
@@ -133,13 +154,14 @@ def read_pending(path: str) -> list[dict[str, object]]:
         return []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
     try:
-        rows = db.execute("SELECT path, state, attempts, last_error FROM pending"
+        rows = db.execute("SELECT path, state, attempts, last_error, held FROM pending"
                           " ORDER BY queued_at").fetchall()
     except sqlite3.OperationalError:
         return []
     finally:
         db.close()
-    return [{"path": p, "state": s, "attempts": a, "last_error": e} for p, s, a, e in rows]
+    return [{"path": p, "state": OPEN if h and s != UPLOADING else s, "attempts": a,
+             "last_error": e} for p, s, a, e, h in rows]
 
 
 def backoff(attempt: int, cfg: WritebackConfig, rng: random.Random) -> float:
@@ -184,17 +206,24 @@ class Writeback:
     # --- what the filesystem tells us ---------------------------------------------
 
     def restore(self) -> list[Upload]:
-        """The journal's rows from an earlier run, queued again (due at once)."""
+        """The journal's rows from an earlier run, queued again (due at once): the
+        content of a file closed then is final now. `WRITING` rows (files being written
+        then) are the caller's to recover first."""
         for up in self.journal.load():
+            if up.held == WRITING:
+                continue
+            up.held = FINAL
             self._uploads[up.path] = up
             self._schedule(up, trio.current_time())
         return list(self._uploads.values())
 
     def submit(self, path: str, staging: str, base: str | None, metadata: dict[str, str],
-               *, durable: bool = False) -> Upload:
-        """A file's content is final for now (closed, flushed or synced): journal it and
-        upload it after the debounce. A file already queued keeps its place in the
-        journal and the version it was based on; an upload in flight finishes first."""
+               *, durable: bool = False, held: int = FINAL) -> Upload:
+        """Journal a file's content: `held` (CLOSED) while a writer may still change it
+        (a close of one of its descriptors), else final for now (its last writer closed,
+        or it was synced) and uploaded after the debounce. A file already queued keeps its
+        place in the journal and the version it was based on; an upload in flight
+        finishes first."""
         up = self._uploads.get(path)
         if up is None:
             up = self._uploads[path] = Upload(path=path, staging=staging, base=base,
@@ -205,11 +234,33 @@ class Writeback:
                 up.uploaded = trio.Event()
             if up.state != UPLOADING:
                 up.state, up.attempts, up.last_error = QUEUED, 0, None
+        up.held = FINAL if self._draining else held
         up.revision += 1
-        log.debug("queued %s (revision %d, %s)", path, up.revision, up.state)
+        log.debug("queued %s (revision %d, %s%s)", path, up.revision, up.state,
+                  ", held" if up.held else "")
         self.journal.put(up, durable=durable)
-        self._schedule(up, trio.current_time() + (0 if self._draining else self.cfg.debounce))
+        if not up.held:
+            self._schedule(up, trio.current_time() + (0 if self._draining else
+                                                      self.cfg.debounce))
         return up
+
+    def hold(self, path: str) -> None:
+        """A writer changes a queued file (closed or synced before): it is `WRITING`,
+        and waits for its writer's last close (or next sync) once more. While draining
+        for an unmount, the change is uploaded instead (nothing would release it)."""
+        up = self._uploads.get(path)
+        if up is None or up.held == WRITING:
+            return
+        if self._draining:
+            up.revision += 1  # an upload in flight is followed by one of this content
+            self._schedule(up, trio.current_time())
+            return
+        before, up.held = up.held, WRITING
+        try:
+            self.journal.put(up)
+        except OSError:
+            up.held = before
+            raise
 
     def reconfigure(self, cfg: WritebackConfig) -> None:
         """New settings while running (SIGHUP). A shorter debounce brings the uploads
@@ -290,6 +341,23 @@ class Writeback:
         self._changed.set()
         self._changed = trio.Event()
 
+    def _release(self, ups: Iterable[Upload]) -> None:
+        """Asked to upload now (a flush, an unmount): what is written so far goes, files
+        still open included; a later write holds them again."""
+        for up in list(ups):
+            if up.held:
+                up.held = FINAL
+                try:
+                    self.journal.put(up)
+                except OSError as e:  # uploaded anyway; a crash now recovers it whole
+                    log.warning("cannot record %s as released: %s", up.path, e)
+                self._schedule(up, trio.current_time())
+
+    def retry_now(self) -> None:
+        """A tier came back: uploads waiting for their next attempt (after failures)
+        go now rather than after their backoff, which may be a minute."""
+        self._hurry(up for up in self._uploads.values() if up.attempts and not up.held)
+
     def _hurry(self, ups: Iterable[Upload]) -> None:
         now = trio.current_time()
         for up in list(ups):
@@ -315,6 +383,7 @@ class Writeback:
         wanted = None if paths is None else set(paths)
         chosen = [(up, up.tries) for up in self._uploads.values()
                   if wanted is None or up.path in wanted]
+        self._release(up for up, _ in chosen)
         self._hurry(up for up, _ in chosen)
         while any(not up.uploaded.is_set() and not (up.state == FAILING and up.tries > n)
                   for up, n in chosen):
@@ -325,6 +394,7 @@ class Writeback:
         """Upload everything now and keep retrying until the queue is empty (shutdown);
         the caller bounds the wait."""
         self._draining = True
+        self._release(self._uploads.values())
         self._hurry(self._uploads.values())
         while self._uploads:
             await self._progress()
@@ -342,8 +412,8 @@ class Writeback:
                 while self._due and self._active < self.cfg.parallel:
                     due, _, up = self._due[0]
                     if (self._uploads.get(up.path) is not up or up.state == UPLOADING
-                            or due != up.due):
-                        heapq.heappop(self._due)  # stale: rescheduled, running or gone
+                            or due != up.due or up.held):
+                        heapq.heappop(self._due)  # stale: rescheduled, running, gone, held
                     elif due > now:
                         next_due = due
                         break

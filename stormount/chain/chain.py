@@ -133,6 +133,7 @@ class Chain:
         self._again: set[tuple[str, int]] = set()  # ...and queued again meanwhile
         self._natives: OrderedDict[tuple[int, str, str], str] = OrderedDict()
         self.repaired = 0
+        self.on_tier_up: Callable[[], None] = lambda: None  # set by the daemon
         for tier in tiers:
             tier.on_state = self._tier_changed
 
@@ -525,6 +526,7 @@ class Chain:
     def _tier_changed(self, tier: Tier) -> None:
         if tier.up:  # what waits for it looks again (and waits again if still blocked)
             self.pending.requeue(self._parked.pop(tier.index, []))
+            self.on_tier_up()
 
     def _blocked_on(self, task: Task) -> Tier | None:
         """A tier the task needs that cannot serve it now, if any: the tier it writes to

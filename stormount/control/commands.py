@@ -119,6 +119,7 @@ class Control:
         return {
             "pending": len(pending),
             "uploading": sum(up.state == UPLOADING for up in pending),
+            "open": sum(bool(up.held) and up.state != UPLOADING for up in pending),
             "failing": len(failing),
             "oldest_queued_at": pending[0].queued_at if pending else None,
             "first_failure": None if not failing else {

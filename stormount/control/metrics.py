@@ -121,6 +121,7 @@ def families(control: Control) -> list[Metric]:
                               labels=["state"])
     depth.add_metric(["pending"], queue["pending"])
     depth.add_metric(["uploading"], queue["uploading"])
+    depth.add_metric(["open"], queue["open"])  # waiting for their writers' last close
     depth.add_metric(["failing"], queue["failing"])
     out.append(depth)
     for name, help_ in (("uploaded", "uploads done"), ("failures", "upload attempts that "

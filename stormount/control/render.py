@@ -109,7 +109,7 @@ def health(console: Console, r: dict[str, Any]) -> None:
     oldest = ("" if wb["oldest_queued_at"] is None
               else f", oldest queued {ago(wb['oldest_queued_at'])}")
     console.print(f"write-back: {wb['pending']} pending ({wb['uploading']} uploading, "
-                  f"{wb['failing']} failing){oldest}")
+                  f"{wb.get('open', 0)} open for writing, {wb['failing']} failing){oldest}")
     rep = r["repair"]
     console.print("repairs: " + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in rep.items()))
     for q in r.get("quotas", []):

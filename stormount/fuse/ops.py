@@ -21,7 +21,8 @@ import pyfuse3
 import trio
 
 from stormount.config import FuseConfig
-from stormount.errors import BackendError, StormountError, first_error
+from stormount.errors import BackendError, StormountError, Transient, first_error
+from stormount.fuse.intent import creating
 from stormount.stats import Ops
 from stormount.vfs.attrs import shown
 from stormount.vfs.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, Vfs
@@ -133,6 +134,11 @@ class Operations(pyfuse3.Operations):
         except StormountError as e:
             if e.errno == errno.ENOENT:
                 return self._negative()
+            if isinstance(e, Transient) and not self.fuse.read_only and creating(ctx.pid):
+                # the store cannot say, and the caller is about to create the name: not
+                # known to be taken lets the create go ahead (see fuse/intent.py); not
+                # cached, so nothing else hears this answer
+                raise pyfuse3.FUSEError(errno.ENOENT) from None
             raise
 
     def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:  # type: ignore[override]

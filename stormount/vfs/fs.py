@@ -44,7 +44,7 @@ from stormount.vfs.namespace import Namespace
 from stormount.vfs.nodes import Listing, Node, Staging
 from stormount.vfs.quota import Quotas
 from stormount.vfs.reader import Reader, ReadState
-from stormount.writeback import MARKER, Upload, Writeback
+from stormount.writeback import CLOSED, FINAL, MARKER, WRITING, Upload, Writeback
 
 log = logging.getLogger(__name__)
 
@@ -240,41 +240,55 @@ class Vfs:
         node.staging = staging
         return staging
 
-    def _submit(self, node: Node, *, durable: bool = False) -> None:
+    def _submit(self, node: Node, *, durable: bool = False, held: int = FINAL) -> None:
         """Hand a file's staged content to the write-back queue: journaled when this
-        returns (durably with `durable`), uploaded in the background."""
+        returns (durably with `durable`); uploaded in the background unless `held` (a
+        writer may still change it: it waits for the last writer's close)."""
         staging = node.staging
         if staging is None or not staging.dirty or node.unlinked:
             return
         metadata = metadata_of(node.attrs)
         state = (staging.generation, metadata)
-        if staging.queued == state and not durable:
+        if staging.queued == state and staging.held == held and not durable:
             return  # journaled as it is
-        self._journal(node.key, staging.path, node.etag, metadata, durable)
-        staging.queued = state
+        self._journal(node.key, staging.path, node.etag, metadata, durable, held)
+        staging.queued, staging.held = state, held
 
     def _journal(self, key: str, staging: str, base: str | None, metadata: dict[str, str],
-                 durable: bool = False) -> None:
+                 durable: bool = False, held: int = FINAL) -> None:
         """Hand an upload to the write-back queue; on a full cache disk, clean cached
         blocks make room first (they can be fetched again, written data cannot)."""
         try:
-            self.writeback.submit(key, staging, base, metadata, durable=durable)
+            self.writeback.submit(key, staging, base, metadata, durable=durable, held=held)
         except OSError as e:
             if e.errno != errno.ENOSPC or not self._make_room(1 << 20):
                 raise
-            self.writeback.submit(key, staging, base, metadata, durable=durable)
+            self.writeback.submit(key, staging, base, metadata, durable=durable, held=held)
+
+    def _changing(self, node: Node, staging: Staging, writing: bool = False) -> None:
+        """A file's content changes: if a writer holds it open (`writing`: the change
+        comes through a handle about to be made) and it was queued as final (synced, or
+        flushed by request), its upload waits for the last writer's close again, so
+        that a crash meanwhile never uploads it half-written."""
+        staging.dirty = True
+        staging.generation += 1
+        if ((writing or node.writers > 0) and staging.held != WRITING
+                and staging.queued is not None):
+            self.writeback.hold(node.key)
+            staging.held = WRITING
 
     def _make_room(self, nbytes: int) -> bool:
         """A full cache disk: evict clean cached blocks (they can be fetched again,
         written data cannot). False if there were none."""
         return self.reader is not None and self.reader.blocks.release_space(nbytes) > 0
 
-    async def _handover(self, node: Node, *, durable: bool = False) -> None:
+    async def _handover(self, node: Node, *, durable: bool = False,
+                        held: int = FINAL) -> None:
         """`_submit` once no rename is moving the file or a directory above it (the
         queue entry would get the old name)."""
         while (moving := self._moving_above(node)) is not None:
             await moving.wait()
-        self._submit(node, durable=durable)
+        self._submit(node, durable=durable, held=held)
 
     def _moving_above(self, node: Node) -> trio.Event | None:
         """The event of a rename moving this node or a directory above it."""
@@ -315,7 +329,7 @@ class Vfs:
         if staging is not None and self.writeback.get(node.key) is None and (
                 staging.queued == (staging.generation, metadata_of(node.attrs))):
             staging.dirty = False  # unless changed since its last hand-over
-            staging.queued = None
+            staging.queued, staging.held = None, FINAL
         if node.parent is not None:
             self.ns.stored(node.parent, node.name, node.kind, info)
         self._drop_staging_if_clean(node)
@@ -422,8 +436,7 @@ class Vfs:
                 except BaseException:
                     self._charge(node, node.attrs.size - size, check=False)
                     raise
-                staging.dirty = True
-                staging.generation += 1
+                self._changing(node, staging)
                 node.attrs.size = size
                 node.attrs.mtime_ns = now_ns()
             if mode is not None:
@@ -448,7 +461,7 @@ class Vfs:
                 if node.parent is not None:
                     self.ns.stored(node.parent, node.name, node.kind, info)
             node.checked_at = trio.current_time()
-        if node.opens == 0:
+        if node.writers == 0:
             await self._handover(node)  # a path truncate, or new attributes of a queued file
             self._drop_staging_if_clean(node)
         return node
@@ -574,17 +587,34 @@ class Vfs:
     def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
-    async def _free_name(self, parent_ino: int, name: str) -> Node:
-        """The parent directory, once `name` is known to be free in it."""
+    async def _free_name(self, parent_ino: int, name: str, *, offline: bool = False) -> Node:
+        """The parent directory, once `name` is known to be free in it (or, `offline`,
+        not known to be taken while the store cannot be asked: see `_to_make`)."""
         self._check_writable()
         self._check_name(name)
         parent = self._dir_of(self.node(parent_ino))
-        if await self.ns.lookup(parent, name) is not None:
+        found = await (self._to_make(parent, name) if offline else
+                       self.ns.lookup(parent, name))
+        if found is not None:
             raise FsError(errno.EEXIST, f"{join(parent, name)} exists")
         return parent
 
+    async def _to_make(self, parent: Node, name: str) -> Node | None:
+        """What is at a name a create or mkdir is about to make. When no tier can be
+        reached, a name this mount knows nothing of is taken as free, so a write-back
+        mount keeps taking new files: their uploads are conditional on nothing being
+        there (If-None-Match), so one that is there after all is kept, and the new file
+        is stored beside it as a conflict copy."""
+        try:
+            return await self.ns.lookup(parent, name)
+        except Transient as e:
+            log.warning("store unreachable: %s is made here without knowing whether the "
+                        "store has that name; its upload will not replace anything there "
+                        "(%s)", join(parent, name), e)
+            return None
+
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
-        parent = await self._free_name(parent_ino, name)
+        parent = await self._free_name(parent_ino, name, offline=True)
         now = now_ns()
         attrs = Attrs(mode=stat.S_IFDIR | stat.S_IMODE(mode), uid=uid, gid=gid, size=0,
                       mtime_ns=now, ctime_ns=now)
@@ -654,6 +684,7 @@ class Vfs:
 
     def _open_handle(self, node: Node, writable: bool) -> int:
         node.opens += 1
+        node.writers += writable
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = Handle(node=node, writable=writable)
@@ -681,8 +712,7 @@ class Vfs:
                 staging = await self._stage(node, load=False)
                 self._charge(node, -node.attrs.size)
                 os.ftruncate(staging.fd, 0)
-                staging.dirty = True
-                staging.generation += 1
+                self._changing(node, staging, writing=True)
                 node.attrs.size = 0
                 node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
         return self._open_handle(node, writable)
@@ -723,7 +753,7 @@ class Vfs:
         self._check_writable()
         self._check_name(name)
         parent = self._dir_of(self.node(parent_ino))
-        existing = await self.ns.lookup(parent, name)
+        existing = await self._to_make(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:
                 raise FsError(errno.EEXIST, f"{existing.path} exists")
@@ -797,16 +827,20 @@ class Vfs:
         if written < len(data):  # a short write grew less
             self._charge(node, max(0, offset + written - node.attrs.size) - growth,
                          check=False)
-        staging.dirty = True
-        staging.generation += 1
+        self._changing(node, staging)
         node.attrs.size = max(node.attrs.size, offset + written)
         node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
         return written
 
     async def flush(self, fh: int) -> None:
+        """A close of a descriptor (of possibly several: dup, fork): what is written is
+        journaled, so close() reports a journal that cannot take it, and held: another
+        descriptor may still write, and the upload waits for the release of the last.
+        A crash before that release uploads this content at the next start, unless a
+        write came after it."""
         handle = self.handle(fh)
         if handle.writable:
-            await self._handover(handle.node)
+            await self._handover(handle.node, held=CLOSED)
 
     async def fsync(self, fh: int) -> None:
         node = self.handle(fh).node
@@ -824,12 +858,13 @@ class Vfs:
             return
         node = handle.node
         node.opens -= 1
+        node.writers -= handle.writable
         if (not handle.writable and node.staging is None and node.etag
                 and 0 < node.attrs.size <= handle.read_to):
             self._walked(node)
-        if node.opens == 0:
+        if handle.writable and node.writers == 0:
             try:
-                await self._handover(node)  # a writer that never flushed (or a failed flush)
+                await self._handover(node)  # its last writer is done: upload it
             except OSError as e:  # nobody hears a release's error: say it in the log
                 log.error("%s: closed with changes that cannot be queued for upload (kept "
                           "in %s until the next close or unmount): %s", node.path,

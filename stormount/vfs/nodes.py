@@ -30,6 +30,7 @@ class Staging:
     dirty: bool = False  # the store does not have this content (yet)
     generation: int = 0  # bumped by every change; an upload is clean only if unchanged
     queued: tuple[int, dict[str, str]] | None = None  # (generation, metadata) journaled
+    held: int = 0  # how it is journaled: final, or held (see Writeback.submit)
 
     def close(self) -> None:
         try:
@@ -94,6 +95,7 @@ class Node:
     kind_known: bool = True  # a provisional entry's kind is certain (see attrs.kind_is_certain)
     lookups: int = 0  # kernel references (lookup counts)
     opens: int = 0  # open file handles
+    writers: int = 0  # of them, open for writing: uploads wait for the last one
     children: dict[str, Node] = field(default_factory=dict)
     listing: Listing | None = None
     staging: Staging | None = None

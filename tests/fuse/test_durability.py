@@ -117,3 +117,90 @@ def test_unmount_timeout_leaves_the_queue_for_the_next_start(s3_store, make_moun
     m.start()
     m.settle()
     assert [s3_store.get(f"late{i}") for i in range(5)] == [b"x" * i for i in range(5)]
+
+
+# --- uploads wait for the last writer ---------------------------------------------------
+
+# dd's way: a descriptor dup'ed and the first one closed (a FUSE flush) before the rest
+# of the data is written through the other
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.close(os.dup(fd))
+src = open(sys.argv[2], "rb")
+for line in sys.stdin:
+    if line.strip() == "close":
+        break
+    os.write(fd, src.read(int(line)))
+    print("written", flush=True)
+os.close(fd)
+print("closed", flush=True)
+"""
+
+
+class Writer:
+    """A process writing one file through a descriptor it keeps open, a chunk per
+    `write()`, until `close()`."""
+
+    def __init__(self, path: Path, source: Path) -> None:
+        self.proc = subprocess.Popen(["python3", "-c", WRITER, str(path), str(source)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def _say(self, line: str, answer: str) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == answer
+
+    def write(self, nbytes: int) -> None:
+        self._say(str(nbytes), "written")
+
+    def close(self) -> None:
+        self._say("close", "closed")
+        self.proc.wait(timeout=30)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_a_file_still_open_for_writing_is_not_uploaded_until_its_last_close(
+        s3_store, make_mount, tmp_path):
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(6 << 20))
+    m = make_mount(s3_store.url, env=s3_store.env, args=("-o", "debounce=0"))
+    writer = Writer(m.path / "f", source)
+    try:
+        for _ in range(6):  # dd from a slow pipe: a MiB at a time
+            writer.write(1 << 20)
+            assert m.pending()[0]["state"] == "open"  # journaled, not uploaded
+            assert s3_store.keys("f") == []
+        writer.close()
+    finally:
+        writer.kill()
+    m.settle()
+    assert s3_store.get("f") == source.read_bytes()  # one whole object
+    uploads = m.ask("stats")["writeback"]
+    assert (uploads["uploaded"], uploads["bytes"]) == (1, 6 << 20)  # sent once
+
+
+def test_kill_9_while_a_file_is_written_uploads_no_half_file(s3_store, make_mount,
+                                                             tmp_path):
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(4 << 20))
+    m = make_mount(s3_store.url, env=s3_store.env, args=("-o", "debounce=0"))
+    (m.path / "done").write_bytes(b"closed before the crash")
+    writer = Writer(m.path / "huge", source)
+    try:
+        writer.write(3 << 20)  # of 4 MiB, when the daemon dies
+        kill_9(m)
+    finally:
+        writer.kill()
+    m.start()
+    m.settle()
+    assert s3_store.keys("huge") == []  # never uploaded half-written under its name
+    assert s3_store.get("done") == b"closed before the crash"
+    recovered = list((m.cache_dir / "recovered").glob("*/huge"))
+    assert [p.read_bytes() for p in recovered] == [source.read_bytes()[:3 << 20]]
+    assert "huge was still being written" in m.log()

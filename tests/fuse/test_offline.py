@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 
-from tests.helpers.proxy import CountingProxy
+from tests.helpers.proxy import CountingProxy, OutageProxy, proxied
 
 pytestmark = pytest.mark.timeout(120)
 MiB = 1024 * 1024
@@ -45,3 +45,32 @@ def test_cached_tree_and_data_survive_an_outage_and_a_restart(s3_store, make_mou
         (m.path / "docs/never-read.txt").read_bytes()
     assert info.value.errno == errno.EIO
     assert time.monotonic() - started < 10  # fails fast, does not hang
+
+
+def test_files_made_while_the_store_hangs_land_when_it_answers(s3_store, make_mount):
+    """A write-back mount takes new files and directories with every tier hung, in a
+    directory it never listed; they are uploaded when the store answers again, and a
+    name that was taken in the store meanwhile keeps both versions."""
+    s3_store.put("top/old.txt", b"old\n")
+    port = urllib.parse.urlsplit(s3_store.endpoint).port
+    with OutageProxy(port) as proxy:
+        m = make_mount(proxied(s3_store, proxy), env=s3_store.env,
+                       args=("-o", "debounce=0"))
+        assert (m.path / "top").is_dir()  # looked up, never listed
+        proxy.hang()
+        (m.path / "top" / "new.txt").write_bytes(b"made offline\n")
+        with pytest.raises(OSError) as info:  # a stat still hears the truth: unknown
+            os.stat(m.path / "top" / "old.txt")
+        assert info.value.errno == errno.EIO
+        (m.path / "top" / "sub").mkdir()
+        (m.path / "top" / "sub" / "deep.txt").write_bytes(b"deep\n")
+        s3_store.put("top/clash.txt", b"theirs\n")  # someone else, meanwhile
+        (m.path / "top" / "clash.txt").write_bytes(b"mine\n")
+        assert s3_store.keys("top/") == ["top/clash.txt", "top/old.txt"]
+        proxy.heal()
+        m.settle()
+    assert s3_store.get("top/new.txt") == b"made offline\n"
+    assert s3_store.get("top/sub/deep.txt") == b"deep\n"
+    assert s3_store.get("top/clash.txt") == b"theirs\n"
+    [copy] = [k for k in s3_store.keys("top/clash.txt.conflict-")]
+    assert s3_store.get(copy) == b"mine\n"

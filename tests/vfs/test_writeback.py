@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from stormount.config import CacheConfig, WritebackConfig
 from stormount.errors import PermissionDenied, Transient
 from stormount.vfs.attrs import metadata_of
 from stormount.vfs.nodes import ROOT_INO
-from stormount.writeback import FAILING, QUEUED, read_pending
+from stormount.writeback import FAILING, FINAL, QUEUED, Journal, read_pending
 from tests.helpers.vfs import GID, UID, at, keys, read, stored, write
 
 SLOW = WritebackConfig(debounce=2.0)
@@ -294,6 +295,88 @@ async def test_staging_file_missing_at_restart_is_reported_and_dropped(
     second = factory(backend, writeback=SLOW, directory=first.directory)
     assert second.restore() == []
     assert "lost its staging file" in caplog.text
+
+
+async def test_a_close_of_one_of_several_descriptors_uploads_nothing_yet(
+        factory, backend, autojump_clock):
+    """dd closes a dup of its descriptor, then writes on: the upload waits for the
+    release of the last descriptor, and then sends the whole file once."""
+    vfs = factory(backend, writeback=WritebackConfig(debounce=0))
+    fh, _ = await vfs_create(vfs, "f")
+    await vfs.flush(fh)  # close() of the dup
+    for i in range(4):
+        await vfs.write(fh, i * 3, b"abc")
+        await trio.sleep(10)
+        assert await keys(backend) == []
+        assert [up["state"] for up in read_pending(vfs.writeback.journal.path)] == ["open"]
+    await vfs.flush(fh)
+    await trio.sleep(10)
+    assert await keys(backend) == []  # closed, but not released yet
+    await vfs.release(fh)
+    await trio.sleep(10)
+    assert await stored(backend, "f") == b"abc" * 4
+    assert vfs.writeback.uploaded == 1
+
+
+async def test_a_crash_between_the_close_and_the_release_uploads_the_closed_file(
+        factory, backend, autojump_clock):
+    first = factory(backend, writeback=SLOW, run=False)
+    fh, _ = await vfs_create(first, "f")
+    await first.write(fh, 0, b"closed")
+    await first.flush(fh)  # close() returned: acknowledged; the release never came
+    second = factory(backend, writeback=SLOW, directory=first.directory)
+    assert [up.path for up in second.restore()] == ["f"]
+    await trio.sleep(30)
+    assert await stored(backend, "f") == b"closed"
+
+
+async def test_a_crash_while_a_closed_file_is_written_again_uploads_nothing(
+        factory, backend, autojump_clock):
+    first = factory(backend, writeback=SLOW, run=False)
+    fh, _ = await vfs_create(first, "f")
+    await first.write(fh, 0, b"first part")
+    await first.flush(fh)  # dd's early close
+    await first.write(fh, 10, b", then more")  # and the daemon dies mid-file
+    second = factory(backend, writeback=SLOW, directory=first.directory)
+    assert second.restore() == []
+    assert [up.path for up in second.writeback.journal.load()] == ["f"]  # for recovery
+    await trio.sleep(30)
+    assert await keys(backend) == []
+
+
+async def test_fsync_of_an_open_file_uploads_it_and_a_later_write_holds_it_again(
+        factory, backend, autojump_clock):
+    vfs = factory(backend, writeback=WritebackConfig(debounce=0))
+    fh, _ = await vfs_create(vfs, "f")
+    await vfs.write(fh, 0, b"synced")
+    await vfs.fsync(fh)
+    await trio.sleep(10)
+    assert await stored(backend, "f") == b"synced"
+    await vfs.write(fh, 0, b"SYNCED")
+    await vfs.flush(fh)
+    await trio.sleep(10)
+    assert await stored(backend, "f") == b"synced"  # still open: not yet
+    await vfs.release(fh)
+    await trio.sleep(10)
+    assert await stored(backend, "f") == b"SYNCED"
+
+
+def test_a_journal_of_the_first_version_is_upgraded(tmp_path):
+    path = str(tmp_path / "journal.sqlite3")
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE pending (path TEXT PRIMARY KEY, staging TEXT NOT NULL, base "
+               "TEXT, metadata TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+               "last_error TEXT, state TEXT NOT NULL, queued_at REAL NOT NULL)")
+    db.execute("INSERT INTO pending VALUES ('f', '/s', NULL, '{}', 0, NULL, 'queued', 1.0)")
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    assert [(up.path, up.held) for up in journal.load()] == [("f", FINAL)]
+    journal.close()
+
+
+async def vfs_create(vfs, name: str) -> tuple[int, object]:
+    return await vfs.create(ROOT_INO, name, 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
 
 
 # --- a full disk ------------------------------------------------------------------------
