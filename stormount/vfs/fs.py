@@ -12,10 +12,9 @@ import logging
 import math
 import os
 import stat
-import tempfile
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -30,7 +29,6 @@ from stormount.vfs.attrs import (
     LINK,
     SPECIAL,
     Attrs,
-    attrs_from_object,
     carries_attrs,
     kind_of,
     metadata_of,
@@ -39,16 +37,17 @@ from stormount.vfs.attrs import (
     with_attrs,
     with_ctime,
 )
+from stormount.vfs.handles import Handle, Handles
 from stormount.vfs.names import NAME_MAX, join, too_long, utf8, valid_name
 from stormount.vfs.namespace import Namespace
-from stormount.vfs.nodes import Listing, Node, Staging
+from stormount.vfs.nodes import Listing, Node
 from stormount.vfs.quota import Quotas
-from stormount.vfs.reader import Reader, ReadState
-from stormount.writeback import CLOSED, FINAL, MARKER, WRITING, Upload, Writeback
+from stormount.vfs.reader import Reader
+from stormount.vfs.writer import Writer
+from stormount.writeback import CLOSED, MARKER, Upload, Writeback
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_CHUNK = 8 * 1024 * 1024
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 COPY_PARALLEL = 16
@@ -58,20 +57,6 @@ SIBLINGS_AHEAD = 16
 SIBLING_MAX = 1024 * 1024
 AHEAD_MAX = 8 * 1024 * 1024
 WALKS_MAX = 1024  # directories whose order of reading is followed
-
-
-@dataclass(eq=False)
-class Handle:
-    node: Node
-    writable: bool
-    read_state: ReadState = field(default_factory=ReadState)
-    read_to: int = 0  # the furthest byte read through it
-
-
-@dataclass(eq=False)
-class DirHandle:
-    node: Node
-    entries: list[tuple[str, Node]]
 
 
 @dataclass(frozen=True)
@@ -90,9 +75,7 @@ class Vfs:
                  meta: MetaStore | None = None, quotas: Quotas | None = None) -> None:
         self.backend = backend
         self.quotas = quotas  # None: no [[quota]] configured
-        self.writeback = writeback  # the upload queue; it reports back to us
-        writeback.on_uploaded = self._uploaded
-        writeback.on_conflict = self._conflicted
+        self.writeback = writeback  # the upload queue
         self.fsync_upload = writeback.cfg.fsync == "upload"
         self.meta = meta  # persisted listings and attributes; None: memory only
         # names, listings, the metadata cache and invalidation
@@ -105,10 +88,9 @@ class Vfs:
         self._fuse = fuse
         self._cache = cache
         self.staging_dir = staging_dir
-        self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, DirHandle] = {}
-        self._next_fh = 1
-        self._moving: dict[Node, trio.Event] = {}  # nodes a rename is moving
+        # staging copies of files being written, and their hand-over to the queue
+        self.writer = Writer(backend, writeback, self.ns, staging_dir, blocks, self._charge)
+        self.handles = Handles()
         # per directory: the last file opened for reading there, and how many were
         # opened in the order of their names
         self._walks: OrderedDict[int, tuple[str, int]] = OrderedDict()
@@ -169,10 +151,7 @@ class Vfs:
         return found
 
     def handle(self, fh: int) -> Handle:
-        try:
-            return self._handles[fh]
-        except KeyError:
-            raise FsError(errno.EBADF, f"unknown file handle {fh}") from None
+        return self.handles.file(fh)
 
     def _check_writable(self) -> None:
         if self.fuse.read_only:
@@ -193,10 +172,6 @@ class Vfs:
             raise FsError(errno.ENOTDIR, f"{node.path} is not a directory")
         return node
 
-    def _new_staging(self) -> Staging:
-        fd, path = tempfile.mkstemp(dir=self.staging_dir, prefix="stage-")
-        return Staging(path=path, fd=fd)
-
     async def _existing(self, parent_ino: int, name: str) -> tuple[Node, Node]:
         parent = self._dir_of(self.node(parent_ino))
         return parent, await self.ns.existing(parent, name)
@@ -211,153 +186,9 @@ class Vfs:
         if not node.marker_queued or node.unlinked or self.writeback.get(node.key) is None:
             return
         try:
-            await self._queue_marker(node)
+            await self.writer.queue_marker(node)
         except OSError as e:
             log.warning("the times of /%s stay in memory: %s", node.path, e)
-
-    async def _stage(self, node: Node, *, load: bool = True) -> Staging:
-        """Give a file its staging copy (caller holds node.lock), downloading the
-        current content unless `load` is false (the caller truncates it anyway)."""
-        if node.staging is not None:
-            return node.staging
-        staging = self._new_staging()
-        try:
-            if load and node.etag is not None:
-                offset = 0
-                while True:
-                    # one version throughout, or Changed: never a copy torn across two
-                    data = await self.backend.get_range(node.key, offset, DOWNLOAD_CHUNK,
-                                                        node.etag or None)
-                    if data:
-                        os.pwrite(staging.fd, data, offset)
-                        offset += len(data)
-                    if len(data) < DOWNLOAD_CHUNK:
-                        break
-                node.attrs.size = offset
-        except BaseException:
-            staging.close()
-            raise
-        node.staging = staging
-        return staging
-
-    def _submit(self, node: Node, *, durable: bool = False, held: int = FINAL) -> None:
-        """Hand a file's staged content to the write-back queue: journaled when this
-        returns (durably with `durable`); uploaded in the background unless `held` (a
-        writer may still change it: it waits for the last writer's close)."""
-        staging = node.staging
-        if staging is None or not staging.dirty or node.unlinked:
-            return
-        metadata = metadata_of(node.attrs)
-        state = (staging.generation, metadata)
-        if staging.queued == state and staging.held == held and not durable:
-            return  # journaled as it is
-        self._journal(node.key, staging.path, node.etag, metadata, durable, held)
-        staging.queued, staging.held = state, held
-
-    def _journal(self, key: str, staging: str, base: str | None, metadata: dict[str, str],
-                 durable: bool = False, held: int = FINAL) -> None:
-        """Hand an upload to the write-back queue; on a full cache disk, clean cached
-        blocks make room first (they can be fetched again, written data cannot)."""
-        try:
-            self.writeback.submit(key, staging, base, metadata, durable=durable, held=held)
-        except OSError as e:
-            if e.errno != errno.ENOSPC or not self._make_room(1 << 20):
-                raise
-            self.writeback.submit(key, staging, base, metadata, durable=durable, held=held)
-
-    def _changing(self, node: Node, staging: Staging, writing: bool = False) -> None:
-        """A file's content changes: if a writer holds it open (`writing`: the change
-        comes through a handle about to be made) and it was queued as final (synced, or
-        flushed by request), its upload waits for the last writer's close again, so
-        that a crash meanwhile never uploads it half-written."""
-        staging.dirty = True
-        staging.generation += 1
-        if ((writing or node.writers > 0) and staging.held != WRITING
-                and staging.queued is not None):
-            self.writeback.hold(node.key)
-            staging.held = WRITING
-
-    def _make_room(self, nbytes: int) -> bool:
-        """A full cache disk: evict clean cached blocks (they can be fetched again,
-        written data cannot). False if there were none."""
-        return self.reader is not None and self.reader.blocks.release_space(nbytes) > 0
-
-    async def _handover(self, node: Node, *, durable: bool = False,
-                        held: int = FINAL) -> None:
-        """`_submit` once no rename is moving the file or a directory above it (the
-        queue entry would get the old name)."""
-        while (moving := self._moving_above(node)) is not None:
-            await moving.wait()
-        self._submit(node, durable=durable, held=held)
-
-    def _moving_above(self, node: Node) -> trio.Event | None:
-        """The event of a rename moving this node or a directory above it."""
-        if not self._moving:
-            return None
-        above: Node | None = node
-        while above is not None:
-            event = self._moving.get(above)
-            if event is not None:
-                return event
-            above = above.parent
-        return None
-
-    def _uploaded(self, path: str, info: ObjectInfo, done: bool) -> None:
-        """The write-back queue stored a file (`done`: nothing newer is queued)."""
-        node = self.ns.at(path.rstrip("/"))
-        if node is None:
-            return
-        if node.kind == DIR:
-            if path.endswith("/") and self.writeback.get(path) is None:
-                node.marker_queued = False
-                self.ns.set_version(node, info)
-                node.checked_at = trio.current_time()
-                if node.parent is not None:
-                    self.ns.stored(node.parent, node.name, DIR, info)
-                self.inodes.maybe_drop(node)
-            return
-        if node.staging is None:
-            return
-        self._stored_as(node, info)
-
-    def _stored_as(self, node: Node, info: ObjectInfo) -> None:
-        self.ns.set_version(node, info)
-        node.page_cache_etag = info.etag
-        node.checked_at = trio.current_time()
-        node.complete = True
-        staging = node.staging
-        if staging is not None and self.writeback.get(node.key) is None and (
-                staging.queued == (staging.generation, metadata_of(node.attrs))):
-            staging.dirty = False  # unless changed since its last hand-over
-            staging.queued, staging.held = None, FINAL
-        if node.parent is not None:
-            self.ns.stored(node.parent, node.name, node.kind, info)
-        self._drop_staging_if_clean(node)
-        self.inodes.maybe_drop(node)
-
-    def _conflicted(self, path: str, conflict: str, info: ObjectInfo) -> None:
-        """Someone else changed the object while our version waited: ours went to
-        `conflict` (beside it), and the file as this mount has it, open descriptors
-        included, lives on under that name; the old name shows the store's version."""
-        node = self.ns.at(path)
-        if node is None or node.parent is None or node.kind == DIR:
-            return
-        parent = node.parent
-        if parent.children.get(node.name) is node:
-            del parent.children[node.name]
-        self.ns.list_again(parent)  # the old name is theirs now
-        node.name = conflict.rpartition("/")[2]
-        old = parent.children.get(node.name)
-        if old is not None:
-            self.inodes.detach(old)
-        parent.children[node.name] = node
-        self._stored_as(node, info)
-
-    def _drop_staging_if_clean(self, node: Node) -> None:
-        if node.opens == 0 and node.staging is not None and (
-                not node.staging.dirty or node.unlinked):
-            node.staging.close()
-            node.staging = None
 
     # --- lookups and attributes -----------------------------------------------------
 
@@ -429,16 +260,7 @@ class Vfs:
                 raise FsError(errno.EINVAL, f"cannot truncate {node.path}: not a file")
         async with node.lock:
             if size is not None:
-                self._charge(node, size - node.attrs.size)
-                try:
-                    staging = await self._stage(node, load=size > 0)
-                    os.ftruncate(staging.fd, size)
-                except BaseException:
-                    self._charge(node, node.attrs.size - size, check=False)
-                    raise
-                self._changing(node, staging)
-                node.attrs.size = size
-                node.attrs.mtime_ns = now_ns()
+                await self.writer.truncate(node, size)
             if mode is not None:
                 node.attrs.mode = stat.S_IFMT(node.attrs.mode) | stat.S_IMODE(mode)
             if uid is not None:
@@ -453,7 +275,7 @@ class Vfs:
             elif node is self.inodes.root:
                 pass  # the root's attributes come from the mount options
             elif node.kind == DIR:
-                await self._queue_marker(node)
+                await self.writer.queue_marker(node)
             elif node.etag is not None:
                 info = await self.backend.copy(node.key, node.key,
                                                with_attrs(node.stored, node.attrs))
@@ -462,8 +284,8 @@ class Vfs:
                     self.ns.stored(node.parent, node.name, node.kind, info)
             node.checked_at = trio.current_time()
         if node.writers == 0:
-            await self._handover(node)  # a path truncate, or new attributes of a queued file
-            self._drop_staging_if_clean(node)
+            await self.writer.handover(node)  # a path truncate, or new attributes of a queued file
+            self.writer.drop_staging_if_clean(node)
         return node
 
     async def readlink(self, ino: int) -> str:
@@ -547,17 +369,11 @@ class Vfs:
     async def opendir(self, ino: int) -> int:
         node = self._dir_of(self.node(ino))
         entries = await self.ns.list_dir(node)
-        fh = self._next_fh
-        self._next_fh += 1
-        self._dirs[fh] = DirHandle(node=node, entries=entries)
-        return fh
+        return self.handles.opendir(node, entries)
 
     def readdir(self, fh: int, start: int) -> list[tuple[str, Node, int]]:
         """Entries from position `start`, each with the position after it."""
-        try:
-            handle = self._dirs[fh]
-        except KeyError:
-            raise FsError(errno.EBADF, f"unknown directory handle {fh}") from None
+        handle = self.handles.dir(fh)
         out = []
         for i, (name, node) in enumerate(handle.entries):
             if i < start:
@@ -585,7 +401,7 @@ class Vfs:
         return 1 if listing is None else 2 + listing.subdirs
 
     def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
+        self.handles.closedir(fh)
 
     async def _free_name(self, parent_ino: int, name: str, *, offline: bool = False) -> Node:
         """The parent directory, once `name` is known to be free in it (or, `offline`,
@@ -623,7 +439,7 @@ class Vfs:
         node.checked_at = trio.current_time()
         node.listing = Listing(entries={}, at=trio.current_time())  # new: known empty
         try:
-            await self._queue_marker(node)
+            await self.writer.queue_marker(node)
         except BaseException:
             self.inodes.detach(node)  # not journaled: it was never made
             raise
@@ -635,24 +451,13 @@ class Vfs:
     async def fsyncdir(self, fh: int) -> None:
         """A directory whose marker is queued: journal it durably (and, with
         fsync=upload, wait for the store)."""
-        try:
-            node = self._dirs[fh].node
-        except KeyError:
-            raise FsError(errno.EBADF, f"unknown directory handle {fh}") from None
+        node = self.handles.dir(fh).node
         up = self.writeback.get(node.key) if node.marker_queued else None
         if up is None:
             return
-        self._journal(node.key, MARKER, None, metadata_of(node.attrs), durable=True)
+        self.writer.journal(node.key, MARKER, None, metadata_of(node.attrs), durable=True)
         if self.fsync_upload:
             await self.writeback.wait_uploaded(node.key)
-
-    async def _queue_marker(self, node: Node) -> None:
-        """Journal a directory's marker (with its attributes) for upload: mkdir, chmod
-        and utimes of a directory coalesce into one PUT after the debounce."""
-        while (moving := self._moving_above(node)) is not None:
-            await moving.wait()
-        self._journal(node.key, MARKER, None, metadata_of(node.attrs))
-        node.marker_queued = True
 
     async def _is_empty(self, node: Node) -> bool:
         if any(c.etag is None and not c.unlinked for c in node.children.values()):
@@ -672,7 +477,7 @@ class Vfs:
             await self.backend.delete(node.key)
         except BaseException:
             if queued:  # rmdir failed: the directory stays, and so does its marker
-                await self._queue_marker(node)
+                await self.writer.queue_marker(node)
             raise
         for child in list(node.children.values()):
             self.inodes.detach(child)
@@ -681,14 +486,6 @@ class Vfs:
         await self._touch_dir(parent)
 
     # --- files ----------------------------------------------------------------------
-
-    def _open_handle(self, node: Node, writable: bool) -> int:
-        node.opens += 1
-        node.writers += writable
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = Handle(node=node, writable=writable)
-        return fh
 
     def keep_page_cache(self, node: Node) -> bool:
         """May the kernel keep cached pages of this file from an earlier open? Only if the
@@ -709,13 +506,8 @@ class Vfs:
             self._check_writable()
         if writable and flags & os.O_TRUNC:
             async with node.lock:
-                staging = await self._stage(node, load=False)
-                self._charge(node, -node.attrs.size)
-                os.ftruncate(staging.fd, 0)
-                self._changing(node, staging, writing=True)
-                node.attrs.size = 0
-                node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
-        return self._open_handle(node, writable)
+                await self.writer.truncate(node, 0, writing=True)
+        return self.handles.open(node, writable)
 
     def _walked(self, node: Node) -> None:
         """A stored file was read whole: when the files of its directory are being read
@@ -764,7 +556,7 @@ class Vfs:
             return fh, existing
         self._charge(join(parent, name), 0, 1)
         try:
-            staging = self._new_staging()
+            staging = self.writer.new_staging()
         except BaseException:
             self._charge(join(parent, name), 0, -1)
             raise
@@ -777,7 +569,7 @@ class Vfs:
         node.staging.dirty = True
         node.lookups += 1
         self.ns.added(parent, name, FILE, None)
-        fh = self._open_handle(node, True)
+        fh = self.handles.open(node, True)
         await self._touch_dir(parent)
         return fh, node
 
@@ -806,31 +598,7 @@ class Vfs:
         handle = self.handle(fh)
         if not handle.writable:
             raise FsError(errno.EBADF, "file not open for writing")
-        node = handle.node
-        staging = node.staging
-        if staging is None:
-            async with node.lock:
-                staging = await self._stage(node)
-        growth = max(0, offset + len(data) - node.attrs.size)
-        self._charge(node, growth)  # EDQUOT here writes nothing
-        try:
-            try:
-                written = os.pwrite(staging.fd, data, offset)
-            except OSError as e:
-                if e.errno != errno.ENOSPC or not await trio.to_thread.run_sync(
-                        self._make_room, max(len(data), 64 << 20)):
-                    raise
-                written = os.pwrite(staging.fd, data, offset)
-        except BaseException:
-            self._charge(node, -growth, check=False)
-            raise
-        if written < len(data):  # a short write grew less
-            self._charge(node, max(0, offset + written - node.attrs.size) - growth,
-                         check=False)
-        self._changing(node, staging)
-        node.attrs.size = max(node.attrs.size, offset + written)
-        node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
-        return written
+        return await self.writer.write(handle.node, offset, data)
 
     async def flush(self, fh: int) -> None:
         """A close of a descriptor (of possibly several: dup, fork): what is written is
@@ -840,36 +608,27 @@ class Vfs:
         write came after it."""
         handle = self.handle(fh)
         if handle.writable:
-            await self._handover(handle.node, held=CLOSED)
+            await self.writer.handover(handle.node, held=CLOSED)
 
     async def fsync(self, fh: int) -> None:
-        node = self.handle(fh).node
-        staging = node.staging
-        if staging is None or not staging.dirty or node.unlinked:
-            return
-        await trio.to_thread.run_sync(os.fsync, staging.fd)
-        await self._handover(node, durable=True)
-        if self.fsync_upload:
-            await self.writeback.wait_uploaded(node.key)
+        await self.writer.fsync(self.handle(fh).node, self.fsync_upload)
 
     async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
+        handle = self.handles.close(fh)
         if handle is None:
             return
         node = handle.node
-        node.opens -= 1
-        node.writers -= handle.writable
         if (not handle.writable and node.staging is None and node.etag
                 and 0 < node.attrs.size <= handle.read_to):
             self._walked(node)
         if handle.writable and node.writers == 0:
             try:
-                await self._handover(node)  # its last writer is done: upload it
+                await self.writer.handover(node)  # its last writer is done: upload it
             except OSError as e:  # nobody hears a release's error: say it in the log
                 log.error("%s: closed with changes that cannot be queued for upload (kept "
                           "in %s until the next close or unmount): %s", node.path,
                           node.staging.path if node.staging else "?", e)
-        self._drop_staging_if_clean(node)
+        self.writer.drop_staging_if_clean(node)
         self.inodes.maybe_drop(node)
 
     async def unlink(self, parent_ino: int, name: str) -> None:
@@ -879,7 +638,7 @@ class Vfs:
             raise FsError(errno.EISDIR, f"{node.path} is a directory")
         async with node.lock:
             if node.opens > 0 and node.etag is not None:
-                await self._stage(node)  # open files stay readable until closed
+                await self.writer.stage(node)  # open files stay readable until closed
             await self.writeback.discard(node.key)  # after an upload in flight, if any
             if node.etag is not None:
                 await self.backend.delete(node.key)
@@ -887,7 +646,7 @@ class Vfs:
             node.unlinked = True
         self.ns.removed(parent, name)
         self.inodes.detach(node)
-        self._drop_staging_if_clean(node)
+        self.writer.drop_staging_if_clean(node)
         await self._touch_dir(parent)
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int,
@@ -951,13 +710,13 @@ class Vfs:
         new_parent = self._dir_of(self.node(new_parent_ino))
         if old_parent is new_parent and old_name == new_name:
             return
-        while src in self._moving:  # one move of a node at a time
-            await self._moving[src].wait()
-        moved = self._moving[src] = trio.Event()  # closes below it wait for the new name
+        while src in self.writer.moving:  # one move of a node at a time
+            await self.writer.moving[src].wait()
+        moved = self.writer.moving[src] = trio.Event()  # closes below it wait for the new name
         try:
             await self._rename(old_parent, old_name, src, new_parent, new_name, flags)
         finally:
-            del self._moving[src]
+            del self.writer.moving[src]
             moved.set()
 
     async def _rename(self, old_parent: Node, old_name: str, src: Node, new_parent: Node,
@@ -1065,7 +824,7 @@ class Vfs:
             if dst is not None:
                 async with dst.lock:
                     if dst.opens > 0 and dst.etag is not None:
-                        await self._stage(dst)  # it is about to be overwritten in the store
+                        await self.writer.stage(dst)  # it is about to be overwritten in the store
                     await self.writeback.discard(dst.key)  # its queued content is replaced
                     replaced = dst.etag
             return await self._move_file(src, new_path, replaced)
@@ -1171,69 +930,15 @@ class Vfs:
     def restore(self) -> list[Upload]:
         """Put the files an earlier run left queued back in the tree (listed, readable,
         from their staging files) and queue their uploads again."""
-        restored = []
-        for up in self.writeback.restore():
-            if up.staging == MARKER:
-                node = self._restore_dirs(up.path.rstrip("/"))
-                info = ObjectInfo(key=up.path, size=0, mtime=0.0, etag="", metadata=up.metadata)
-                node.attrs = attrs_from_object(info, DIR, self.fuse)
-                node.complete = True  # as this mount made it
-                node.marker_queued = True
-                restored.append(up)
-                continue
-            try:
-                fd = os.open(up.staging, os.O_RDWR | os.O_CLOEXEC)
-            except OSError as e:
-                log.error("queued file %s lost its staging file %s (%s): dropped from the "
-                          "queue", up.path, up.staging, e.strerror)
-                self.writeback.forget(up.path)
-                continue
-            dirs, _, name = up.path.rpartition("/")
-            parent = self._restore_dirs(dirs)
-            size = os.fstat(fd).st_size
-            info = ObjectInfo(key=up.path, size=size, mtime=0.0, etag=up.base or "",
-                              metadata=up.metadata)
-            old = parent.children.get(name)
-            if old is not None:
-                self.inodes.detach(old)
-            node = self.inodes.add(parent, name, attrs_from_object(info, FILE, self.fuse))
-            node.etag, node.complete, node.checked_at = up.base, True, trio.current_time()
-            node.staging = Staging(path=up.staging, fd=fd, dirty=True,
-                                   queued=(0, dict(up.metadata)))
-            restored.append(up)
-        if restored:
-            log.info("%d file(s) from an earlier run are queued for upload", len(restored))
-        return restored
-
-    def _restore_dirs(self, path: str) -> Node:
-        """The directory at `path`, with the nodes leading to it made where missing."""
-        parent = self.inodes.root
-        for part in path.split("/") if path else []:
-            child = parent.children.get(part)
-            if child is None or child.kind != DIR:
-                child = self.ns.dir_from_prefix(parent, part)
-                child.checked_at = -math.inf  # asked again; kept while it holds queued files
-            parent = child
-        return parent
+        return self.writer.restore()
 
     async def hand_over(self, path: str = "") -> list[Upload]:
-        """Queue what is written under `path` (a file or a directory, "" for everything),
-        files still open included; the queue entries under it, for the caller to upload
-        now and wait on (`Writeback.flush`)."""
-        prefix = path.strip("/")
-
-        def under(p: str) -> bool:
-            return not prefix or p == prefix or p.startswith(prefix + "/")
-
-        for node in self.inodes.all():
-            if node.staging is not None and under(node.path):
-                await self._handover(node)
-        return [up for up in self.writeback.pending() if under(up.path.rstrip("/"))]
+        """Queue what is written under `path` ("" for everything), files still open
+        included; the queue entries under it, to upload now and wait on."""
+        return await self.writer.hand_over(path)
 
     async def shutdown(self) -> list[str]:
-        """Queue what is still open and changed, then upload the whole queue (the caller
-        bounds the wait); the paths still pending."""
-        for node in self.inodes.all():
-            self._submit(node)
-        await self.writeback.drain()
-        return [up.path for up in self.writeback.pending()]
+        """Upload the whole queue, files still open included (the caller bounds the
+        wait); the paths still pending."""
+        return await self.writer.shutdown()
+
