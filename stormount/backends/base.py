@@ -107,9 +107,10 @@ class Progress:
             self.add(missing)
 
     def eta(self) -> float | None:
-        """Seconds left at the recent rate; None when that cannot be told."""
+        """Seconds left at the recent rate; None when that cannot be told (every byte
+        is handed to the connection, and the answers are awaited)."""
         rate = self.rate.per_second()
-        if self.total is None or rate <= 0:
+        if self.total is None or rate <= 0 or self.sent >= self.total:
             return None
         return max(0.0, self.total - self.sent) / rate
 
