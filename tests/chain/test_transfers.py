@@ -3,11 +3,13 @@ memory tiers behind a wrapper that trickles bytes, on trio's autojump clock."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 
 from stormount.backends.base import Progress
-from stormount.errors import Transient
+from stormount.errors import BackendError, Transient
 from tests.helpers.faults import Trickle
 
 pytestmark = pytest.mark.timeout(30)
@@ -104,3 +106,24 @@ async def test_a_copy_still_has_the_upload_timeout(make_tiers, nursery, tmp_path
     with pytest.raises(Transient, match="upload timed out after 10 s"):
         await chain.copy("a", "b")
     assert trio.current_time() - began >= 10
+
+
+async def test_the_log_says_when_a_downed_tier_is_probed_and_that_is_when_it_is(
+        make_tiers, nursery, autojump_clock, caplog):
+    caplog.set_level(logging.INFO, logger="stormount")
+    tiers, chain = await started(make_tiers, nursery)
+    primary = chain.tiers[0]
+    status = primary.status()
+    assert status["probe_at"] is None and status["last_answer_ago"] is not None  # the check
+    await trio.sleep(100)  # long after the start (and its probe schedule)
+    primary.trip(BackendError("no answer within 2.5 s"))
+    down_at = trio.current_time()
+    with trio.fail_after(60):
+        while not primary.up:
+            await trio.sleep(0.1)
+    back_after = trio.current_time() - down_at
+    assert 5 <= back_after < 6  # probe_interval_down, as the line said; not at once
+    lines = [r.getMessage() for r in caplog.records if "tier 0" in r.getMessage()]
+    assert "probed every 5 s and used again once a probe succeeds" in lines[0]
+    assert lines[-1].startswith("tier 0 (memory://")
+    assert "is back: a probe succeeded in 0.0 s, 5." in lines[-1]
