@@ -371,7 +371,7 @@ class AzureBackend:
             with lock:
                 delta = max(0, current - reported)
                 reported = max(reported, current)
-            progress.add(delta)
+            progress.add(delta, taken=True)  # reported once a block was answered
             if total and current >= total and total > self._tier.multipart_threshold:
                 progress.finish()
 

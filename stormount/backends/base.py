@@ -58,18 +58,26 @@ class Unfinished:
 
 
 RECENT_RATE = 10.0  # seconds the rate (and so the ETA) of one upload is measured over
+# bytes of one request beyond which more going out means the store takes them: more
+# than Linux's default socket buffers (send and receive) hold between them
+BUFFERED = 8 * 1024 * 1024
 
 
 class Progress:
     """How far one upload has got. Backends feed it from their SDK worker threads as
     bytes go out (a lock keeps the counts whole); the tier's stall watch and the upload
-    queue read it from trio. `moves` counts every sign of life (bytes sent, a part
-    answered), so a watcher that saw it change knows the transfer is alive."""
+    queue read it from trio. `moves` counts every sign that the transfer goes on (bytes
+    handed to the connection, a request answered): a watcher that saw it change knows
+    the upload is not stuck. `answers` counts only signs that the store takes the
+    bytes (a request of the upload answered, or bytes still going out after more than a
+    socket's buffers hold): the first bytes of a request go out even to a dead
+    endpoint, so only these say that the tier is alive."""
 
     def __init__(self, shared: Rate | None = None) -> None:
         self.total: int | None = None
         self.sent = 0  # bytes of this attempt sent (fewer again when a request is re-sent)
         self.moves = 0
+        self.answers = 0
         self.finishing = False  # every byte is sent: the store assembles the object
         self.started = time.monotonic()
         self.rate = Rate(RECENT_RATE)  # this upload's own, for its ETA
@@ -83,15 +91,23 @@ class Progress:
             self.started = time.monotonic()
             self.rate = Rate(RECENT_RATE)
 
-    def add(self, nbytes: int) -> None:
-        """`nbytes` more sent: negative when a request goes again from its start, 0 when
-        a request was answered without bytes to count."""
+    def add(self, nbytes: int, *, taken: bool = False) -> None:
+        """`nbytes` more sent (negative when a request goes again from its start);
+        `taken`: the store is known to have taken them (see `answers`)."""
         with self._lock:
             self.sent = max(0, self.sent + nbytes)
             self.moves += 1
+            if taken:
+                self.answers += 1
         self.rate.add(nbytes)
         if self._shared is not None:
             self._shared.add(nbytes)
+
+    def answered(self) -> None:
+        """A request of the upload (a part, a block) was answered."""
+        with self._lock:
+            self.moves += 1
+            self.answers += 1
 
     def finish(self) -> None:
         """Every byte is sent; the store now assembles the object (S3's
@@ -232,7 +248,7 @@ class ExactFile:
         self._pos += len(data)
         if self.transferring and self._progress is not None:
             self._counted += len(data)
-            self._progress.add(len(data))
+            self._progress.add(len(data), taken=self._counted > BUFFERED)
         return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:

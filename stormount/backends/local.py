@@ -227,7 +227,7 @@ class LocalBackend:
                 while chunk := src.read(1 << 20):
                     os.write(fd, chunk)
                     if progress is not None:
-                        progress.add(len(chunk))
+                        progress.add(len(chunk), taken=True)
         return await self._run(self._install, key, _fill, metadata, if_match, if_absent,
                                key=key)
 

@@ -72,7 +72,7 @@ class MemoryBackend:
         with open(path, "rb") as f:
             data = f.read()
         if progress is not None:
-            progress.add(len(data))
+            progress.add(len(data), taken=True)
         current = self._objects.get(self._prefix + key)
         if (if_absent and current is not None) or (
                 if_match is not None and (current is None or current[1].etag != if_match)):

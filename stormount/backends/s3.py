@@ -533,7 +533,7 @@ class S3Backend:
             resp = self._client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
                                             PartNumber=n + 1, Body=body, ContentLength=want)
             if progress is not None:
-                progress.add(0)  # answered
+                progress.answered()
             return str(resp["ETag"])
 
         return await self._multipart("put", key, meta, size, nparts, _part, {}, cond,

@@ -8,9 +8,10 @@ once, so a tier that comes back is used again within seconds. Passive health com
 every request (see Tier.call). The stall watch catches an endpoint that accepts
 connections and never answers: when requests have waited `stall_timeout` without any
 answer from the tier, a quick HEAD must answer within `probe_timeout`, or the tier is
-marked down and its requests in flight fail over. Bytes a transfer moves are answers
-too: a tier whose uploads are moving is not marked down because a probe or a check was
-slow (a busy store answers small requests late while it takes in big ones)."""
+marked down and its requests in flight fail over. Uploads the store is seen to take
+(Progress.answers) are answers too: a tier taking them is not marked down because a
+probe or a check was slow (a busy store answers small requests late while it takes in
+big ones)."""
 
 from __future__ import annotations
 

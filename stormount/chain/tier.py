@@ -63,9 +63,10 @@ ANSWERS = (NotFound, Changed, Conflict)  # the store answered: not a failure of 
 # the requests one attempt made (operation, start), so a timeout is counted on the right one
 _RUNNING: contextvars.ContextVar[list[tuple[str, float]] | None] = contextvars.ContextVar(
     "stormount_running", default=None)
-# the uploads one attempt made, each with its count of moves when it began, so the
-# attempt is judged by their progress
-_WATCHED: contextvars.ContextVar[list[tuple[Progress, int]] | None] = contextvars.ContextVar(
+# the uploads one attempt made, each with its counts of moves and answers when it began,
+# so the attempt is judged by their progress
+Watched = list[tuple[Progress, int, int]]
+_WATCHED: contextvars.ContextVar[Watched | None] = contextvars.ContextVar(
     "stormount_watched", default=None)
 RECENT = 200  # requests the health report's latency covers
 TICK = 1.0  # at most this long between two looks at a transfer's progress
@@ -77,7 +78,7 @@ class Flight:
 
     start: float  # trio time
     scope: trio.CancelScope
-    watched: list[tuple[Progress, int]] = field(default_factory=list)
+    watched: Watched = field(default_factory=list)
     finishing_at: float | None = None  # the store assembles the upload: its own deadline
 
 
@@ -151,7 +152,7 @@ class Metered:
         progress.begin(size)
         watched = _WATCHED.get()
         if watched is not None:  # the tier's attempt judges this upload by its progress
-            watched.append((progress, progress.moves))
+            watched.append((progress, progress.moves, progress.answers))
         return await self._timed("put", self.inner.put_file(
             key, path, metadata, if_match=if_match, if_absent=if_absent, progress=progress))
 
@@ -333,17 +334,21 @@ class Tier:
 
     async def _stall_of(self, flight: Flight) -> str:
         """Watch the progress of an upload in flight; return why it stalled, if it does.
-        Progress is also an answer of the tier, for its stall watch."""
+        What the store is seen to take (Progress.answers) is also an answer of the
+        tier, for its stall watch."""
         cfg = self.cfg
         tick = min(TICK, cfg.stall_timeout / 2, cfg.transfer_stall_timeout / 4)
-        moved_at, seen = flight.start, 0
+        moved_at, seen, answers = flight.start, 0, 0
         while True:
             now = trio.current_time()
-            moves = sum(p.moves - base for p, base in flight.watched)
+            moves = sum(p.moves - base for p, base, _ in flight.watched)
             if moves != seen:
                 seen, moved_at = moves, now
+            taken = sum(p.answers - base for p, _, base in flight.watched)
+            if taken != answers:  # the store takes the bytes: the tier is alive
+                answers = taken
                 self.moved_at = self.last_answer = now
-            if flight.finishing_at is None and any(p.finishing for p, _ in flight.watched):
+            if flight.finishing_at is None and any(p.finishing for p, _, _ in flight.watched):
                 flight.finishing_at = now
             if flight.finishing_at is not None:
                 deadline = flight.finishing_at + cfg.complete_timeout
@@ -416,7 +421,7 @@ class Tier:
     def stall_deadline(self) -> float | None:
         """When the oldest request in flight, unanswered, calls for a check of the tier.
         An upload the store is assembling is left out (it has complete_timeout); bytes
-        a transfer moves count as answers."""
+        the store is seen to take of a transfer count as answers."""
         starts = [f.start for f in self.inflight.values() if f.finishing_at is None]
         if not starts:
             return None

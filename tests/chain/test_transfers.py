@@ -97,6 +97,19 @@ async def test_a_slow_probe_does_not_trip_a_tier_whose_uploads_move(
     assert not primary.up
 
 
+async def test_bytes_no_store_takes_are_no_sign_of_life(make_tiers, nursery, tmp_path,
+                                                        autojump_clock):
+    """Bytes handed to a connection whose endpoint hangs only fill buffers: the stall
+    watch still finds the tier dead within seconds, and the upload fails over."""
+    tiers, chain = await started(make_tiers, nursery)
+    tiers.faulty[0].fail("put_file", Trickle(steps=100, every=0.2, taken=False))
+    tiers.faulty[0].fail("head", "hang")
+    began = trio.current_time()
+    await chain.put_file("big.bin", local_file(tmp_path, b"d"), {})
+    assert trio.current_time() - began < 5  # stall_timeout + probe_timeout
+    assert tiers.objects(1) == {"big.bin": b"d"} and not chain.tiers[0].up
+
+
 async def test_a_copy_still_has_the_upload_timeout(make_tiers, nursery, tmp_path,
                                                     autojump_clock):
     tiers, chain = await started(make_tiers, nursery)
@@ -111,7 +124,7 @@ async def test_a_copy_still_has_the_upload_timeout(make_tiers, nursery, tmp_path
 async def test_the_log_says_when_a_downed_tier_is_probed_and_that_is_when_it_is(
         make_tiers, nursery, autojump_clock, caplog):
     caplog.set_level(logging.INFO, logger="stormount")
-    tiers, chain = await started(make_tiers, nursery)
+    _, chain = await started(make_tiers, nursery)
     primary = chain.tiers[0]
     status = primary.status()
     assert status["probe_at"] is None and status["last_answer_ago"] is not None  # the check

@@ -19,19 +19,21 @@ class Trickle:
     """A plan for `put_file`: a slow link. The upload reports `step` bytes every `every`
     seconds for `steps` steps, then stops moving for good if `stall` (the link died),
     else the store takes `assemble` seconds to put the object together (the bytes are
-    all sent: no progress meanwhile) and then it lands."""
+    all sent: no progress meanwhile) and then it lands. `taken`: the store is seen to
+    take the bytes (else they only fill socket buffers, as toward a dead endpoint)."""
 
     steps: int
     every: float
     step: int = 1 << 20
     stall: bool = False
     assemble: float = 0.0
+    taken: bool = True
 
     async def run(self, progress: Any) -> None:
         for _ in range(self.steps):
             await trio.sleep(self.every)
             if progress is not None:
-                progress.add(self.step)
+                progress.add(self.step, taken=self.taken)
         if self.stall:
             await trio.sleep_forever()
         if self.assemble:
