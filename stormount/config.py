@@ -45,7 +45,8 @@ class TierConfig:
     # role in the chain: a lower tier takes writes only while every tier above is down
     # (spill-over); a mirror also receives a background copy of every write
     mirror: bool = False
-    # seconds one attempt of a request may take, by kind of request
+    # seconds one attempt of a request may take, by kind of request; an upload of a
+    # file is judged by its progress instead (transfer_stall_timeout, complete_timeout)
     upload_timeout: float = 300.0
     download_timeout: float = 600.0
     delete_timeout: float = 30.0
@@ -65,6 +66,12 @@ class TierConfig:
     # requests unanswered this long make a quick check of the tier; if that gets no
     # answer within probe_timeout the tier is marked down and its requests fail over
     stall_timeout: float = 1.5
+    # an upload of a file is given up when it moved no bytes (and had no request
+    # answered) for this long, however long it has run
+    transfer_stall_timeout: float = 60.0
+    # how long the store may take to assemble an uploaded object from its parts (S3's
+    # CompleteMultipartUpload, Azure's Put Block List), when no bytes move
+    complete_timeout: float = 300.0
 
 
 TIER_OPTIONS = {f.name for f in fields(TierConfig)} - {"url", "scheme", "container", "prefix"}
@@ -258,9 +265,12 @@ def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierCo
             raise ConfigError(f"{name} must be at least 1")
     for name in ("connect_timeout", "read_timeout", "upload_timeout", "download_timeout",
                  "delete_timeout", "list_timeout", "probe_timeout", "stall_timeout",
+                 "transfer_stall_timeout", "complete_timeout",
                  "breaker_open", "probe_interval", "probe_interval_down"):
-        if getattr(tier, name) < 0.1:
-            raise ConfigError(f"{name} must be at least 0.1 s")
+        value = getattr(tier, name)
+        if not value >= 0.1:  # NaN compares false too
+            raise ConfigError(f"{name} must be a number of seconds, at least 0.1 "
+                              f"(got {value!r})")
     return tier
 
 

@@ -10,6 +10,7 @@ monotonic.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -141,26 +142,47 @@ class Ops(dict[str, Op]):
         return self.minus(Ops())
 
 
+def human_size(n: float) -> str:
+    """1536 -> "1.5 KiB", for log lines."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
 class Rate:
-    """Bytes per second over the last `window` seconds (upload throughput)."""
+    """Bytes per second over the last `window` seconds. Fed from SDK worker threads as
+    bytes go out (a lock keeps the counts whole), kept in one-second buckets so memory
+    stays bounded however small the chunks."""
 
     def __init__(self, window: float = 60.0) -> None:
         self.window = window
         self.total = 0
-        self._samples: deque[tuple[float, int]] = deque()
+        self._samples: deque[list[float]] = deque()  # [second, bytes in it]
         self._started = time.monotonic()
+        self._lock = threading.Lock()
 
     def add(self, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
         now = time.monotonic()
-        self.total += nbytes
-        self._samples.append((now, nbytes))
-        self._prune(now)
+        second = float(int(now))
+        with self._lock:
+            self.total += nbytes
+            if self._samples and self._samples[-1][0] == second:
+                self._samples[-1][1] += nbytes
+            else:
+                self._samples.append([second, float(nbytes)])
+                self._prune(now)
 
     def per_second(self) -> float:
         now = time.monotonic()
-        self._prune(now)
-        span = min(self.window, max(now - self._started, 1.0))
-        return sum(n for _, n in self._samples) / span
+        with self._lock:
+            self._prune(now)
+            span = min(self.window, max(now - self._started, 1.0))
+            return sum(n for _, n in self._samples) / span
 
     def _prune(self, now: float) -> None:
         while self._samples and self._samples[0][0] < now - self.window:

@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 
 import trio
 
-from stormount.backends.base import Backend, ObjectInfo
+from stormount.backends.base import Backend, ObjectInfo, Progress
 from stormount.chain.chain import conflict_name
 from stormount.config import WritebackConfig
 from stormount.durable import SqliteJournal
 from stormount.errors import BackendError, Changed, NotFound, Transient
-from stormount.stats import Rate
+from stormount.stats import Rate, human_size
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +95,24 @@ class Upload:
     due: float = 0.0  # trio time of the next attempt
     finished: trio.Event = field(default_factory=trio.Event)  # the attempt in flight ended
     uploaded: trio.Event = field(default_factory=trio.Event)  # this content is stored
+    progress: Progress | None = None  # of the attempt in flight, or the last one
 
     def describe(self) -> dict[str, object]:
         state = OPEN if self.held and self.state != UPLOADING else self.state
+        size = _size(self.staging)
+        moving = self.progress if self.state == UPLOADING else None
         return {"path": self.path, "state": state, "attempts": self.attempts,
                 "last_error": self.last_error, "queued_at": self.queued_at,
-                "size": _size(self.staging)}
+                "size": size,
+                # the attempt in flight (1 for the first), and how far it has got
+                "attempt": self.attempts + 1 if moving is not None else None,
+                "bytes_sent": None if moving is None else moving.sent,
+                "bytes_total": None if moving is None else (
+                    moving.total if moving.total is not None else size),
+                "rate": None if moving is None else round(moving.rate.per_second(), 1),
+                "eta": None if moving is None or (eta := moving.eta()) is None
+                else round(eta, 1),
+                "finishing": moving is not None and moving.finishing}
 
 
 def _size(path: str) -> int | None:
@@ -201,7 +213,8 @@ class Writeback:
         self.uploaded = 0  # counters for stats
         self.failures = 0
         self.conflicts = 0
-        self.throughput = Rate()  # bytes uploaded
+        self.bytes_uploaded = 0  # sizes of the uploads done
+        self.throughput = Rate()  # bytes sent, as they go out (re-sent ones too)
 
     # --- what the filesystem tells us ---------------------------------------------
 
@@ -442,7 +455,7 @@ class Writeback:
                 log.exception("upload of %s failed unexpectedly", up.path)
                 self._failed(up, e)
                 return
-            self.throughput.add(info.size)
+            self.bytes_uploaded += info.size
             self._succeeded(up, path, revision, info, conflict)
         finally:
             self._active -= 1
@@ -456,13 +469,15 @@ class Writeback:
             self._wake.set()
 
     async def _send(self, up: Upload) -> tuple[ObjectInfo, str | None]:
+        up.progress = progress = Progress(self.throughput)
         if up.staging == MARKER:
             # a directory marker holds only metadata: the last one written wins
             return await self.backend.put_bytes(up.path, b"", up.metadata), None
         try:
             return await self.backend.put_file(up.path, up.staging, up.metadata,
                                                if_match=up.base,
-                                               if_absent=up.base is None), None
+                                               if_absent=up.base is None,
+                                               progress=progress), None
         except Changed:
             mine = await self._landed(up)
             if mine is not None:
@@ -473,7 +488,7 @@ class Writeback:
             name = conflict_name(up.path, self.host, when, n)
             try:
                 info = await self.backend.put_file(name, up.staging, up.metadata,
-                                                   if_absent=True)
+                                                   if_absent=True, progress=progress)
             except Changed:
                 continue
             return info, name
@@ -517,7 +532,7 @@ class Writeback:
             self.on_conflict(path, conflict, info)
             return
         self.uploaded += 1
-        log.debug("uploaded %s (revision %d of %d)", path, revision, up.revision)
+        self._log_uploaded(up, path, info)
         if current is up and up.path == path and up.revision == revision:
             del self._uploads[up.path]
             self._unjournal(up.path)
@@ -534,6 +549,19 @@ class Writeback:
             except OSError as e:  # the old row stands; a restart re-sends, harmlessly
                 log.warning("cannot record the new base version of %s: %s", up.path, e)
         self.on_uploaded(path, info, self._uploads.get(path) is None)
+
+    def _log_uploaded(self, up: Upload, path: str, info: ObjectInfo) -> None:
+        """One line per upload done: the last word on the file, even after failures."""
+        progress = up.progress
+        seconds = 0.0 if progress is None else time.monotonic() - progress.started
+        if progress is not None:
+            progress.done(info.size)  # what the backend did not report still counts
+        rate = info.size / seconds if seconds > 0 else 0.0
+        after = f" after {up.attempts + 1} attempts" if up.attempts else ""
+        log.info("uploaded %s: %s in %.1f s (%s/s)%s", path, human_size(info.size),
+                seconds, human_size(rate), after,
+                extra={"event": "uploaded", "key": path, "size": info.size,
+                       "seconds": round(seconds, 3), "attempts": up.attempts + 1})
 
     def _unjournal(self, path: str) -> None:
         try:

@@ -16,6 +16,7 @@ import ipaddress
 import logging
 import os
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -45,6 +46,7 @@ from stormount.backends.base import (
     ExactFile,
     ListPage,
     ObjectInfo,
+    Progress,
     Unfinished,
     checked_metadata,
     lower_keys,
@@ -346,7 +348,8 @@ class AzureBackend:
                           etag=strip_etag(resp.get("etag")), metadata=meta)
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
-                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+                       if_match: str | None = None, if_absent: bool = False,
+                       progress: Progress | None = None) -> ObjectInfo:
         meta = checked_metadata(metadata, "Azure", self._where(key), self.url, key)
         blob = self._blob(key)
         cond: dict[str, Any] = {}
@@ -354,6 +357,23 @@ class AzureBackend:
             cond = {"etag": f'"{if_match}"', "match_condition": MatchConditions.IfNotModified}
         elif if_absent:
             cond = {"match_condition": MatchConditions.IfMissing}
+
+        reported = 0
+        lock = threading.Lock()
+
+        def hook(current: int, total: int | None) -> None:
+            # the SDK's workers report the bytes of the blocks staged so far (not always
+            # in order); once all are, it commits the block list, which a busy store may
+            # take long over
+            nonlocal reported
+            if progress is None:
+                return
+            with lock:
+                delta = max(0, current - reported)
+                reported = max(reported, current)
+            progress.add(delta, taken=True)  # reported once a block was answered
+            if total and current >= total and total > self._tier.multipart_threshold:
+                progress.finish()
 
         def _put() -> tuple[int, dict[str, Any]]:
             with open(path, "rb") as f:
@@ -363,7 +383,7 @@ class AzureBackend:
                 # condition applies to that commit)
                 resp = blob.upload_blob(ExactFile(f, size, f"Azure put {self._where(key)}"),
                                         length=size, overwrite=True, metadata=meta,
-                                        max_concurrency=4, **cond)
+                                        max_concurrency=4, progress_hook=hook, **cond)
                 return size, resp
         try:
             size, resp = await self._call("put", key, _put)

@@ -11,6 +11,8 @@ import builtins
 import errno
 import functools
 import os
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, TypeVar
@@ -18,6 +20,7 @@ from typing import BinaryIO, Protocol, TypeVar
 import trio
 
 from stormount.errors import Permanent, Transient
+from stormount.stats import Rate
 
 T = TypeVar("T")
 
@@ -54,6 +57,80 @@ class Unfinished:
     size: int | None = None  # bytes held, where the store says
 
 
+RECENT_RATE = 10.0  # seconds the rate (and so the ETA) of one upload is measured over
+# bytes of one request beyond which more going out means the store takes them: more
+# than Linux's default socket buffers (send and receive) hold between them
+BUFFERED = 8 * 1024 * 1024
+
+
+class Progress:
+    """How far one upload has got. Backends feed it from their SDK worker threads as
+    bytes go out (a lock keeps the counts whole); the tier's stall watch and the upload
+    queue read it from trio. `moves` counts every sign that the transfer goes on (bytes
+    handed to the connection, a request answered): a watcher that saw it change knows
+    the upload is not stuck. `answers` counts only signs that the store takes the
+    bytes (a request of the upload answered, or bytes still going out after more than a
+    socket's buffers hold): the first bytes of a request go out even to a dead
+    endpoint, so only these say that the tier is alive."""
+
+    def __init__(self, shared: Rate | None = None) -> None:
+        self.total: int | None = None
+        self.sent = 0  # bytes of this attempt sent (fewer again when a request is re-sent)
+        self.moves = 0
+        self.answers = 0
+        self.finishing = False  # every byte is sent: the store assembles the object
+        self.started = time.monotonic()
+        self.rate = Rate(RECENT_RATE)  # this upload's own, for its ETA
+        self._shared = shared  # the mount's upload rate, fed by the same bytes
+        self._lock = threading.Lock()
+
+    def begin(self, total: int | None) -> None:
+        """A new attempt, which sends from the start."""
+        with self._lock:
+            self.total, self.sent, self.finishing = total, 0, False
+            self.started = time.monotonic()
+            self.rate = Rate(RECENT_RATE)
+
+    def add(self, nbytes: int, *, taken: bool = False) -> None:
+        """`nbytes` more sent (negative when a request goes again from its start);
+        `taken`: the store is known to have taken them (see `answers`)."""
+        with self._lock:
+            self.sent = max(0, self.sent + nbytes)
+            self.moves += 1
+            if taken:
+                self.answers += 1
+        self.rate.add(nbytes)
+        if self._shared is not None:
+            self._shared.add(nbytes)
+
+    def answered(self) -> None:
+        """A request of the upload (a part, a block) was answered."""
+        with self._lock:
+            self.moves += 1
+            self.answers += 1
+
+    def finish(self) -> None:
+        """Every byte is sent; the store now assembles the object (S3's
+        CompleteMultipartUpload, Azure's Put Block List), which may take minutes."""
+        with self._lock:
+            self.finishing = True
+            self.moves += 1
+
+    def done(self, size: int) -> None:
+        """The upload landed: the bytes a backend did not report count now."""
+        missing = size - self.sent
+        if missing > 0:
+            self.add(missing)
+
+    def eta(self) -> float | None:
+        """Seconds left at the recent rate; None when that cannot be told (every byte
+        is handed to the connection, and the answers are awaited)."""
+        rate = self.rate.per_second()
+        if self.total is None or rate <= 0 or self.sent >= self.total:
+            return None
+        return max(0.0, self.total - self.sent) / rate
+
+
 class Backend(Protocol):
     """A flat key/value object store seen through async calls."""
 
@@ -71,10 +148,13 @@ class Backend(Protocol):
         `version` (an ETag), Changed when the object is no longer that version."""
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
-                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+                       if_match: str | None = None, if_absent: bool = False,
+                       progress: Progress | None = None) -> ObjectInfo:
         """Upload a local file as the object (multipart/staged for big files). With
         `if_match`, only while the object is still that version; with `if_absent`, only
-        if there is no such object: otherwise Changed, and the store is left as it was."""
+        if there is no such object: otherwise Changed, and the store is left as it was.
+        `progress` is told of the bytes as they go out (and when the store assembles
+        the object), from any thread."""
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         """Upload a small object from memory (markers, symlinks)."""
@@ -140,13 +220,21 @@ class ExactFile:
     """An open local file read as exactly `length` bytes from where it stood at open.
     A file that shrinks while it is uploaded fails the upload at once (Transient) where
     the request would otherwise wait for bytes that never come; one that grows is cut at
-    `length`. Either way its writer hands it over again and it is uploaded again."""
+    `length`. Either way its writer hands it over again and it is uploaded again.
 
-    def __init__(self, f: BinaryIO, length: int, what: str) -> None:
+    With `progress`, the bytes read while `transferring` (set by the SDK's hooks once a
+    request is signed: signing reads the body too) are counted as sent, and a rewind
+    (the SDK sends the request again) takes them back."""
+
+    def __init__(self, f: BinaryIO, length: int, what: str,
+                 progress: Progress | None = None) -> None:
         self._f = f
         self._length = length
         self._pos = 0
         self._what = what
+        self._progress = progress
+        self._counted = 0  # bytes reported since the last rewind
+        self.transferring = False
 
     def read(self, size: int | None = -1) -> bytes:
         left = self._length - self._pos
@@ -158,12 +246,18 @@ class ExactFile:
         if not data:
             raise Transient(f"{self._what}: the file shrank while it was uploaded")
         self._pos += len(data)
+        if self.transferring and self._progress is not None:
+            self._counted += len(data)
+            self._progress.add(len(data), taken=self._counted > BUFFERED)
         return data
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._length}[whence]
         self._pos = max(0, min(base + offset, self._length))
         self._f.seek(self._pos)
+        if self._counted and self._progress is not None:
+            self._progress.add(-self._counted)  # what was sent goes again
+            self._counted = 0
         return self._pos
 
     def tell(self) -> int:

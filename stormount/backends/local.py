@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import trio
 
-from stormount.backends.base import ListPage, ObjectInfo, Unfinished, run_blocking
+from stormount.backends.base import ListPage, ObjectInfo, Progress, Unfinished, run_blocking
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -220,11 +220,14 @@ class LocalBackend:
         return self._info(key, path)
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
-                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+                       if_match: str | None = None, if_absent: bool = False,
+                       progress: Progress | None = None) -> ObjectInfo:
         def _fill(fd: int) -> None:
             with open(path, "rb") as src:
                 while chunk := src.read(1 << 20):
                     os.write(fd, chunk)
+                    if progress is not None:
+                        progress.add(len(chunk), taken=True)
         return await self._run(self._install, key, _fill, metadata, if_match, if_absent,
                                key=key)
 

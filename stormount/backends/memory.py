@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import trio
 
-from stormount.backends.base import ListPage, ObjectInfo, Unfinished
+from stormount.backends.base import ListPage, ObjectInfo, Progress, Unfinished
 from stormount.config import TierConfig
 from stormount.errors import Changed, NotFound
 
@@ -67,9 +67,12 @@ class MemoryBackend:
         return info
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
-                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+                       if_match: str | None = None, if_absent: bool = False,
+                       progress: Progress | None = None) -> ObjectInfo:
         with open(path, "rb") as f:
             data = f.read()
+        if progress is not None:
+            progress.add(len(data), taken=True)
         current = self._objects.get(self._prefix + key)
         if (if_absent and current is not None) or (
                 if_match is not None and (current is None or current[1].etag != if_match)):

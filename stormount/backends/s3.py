@@ -12,6 +12,8 @@ import builtins
 import contextlib
 import email.utils
 import errno
+import hashlib
+import io
 import logging
 import math
 import os
@@ -30,6 +32,7 @@ from stormount.backends.base import (
     ExactFile,
     ListPage,
     ObjectInfo,
+    Progress,
     Unfinished,
     checked_metadata,
     lower_keys,
@@ -117,10 +120,38 @@ def _response_time(resp: Mapping[str, Any]) -> float:
     return time.time()
 
 
+def _multipart_etag(part_etags: list[str]) -> str | None:
+    """The ETag S3 gives an object completed from these parts (the MD5 of their MD5s,
+    then "-N"), where every part's ETag is its MD5."""
+    digests = [strip_etag(e) for e in part_etags]
+    if not digests or any(len(d) != 32 or any(c not in "0123456789abcdef" for c in d)
+                          for d in digests):
+        return None
+    joined = b"".join(bytes.fromhex(d) for d in digests)
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(digests)}"
 
 
+def _code_of(e: BaseException) -> str:
+    cause = e.__cause__
+    if isinstance(cause, botocore.exceptions.ClientError):
+        return str(cause.response.get("Error", {}).get("Code", ""))
+    return ""
 
 
+def _counting(request: Any, transferring: bool) -> None:
+    """botocore hook: the body of a PUT or part counts its bytes as sent only once the
+    request is signed (signing reads the whole body first)."""
+    body = getattr(request, "body", None)
+    if isinstance(body, ExactFile):
+        body.transferring = transferring
+
+
+def _not_transferring(request: Any, **kwargs: Any) -> None:
+    _counting(request, False)
+
+
+def _transferring(request: Any, **kwargs: Any) -> None:
+    _counting(request, True)
 
 
 class S3Backend:
@@ -142,32 +173,46 @@ class S3Backend:
         except botocore.exceptions.ProfileNotFound as e:
             raise ConfigError(f"{tier.url}: AWS profile {tier.profile!r} not found "
                               "in ~/.aws/config or ~/.aws/credentials") from e
-        self._client = self._make_client(
-            session, path_style=bool(tier.endpoint) and not _is_aws_host(tier.endpoint or ""))
+        path_style = bool(tier.endpoint) and not _is_aws_host(tier.endpoint or "")
+        self._client = self._make_client(session, path_style)
         self.endpoint: str = self._client.meta.endpoint_url
         if not tier.endpoint and not _is_aws_host(self.endpoint):
             # an endpoint from AWS_ENDPOINT_URL or the shared config: an S3-compatible
             # store, which rarely serves virtual-hosted bucket names
             self._client.close()
-            self._client = self._make_client(session, path_style=True)
+            path_style = True
+            self._client = self._make_client(session, path_style)
+        # CompleteMultipartUpload of a big object may keep a busy store silent for
+        # minutes: its own client waits up to complete_timeout for the answer, where a
+        # read timeout would only send it again (and find the upload gone)
+        self._completer = self._make_client(
+            session, path_style, read_timeout=max(tier.read_timeout, tier.complete_timeout),
+            pool=4)
 
-    def _make_client(self, session: boto3.session.Session, path_style: bool) -> Any:
+    def _make_client(self, session: boto3.session.Session, path_style: bool,
+                     read_timeout: float | None = None, pool: int | None = None) -> Any:
         tier = self._tier
         config = Config(
-            max_pool_connections=max(10, tier.max_connections),
+            max_pool_connections=pool or max(10, tier.max_connections),
             retries={"max_attempts": tier.sdk_retries + 1, "mode": "standard"},
             connect_timeout=tier.connect_timeout,
-            read_timeout=tier.read_timeout,
+            read_timeout=read_timeout or tier.read_timeout,
             tcp_keepalive=True,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             s3={"addressing_style": "path" if path_style else "auto"},
         )
         try:
-            return session.client("s3", endpoint_url=tier.endpoint or None,
-                                  region_name=tier.region or None, config=config)
+            client = session.client("s3", endpoint_url=tier.endpoint or None,
+                                    region_name=tier.region or None, config=config)
         except (ValueError, botocore.exceptions.BotoCoreError) as e:
             raise ConfigError(f"{tier.url}: cannot set up the S3 client: {e}") from e
+        # as s3transfer does: bytes count as sent between signing and the response
+        client.meta.events.register_first("request-created.s3", _not_transferring,
+                                          unique_id="stormount-not-transferring")
+        client.meta.events.register_last("request-created.s3", _transferring,
+                                         unique_id="stormount-transferring")
+        return client
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -340,7 +385,8 @@ class S3Backend:
                           etag=strip_etag(resp.get("ETag")), metadata=meta)
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
-                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+                       if_match: str | None = None, if_absent: bool = False,
+                       progress: Progress | None = None) -> ObjectInfo:
         meta = checked_metadata(metadata, "S3", self._where(key), self.url, key)
         size = os.stat(path).st_size  # a local stat: cheaper than a thread hop
         cond: dict[str, str] = {}
@@ -355,7 +401,7 @@ class S3Backend:
                 def _put() -> tuple[int, Any]:
                     with open(path, "rb") as f:
                         length = os.fstat(f.fileno()).st_size
-                        body = ExactFile(f, length, f"S3 put {self._where(key)}")
+                        body = ExactFile(f, length, f"S3 put {self._where(key)}", progress)
                         return length, self._client.put_object(
                             Bucket=self.bucket, Key=full, Body=body, ContentLength=length,
                             Metadata=meta, **cond)
@@ -373,7 +419,7 @@ class S3Backend:
                 if current is None or current.etag != if_match:
                     raise Conflict(f"S3 put {self._where(key)}: changed", backend=self.url,
                                    key=key)
-            return await self._put_multipart(key, path, size, meta, cond)
+            return await self._put_multipart(key, path, size, meta, cond, progress)
         except (Conflict, NotFound) as e:
             if not cond:
                 raise
@@ -387,12 +433,15 @@ class S3Backend:
             part = math.ceil(size / MAX_PARTS / mib) * mib
         return part
 
-    async def _multipart(self, op: str, key: str, meta: Mapping[str, str], nparts: int,
-                         part: Callable[[str, int], Any], extra: Mapping[str, Any],
-                         cond: Mapping[str, str] | None = None) -> Any:
+    async def _multipart(self, op: str, key: str, meta: Mapping[str, str], size: int,
+                         nparts: int, part: Callable[[str, int], Any],
+                         extra: Mapping[str, Any], cond: Mapping[str, str] | None = None,
+                         progress: Progress | None = None) -> ObjectInfo:
         """Create a multipart upload, run `part(upload_id, n)` (blocking, returns the
         part's ETag) for parts 0..nparts-1 in a few concurrent tasks, complete it, and
-        abort it on any failure or cancellation."""
+        abort it on any failure or cancellation. An upload that turns out to have been
+        completed after all (the store finished it, and then a retry or the abort found
+        it gone) is this object if the store holds its size, metadata and ETag."""
         full = self._full(key)
         created = await self._call(op, key, self._client.create_multipart_upload,
                                    Bucket=self.bucket, Key=full, Metadata=dict(meta), **extra)
@@ -415,21 +464,58 @@ class S3Backend:
             if failures:
                 raise failures[0]
             parts = [{"ETag": etag, "PartNumber": n + 1} for n, etag in enumerate(etags)]
-            return await self._call(op, key, self._client.complete_multipart_upload,
+            if progress is not None:
+                progress.finish()  # the store now assembles the object: no bytes move
+            resp = await self._call(op, key, self._completer.complete_multipart_upload,
                                     Bucket=self.bucket, Key=full, UploadId=upload_id,
                                     MultipartUpload={"Parts": parts}, **(cond or {}))
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                try:
-                    await self._call("abort upload", key, self._client.abort_multipart_upload,
-                                     Bucket=self.bucket, Key=full, UploadId=upload_id)
-                except Exception as e:
-                    log.warning("%s: could not abort multipart upload %s of %s: %s",
-                                self.url, upload_id, full, e)
+            return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
+                              mtime_exact=False, etag=strip_etag(resp.get("ETag")),
+                              metadata=dict(meta))
+        except Exception as e:
+            if await self._abort(key, upload_id) and None not in etags:
+                landed = await self._landed(key, size, meta, [str(t) for t in etags])
+                if landed is not None:
+                    log.info("%s: multipart upload %s of %s had completed after all (%s); "
+                             "the store holds it", self.url, upload_id, full, e)
+                    return landed
+            raise
+        except BaseException:  # cancelled: the upload must not linger, billed
+            with trio.CancelScope(shield=True):
+                await self._abort(key, upload_id)
             raise
 
+    async def _abort(self, key: str, upload_id: str) -> bool:
+        """Abort a multipart upload (for at most 30 s); True if the store no longer
+        knows it: completed, or aborted before."""
+        full = self._full(key)
+        with trio.move_on_after(30):
+            try:
+                await self._call("abort upload", key, self._client.abort_multipart_upload,
+                                 Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except Exception as e:
+                if _code_of(e) == "NoSuchUpload":
+                    return True
+                log.warning("%s: could not abort multipart upload %s of %s: %s",
+                            self.url, upload_id, full, e)
+        return False
+
+    async def _landed(self, key: str, size: int, meta: Mapping[str, str],
+                      part_etags: list[str]) -> ObjectInfo | None:
+        """The object under `key`, if it is the one these parts make."""
+        try:
+            info = await self.head(key)
+        except NotFound:
+            return None
+        expected = _multipart_etag(part_etags)
+        if info.size != size or dict(info.metadata or {}) != lower_keys(meta) or (
+                expected is not None and info.etag != expected):
+            return None
+        return info
+
     async def _put_multipart(self, key: str, path: str, size: int, meta: Mapping[str, str],
-                             cond: Mapping[str, str]) -> ObjectInfo:
+                             cond: Mapping[str, str],
+                             progress: Progress | None = None) -> ObjectInfo:
         part_size = self._part_size(size, self._tier.part_size)
         nparts = math.ceil(size / part_size)
         full = self._full(key)
@@ -443,14 +529,15 @@ class S3Backend:
             if len(data) != want:
                 raise Transient(f"S3 put {self._where(key)}: {path} changed size while it "
                                 "was uploaded", backend=self.url, key=key)
+            body = ExactFile(io.BytesIO(data), want, f"S3 put {self._where(key)}", progress)
             resp = self._client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
-                                            PartNumber=n + 1, Body=data)
+                                            PartNumber=n + 1, Body=body, ContentLength=want)
+            if progress is not None:
+                progress.answered()
             return str(resp["ETag"])
 
-        resp = await self._multipart("put", key, meta, nparts, _part, {}, cond)
-        return ObjectInfo(key=key, size=size, mtime=_response_time(resp),
-                          mtime_exact=False,
-                          etag=strip_etag(resp.get("ETag")), metadata=dict(meta))
+        return await self._multipart("put", key, meta, size, nparts, _part, {}, cond,
+                                     progress)
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, self._client.delete_object, Bucket=self.bucket,
@@ -508,11 +595,8 @@ class S3Backend:
                     CopySourceIfMatch=if_match)
                 return str(resp["CopyPartResult"]["ETag"])
 
-            resp = await self._multipart("copy", dst, meta, math.ceil(size / part_size), _part,
-                                         extra)
-            return ObjectInfo(key=dst, size=size, mtime=_response_time(resp),
-                              mtime_exact=False,
-                              etag=strip_etag(resp.get("ETag")), metadata=meta)
+            return await self._multipart("copy", dst, meta, size,
+                                         math.ceil(size / part_size), _part, extra)
         if metadata is None:
             directive: dict[str, Any] = {"MetadataDirective": "COPY"}
         else:
@@ -551,3 +635,4 @@ class S3Backend:
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
         self._client.close()
+        self._completer.close()

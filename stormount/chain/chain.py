@@ -33,7 +33,7 @@ from typing import TypeVar
 
 import trio
 
-from stormount.backends.base import ListPage, ObjectInfo
+from stormount.backends.base import ListPage, ObjectInfo, Progress
 from stormount.chain.health import RESERVED, Health
 from stormount.chain.repair import (
     ABSENT,
@@ -198,10 +198,11 @@ class Chain:
         return await self._read(key, "get", Kind.DOWNLOAD, fetch)
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
-                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+                       if_match: str | None = None, if_absent: bool = False,
+                       progress: Progress | None = None) -> ObjectInfo:
         async def send(tier: Tier, if_match: str | None, if_absent: bool) -> ObjectInfo:
             return await tier.backend.put_file(key, path, metadata, if_match=if_match,
-                                               if_absent=if_absent)
+                                               if_absent=if_absent, progress=progress)
         return await self._store(key, send, if_match, if_absent)
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:

@@ -8,7 +8,10 @@ once, so a tier that comes back is used again within seconds. Passive health com
 every request (see Tier.call). The stall watch catches an endpoint that accepts
 connections and never answers: when requests have waited `stall_timeout` without any
 answer from the tier, a quick HEAD must answer within `probe_timeout`, or the tier is
-marked down and its requests in flight fail over."""
+marked down and its requests in flight fail over. Uploads the store is seen to take
+(Progress.answers) are answers too: a tier taking them is not marked down because a
+probe or a check was slow (a busy store answers small requests late while it takes in
+big ones)."""
 
 from __future__ import annotations
 
@@ -49,7 +52,14 @@ class Health:
     async def watch(self, tier: Tier) -> None:
         """Probe `tier` on schedule and check it when its requests stall; forever."""
         last_probe = trio.current_time()
+        was_up = tier.up
         while True:
+            if was_up and not tier.up:
+                # the first probe of a tier that just went down comes probe_interval_down
+                # later, as its log line says, not at once (what failed just now would
+                # often pass a moment later, and the tier would flap)
+                last_probe = trio.current_time()
+            was_up = tier.up
             interval = tier.cfg.probe_interval if tier.up else tier.cfg.probe_interval_down
             next_probe = last_probe + interval
             stall_at = tier.stall_deadline() if tier.up else None
@@ -67,12 +77,18 @@ class Health:
 
     async def _liveness(self, tier: Tier) -> None:
         """Requests wait without an answer: does the tier answer at all?"""
+        started = trio.current_time()
         try:
             with trio.fail_after(tier.cfg.probe_timeout):
                 await tier.backend.head(self.probe_key)
         except NotFound:
             pass
         except trio.TooSlowError:
+            if tier.moving(started):
+                log.info("tier %d (%s): a check got no answer within %g s, but its "
+                         "transfers are moving: not marked down", tier.index, tier.url,
+                         tier.cfg.probe_timeout)
+                return
             tier.trip(BackendError(f"no answer within {tier.cfg.probe_timeout:g} s"))
             return
         except BackendError as e:
@@ -88,14 +104,18 @@ class Health:
             with trio.fail_after(tier.cfg.probe_timeout):
                 await self._round_trip(tier)
         except (trio.TooSlowError, BackendError) as e:
+            tier.probe_ok, tier.probe_at = False, time.time()
             if isinstance(e, trio.TooSlowError):
                 e = BackendError(f"probe got no answer within {tier.cfg.probe_timeout:g} s")
-            tier.probe_ok, tier.probe_at = False, time.time()
+                if tier.moving(started - tier.cfg.stall_timeout):
+                    log.info("tier %d (%s): %s, but its transfers are moving: not marked "
+                             "down", tier.index, tier.url, e)
+                    return False
             tier.trip(BackendError(f"probe failed: {e}"))  # logged there, once, if it went down
             return False
         tier.probe_ok, tier.probe_at = True, time.time()
         tier.probe_latency = trio.current_time() - started
-        tier.answered()
+        tier.answered(how=f"a probe succeeded in {tier.probe_latency:.1f} s")
         return True
 
     async def _round_trip(self, tier: Tier) -> None:

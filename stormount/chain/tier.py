@@ -8,15 +8,18 @@ import contextvars
 import errno
 import itertools
 import logging
+import math
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
 import trio
 
-from stormount.backends.base import Backend, ListPage, ObjectInfo
+from stormount.backends.base import Backend, ListPage, ObjectInfo, Progress
 from stormount.chain.breaker import Breaker, State
 from stormount.config import TierConfig
 from stormount.errors import (
@@ -60,7 +63,23 @@ ANSWERS = (NotFound, Changed, Conflict)  # the store answered: not a failure of 
 # the requests one attempt made (operation, start), so a timeout is counted on the right one
 _RUNNING: contextvars.ContextVar[list[tuple[str, float]] | None] = contextvars.ContextVar(
     "stormount_running", default=None)
+# the uploads one attempt made, each with its counts of moves and answers when it began,
+# so the attempt is judged by their progress
+Watched = list[tuple[Progress, int, int]]
+_WATCHED: contextvars.ContextVar[Watched | None] = contextvars.ContextVar(
+    "stormount_watched", default=None)
 RECENT = 200  # requests the health report's latency covers
+TICK = 1.0  # at most this long between two looks at a transfer's progress
+
+
+@dataclass(eq=False)
+class Flight:
+    """One request in flight on the tier."""
+
+    start: float  # trio time
+    scope: trio.CancelScope
+    watched: Watched = field(default_factory=list)
+    finishing_at: float | None = None  # the store assembles the upload: its own deadline
 
 
 class Metered:
@@ -123,9 +142,19 @@ class Metered:
         return await self._timed("get", self.inner.get_range(key, offset, length, version))
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
-                       if_match: str | None = None, if_absent: bool = False) -> ObjectInfo:
+                       if_match: str | None = None, if_absent: bool = False,
+                       progress: Progress | None = None) -> ObjectInfo:
+        progress = progress if progress is not None else Progress()
+        try:
+            size: int | None = os.stat(path).st_size  # a local stat: no thread hop
+        except OSError:
+            size = None  # the backend reports it
+        progress.begin(size)
+        watched = _WATCHED.get()
+        if watched is not None:  # the tier's attempt judges this upload by its progress
+            watched.append((progress, progress.moves, progress.answers))
         return await self._timed("put", self.inner.put_file(
-            key, path, metadata, if_match=if_match, if_absent=if_absent))
+            key, path, metadata, if_match=if_match, if_absent=if_absent, progress=progress))
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         return await self._timed("put", self.inner.put_bytes(key, data, metadata))
@@ -161,11 +190,12 @@ class Tier:
         self._timeouts = {Kind.UPLOAD: cfg.upload_timeout, Kind.DOWNLOAD: cfg.download_timeout,
                           Kind.DELETE: cfg.delete_timeout, Kind.LIST: cfg.list_timeout}
         self._ids = itertools.count()
-        self.inflight: dict[int, tuple[float, trio.CancelScope]] = {}
+        self.inflight: dict[int, Flight] = {}
         self.wake = trio.Event()  # set (and replaced) when the health watch must look again
         self.on_state: Callable[[Tier], None] = lambda tier: None  # the breaker moved
         # what the health report shows
-        self.last_answer = trio.current_time()  # trio time the tier last answered
+        self.last_answer: float | None = None  # trio time the tier last answered
+        self.moved_at: float | None = None  # trio time a transfer of it last moved bytes
         self.last_error: str | None = None
         self.last_error_at: float | None = None  # wall clock
         self.requests = 0
@@ -230,7 +260,7 @@ class Tier:
                        args: tuple[object, ...], kwargs: dict[str, object]) -> T:
         ident = next(self._ids)
         scope = trio.CancelScope()
-        self.inflight[ident] = (trio.current_time(), scope)
+        flight = self.inflight[ident] = Flight(trio.current_time(), scope)
         if len(self.inflight) == 1:
             self._wake()
         self.requests += 1
@@ -238,15 +268,19 @@ class Tier:
         verdict = False
         running: list[tuple[str, float]] = []
         reset = _RUNNING.set(running)
+        watching = _WATCHED.set(flight.watched)
         try:
             with scope:
                 try:
-                    with trio.fail_after(timeout):
-                        result = await fn(*args, **kwargs)
-                except trio.TooSlowError:
+                    if kind == Kind.UPLOAD:
+                        result = await self._watched(flight, fn, args, kwargs)
+                    else:
+                        with trio.fail_after(timeout):
+                            result = await fn(*args, **kwargs)
+                except trio.TooSlowError as e:
                     self.metered.lost(running, "Timeout")
-                    error = Transient(f"{self.url}: {kind} timed out after {timeout:g} s",
-                                      backend=self.url)
+                    why = str(e) or f"{kind} timed out after {timeout:g} s"
+                    error = Transient(f"{self.url}: {why}", backend=self.url)
                     self.failed(error)
                     verdict = True
                     raise error from None
@@ -267,12 +301,75 @@ class Tier:
             self._note(error)
             raise error
         finally:
+            _WATCHED.reset(watching)
             _RUNNING.reset(reset)
             del self.inflight[ident]
             if not verdict:  # cancelled by the caller, or a bug: no verdict on the tier
                 self.breaker.release()
 
-    def answered(self, success: bool = True) -> None:
+    async def _watched(self, flight: Flight, fn: Callable[..., Awaitable[T]],
+                       args: tuple[object, ...], kwargs: dict[str, object]) -> T:
+        """An upload, given up (TooSlowError) only when it stalls: an upload of a file
+        once it moved nothing for transfer_stall_timeout, however long it has run, or
+        once the store took complete_timeout to assemble it; a request that reports no
+        progress (a copy, a small object) after upload_timeout."""
+        done: list[T] = []
+        errors: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+            async def run() -> None:
+                try:
+                    done.append(await fn(*args, **kwargs))
+                except Exception as e:  # raised below, outside the nursery's group
+                    errors.append(e)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            why = await self._stall_of(flight)
+            nursery.cancel_scope.cancel()
+        if errors:
+            raise errors[0]
+        if done:
+            return done[0]
+        raise trio.TooSlowError(why)
+
+    async def _stall_of(self, flight: Flight) -> str:
+        """Watch the progress of an upload in flight; return why it stalled, if it does.
+        What the store is seen to take (Progress.answers) is also an answer of the
+        tier, for its stall watch."""
+        cfg = self.cfg
+        tick = min(TICK, cfg.stall_timeout / 2, cfg.transfer_stall_timeout / 4)
+        moved_at, seen, answers = flight.start, 0, 0
+        while True:
+            now = trio.current_time()
+            moves = sum(p.moves - base for p, base, _ in flight.watched)
+            if moves != seen:
+                seen, moved_at = moves, now
+            taken = sum(p.answers - base for p, _, base in flight.watched)
+            if taken != answers:  # the store takes the bytes: the tier is alive
+                answers = taken
+                self.moved_at = self.last_answer = now
+            if flight.finishing_at is None and any(p.finishing for p, _, _ in flight.watched):
+                flight.finishing_at = now
+            if flight.finishing_at is not None:
+                deadline = flight.finishing_at + cfg.complete_timeout
+                why = (f"the store did not complete the upload within "
+                       f"{cfg.complete_timeout:g} s")
+            elif flight.watched:
+                deadline = moved_at + cfg.transfer_stall_timeout
+                why = f"upload moved no bytes for {cfg.transfer_stall_timeout:g} s"
+            else:
+                deadline = flight.start + cfg.upload_timeout
+                why = f"upload timed out after {cfg.upload_timeout:g} s"
+            if now >= deadline:
+                return why
+            await trio.sleep_until(min(deadline, now + tick))
+
+    def moving(self, since: float) -> bool:
+        """Whether a transfer of the tier moved bytes at or after trio time `since`:
+        evidence that the tier works, whatever a probe says."""
+        return self.moved_at is not None and self.moved_at >= since
+
+    def answered(self, success: bool = True, how: str = "a request succeeded") -> None:
         self.last_answer = trio.current_time()
         before = self.breaker.state
         if success:
@@ -280,7 +377,8 @@ class Tier:
         else:
             self.breaker.release()
         if self.breaker.state != before:
-            log.warning("tier %d (%s) is back", self.index, self.url,
+            log.warning("tier %d (%s) is back: %s, %s after it went down", self.index,
+                        self.url, how, _since(self.breaker.opened_at),
                         extra={"event": "tier_up", "tier": self.index})
             self.on_state(self)
 
@@ -298,17 +396,19 @@ class Tier:
         self.breaker.trip()
         if before != self.breaker.state:
             self._opened()
-        for _, scope in list(self.inflight.values()):
-            scope.cancel()
+        for flight in list(self.inflight.values()):
+            if flight.finishing_at is None:  # an upload being assembled has its own deadline
+                flight.scope.cancel()
 
     def _wake(self) -> None:
         self.wake.set()
         self.wake = trio.Event()
 
     def _opened(self) -> None:
-        log.warning("tier %d (%s) is down: %s; its requests go to the next tier, and it "
-                    "is tried again in %g s", self.index, self.url, self.last_error,
-                    self.cfg.breaker_open,
+        log.warning("tier %d (%s) is down: %s; its requests go to the next tier; it is "
+                    "probed every %g s and used again once a probe succeeds (or a trial "
+                    "request, allowed after %g s)", self.index, self.url, self.last_error,
+                    self.cfg.probe_interval_down, self.cfg.breaker_open,
                     extra={"event": "tier_down", "tier": self.index, "error": self.last_error})
         self._wake()  # probes now come every probe_interval_down
         self.on_state(self)
@@ -319,11 +419,14 @@ class Tier:
         self.last_error_at = time.time()
 
     def stall_deadline(self) -> float | None:
-        """When the oldest request in flight, unanswered, calls for a check of the tier."""
-        if not self.inflight:
+        """When the oldest request in flight, unanswered, calls for a check of the tier.
+        An upload the store is assembling is left out (it has complete_timeout); bytes
+        the store is seen to take of a transfer count as answers."""
+        starts = [f.start for f in self.inflight.values() if f.finishing_at is None]
+        if not starts:
             return None
-        oldest = min(start for start, _ in self.inflight.values())
-        return max(oldest, self.last_answer) + self.cfg.stall_timeout
+        answered = -math.inf if self.last_answer is None else self.last_answer
+        return max(min(starts), answered) + self.cfg.stall_timeout
 
     def status(self) -> dict[str, object]:
         retry_at = self.breaker.retry_at
@@ -336,11 +439,17 @@ class Tier:
             "retry_in": None if retry_at is None else max(0.0, retry_at - trio.current_time()),
             "requests": self.requests, "failures": self.failures,
             "in_flight": len(self.inflight),
+            "last_answer_ago": None if self.last_answer is None
+            else round(trio.current_time() - self.last_answer, 3),
             "last_error": self.last_error, "last_error_at": self.last_error_at,
             "probe_ok": self.probe_ok, "probe_at": self.probe_at,
             "probe_latency": self.probe_latency,
             "recent_latency": self.metered.recent_latency(),
         }
+
+
+def _since(then: float) -> str:
+    return f"{max(0.0, trio.current_time() - then):.1f} s"
 
 
 def reserved_error(key: str) -> BackendError:

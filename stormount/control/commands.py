@@ -105,7 +105,7 @@ class Control:
             metadata={"hits": self.vfs.metadata_hits, "misses": self.vfs.metadata_misses},
             blocks={k: blocks.get(k, 0) for k in ("hits", "misses", "evictions", "corrupt")},
             uploads={"uploaded": wb.uploaded, "failures": wb.failures,
-                     "conflicts": wb.conflicts, "bytes": wb.throughput.total},
+                     "conflicts": wb.conflicts, "bytes": wb.bytes_uploaded},
             repaired=self.chain.repaired)
 
     def tier_status(self, tier: Tier) -> dict[str, Any]:

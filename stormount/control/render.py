@@ -71,8 +71,7 @@ def tiers_table(tiers: list[dict[str, Any]]) -> Table:
                 "in flight", "last error"):
         table.add_column(col)
     for t in tiers:
-        probe = "never" if t.get("probe_at") is None else (
-            f"{'ok' if t.get('probe_ok') else 'failed'} {ago(t['probe_at'])}")
+        probe = last_probe(t)
         recent = t.get("recent_latency") or {}
         error = "-" if not t.get("last_error") else (
             f"{t['last_error']} ({ago(t.get('last_error_at'))})")
@@ -80,6 +79,32 @@ def tiers_table(tiers: list[dict[str, Any]]) -> Table:
                       styled(t["breaker"]), probe, ms(recent.get("p50_ms")),
                       ms(recent.get("p95_ms")), str(t.get("in_flight", 0)), error)
     return table
+
+
+def last_probe(t: dict[str, Any]) -> str:
+    """The last probe as it was; before the first one (probe_interval is long while the
+    tier is healthy), when the tier last answered anything, which is what is known."""
+    answered = t.get("last_answer_ago")
+    answer = ("no answer yet" if not isinstance(answered, int | float)
+              else f"last answer {duration(answered)} ago")
+    if t.get("probe_at") is None:
+        return f"no probe yet; {answer}"
+    return f"{'ok' if t.get('probe_ok') else 'failed'} {ago(t['probe_at'])}; {answer}"
+
+
+def transfer(up: dict[str, Any]) -> str:
+    """How far an upload in flight has got: 412.0 MiB / 1.0 GiB  38.2 MiB/s  ETA 16 s."""
+    if up.get("bytes_sent") is None:
+        return "-"
+    parts = [f"{size(up['bytes_sent'])} / {size(up.get('bytes_total'))}"]
+    if up.get("finishing"):
+        parts.append("sent; the store assembles it")
+    else:
+        parts.append(f"{size(up.get('rate'))}/s")
+        eta = up.get("eta")
+        parts.append("ETA -" if not isinstance(eta, int | float) else f"ETA {duration(eta)}")
+    parts.append(f"attempt {up.get('attempt')}")
+    return "  ".join(parts)
 
 
 def ops_table(title: str, rows: list[tuple[list[str], dict[str, Any]]],
@@ -153,11 +178,12 @@ def stats(console: Console, r: dict[str, Any]) -> None:
 
 def queue(console: Console, r: dict[str, Any]) -> None:
     uploads = Table(title=f"Uploads ({len(r['uploads'])})", title_justify="left")
-    for col in ("path", "state", "attempts", "size", "queued", "last error"):
+    for col in ("state", "path", "progress", "attempts", "size", "queued", "last error"):
         uploads.add_column(col)
     for up in r["uploads"]:
-        uploads.add_row("/" + str(up["path"]), styled(up["state"]), str(up["attempts"]),
-                        size(up["size"]), ago(up["queued_at"]), str(up["last_error"] or "-"))
+        uploads.add_row(styled(up["state"]), "/" + str(up["path"]), transfer(up),
+                        str(up["attempts"]), size(up["size"]), ago(up["queued_at"]),
+                        str(up["last_error"] or "-"))
     console.print(uploads)
     repairs = Table(title=f"Repairs ({len(r['repairs'])})", title_justify="left")
     for col in ("key", "tier", "action", "from", "state", "attempts", "since", "last error"):

@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from stormount.backends import Backend, ObjectInfo, list_all, open_backend
+from stormount.backends.base import Progress
 from stormount.config import parse_tier_url
 from stormount.errors import (
     BackendError,
@@ -464,6 +465,66 @@ async def test_s3_multipart_aborted_on_cancel(s3_store: Store, tmp_path: Path,
         assert scope.cancelled_caught
     assert s3_store.multipart_uploads() == []
     assert not s3_store.exists("big")
+
+
+@pytest.mark.parametrize("size", [1000, 11 * MiB])
+async def test_put_file_reports_its_progress(any_store: Store, tmp_path: Path,
+                                             size: int) -> None:
+    """Every byte once, however the SDK reads the body (S3 signs it first)."""
+    random_file(tmp_path / "f", size)
+    progress = Progress()
+    progress.begin(size)
+    url = any_store.tier_url(multipart_threshold="5MiB", part_size="5MiB")
+    async with opened(url) as backend:
+        await backend.put_file("f", str(tmp_path / "f"), META, progress=progress)
+    assert progress.sent == size and progress.moves > 0
+    # the store assembling the parts is a step of its own (the stall watch leaves it be)
+    assert progress.finishing == (size > 5 * MiB and any_store.kind in ("s3", "az"))
+
+
+def _lost_answer(client: Any, monkeypatch: pytest.MonkeyPatch, *, again: bool,
+                 meanwhile: Any = None) -> None:
+    """CompleteMultipartUpload completes on the server, and its answer is lost: the
+    SDK sends it again (`again`), which finds the upload gone, or the connection times
+    out and the upload is aborted, which finds it gone."""
+    from botocore.exceptions import ReadTimeoutError
+
+    real = client.complete_multipart_upload
+
+    def completing(**kwargs: object) -> object:
+        real(**kwargs)
+        if meanwhile is not None:
+            meanwhile()
+        if again:
+            return real(**kwargs)
+        raise ReadTimeoutError(endpoint_url="http://store")
+
+    monkeypatch.setattr(client, "complete_multipart_upload", completing)
+
+
+@pytest.mark.parametrize("again", [True, False], ids=["sent-again", "aborted"])
+async def test_s3_upload_completed_though_its_answer_was_lost_counts_as_done(
+        s3_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        again: bool) -> None:
+    data = random_file(tmp_path / "big", 11 * MiB)
+    async with opened(s3_store.tier_url(multipart_threshold="5MiB", part_size="5MiB")) as b:
+        _lost_answer(b._completer, monkeypatch, again=again)  # type: ignore[attr-defined]
+        info = await b.put_file("big", str(tmp_path / "big"), META)
+        head = await b.head("big")
+    assert (info.size, info.etag, info.metadata) == (11 * MiB, head.etag, META)
+    assert info.etag.endswith("-3")
+    assert s3_store.get("big") == data and s3_store.multipart_uploads() == []
+
+
+async def test_s3_upload_gone_and_replaced_by_another_is_a_failure(
+        s3_store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    random_file(tmp_path / "big", 11 * MiB)
+    async with opened(s3_store.tier_url(multipart_threshold="5MiB", part_size="5MiB")) as b:
+        _lost_answer(b._completer, monkeypatch, again=False,  # type: ignore[attr-defined]
+                     meanwhile=lambda: s3_store.put("big", b"another writer's", META))
+        with pytest.raises(Transient):
+            await b.put_file("big", str(tmp_path / "big"), META)
+    assert s3_store.get("big") == b"another writer's"
 
 
 async def test_s3_copy_in_parts(s3_store: Store) -> None:

@@ -5,6 +5,8 @@ commands through a real mount are tests/fuse/test_control.py."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 import trio.testing
@@ -17,7 +19,7 @@ from stormount.errors import Permanent, Transient
 from stormount.fuse.ops import Operations
 from stormount.vfs.nodes import ROOT_INO
 from tests.helpers.chain import settled
-from tests.helpers.faults import OPERATIONS
+from tests.helpers.faults import OPERATIONS, Trickle
 from tests.helpers.vfs import VfsFactory, read, write
 
 pytestmark = pytest.mark.timeout(30)
@@ -262,3 +264,34 @@ async def test_timeouts_and_stalls_are_counted_as_such(make_tiers, nursery, auto
     with trio.move_on_after(0.5):
         await chain.head("k")
     assert head.errors == {"Timeout": 4} and head.count == 4
+
+
+async def test_queue_shows_how_far_an_upload_has_got(composed, autojump_clock, caplog):
+    caplog.set_level(logging.INFO, logger="stormount")
+    c = await composed(n=1, writeback=WritebackConfig(debounce=0))
+    c.tiers.faulty[0].fail("put_file", Transient("connection reset"))
+    await write(c.vfs, "big.bin", b"b" * 1000)
+    with trio.fail_after(60):
+        while (await c.ask("queue"))["uploads"][0]["attempts"] < 1:
+            await trio.sleep(0.1)
+    # the second attempt goes over a slow link: 100 bytes a second
+    c.tiers.faulty[0].fail("put_file", Trickle(steps=10, every=1.0, step=100))
+    seen, rates = [], []
+    with trio.fail_after(60):
+        while uploads := (await c.ask("queue"))["uploads"]:
+            up = uploads[0]
+            if up["state"] == "uploading":
+                seen.append(up)
+                rates.append((await c.ask("stats"))["writeback"]["upload_bytes_per_second"])
+            await trio.sleep(0.5)
+    sent = [up["bytes_sent"] for up in seen]
+    assert len(set(sent)) > 5 and sent == sorted(sent) and 0 < sent[-1] <= 1000
+    assert {(up["bytes_total"], up["attempt"]) for up in seen} == {(1000, 2)}
+    assert all(isinstance(up["rate"], float) for up in seen)
+    assert any(up["rate"] > 0 and up["eta"] is not None and up["eta"] >= 0 for up in seen)
+    assert any(rate > 0 for rate in rates)  # fed as the bytes go, not once they landed
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("uploaded")]
+    assert len(done) == 1 and done[0].startswith("uploaded big.bin: 1000 B in ")
+    assert done[0].endswith(" after 2 attempts")
+    queued = (await c.ask("queue"))["uploads"]
+    assert queued == []

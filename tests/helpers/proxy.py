@@ -1,9 +1,9 @@
 """Loopback TCP proxies between a mount and its storage endpoint.
 
 `CountingProxy` counts the bytes the upstream sends, to measure how much data a mount
-really transfers from the store. `OutageProxy` simulates endpoint outages on a fixed
-port: refused connections (`stop`/`start`) and an endpoint that accepts but never
-answers (`hang`/`heal`)."""
+really transfers from the store; with `upload_rate` it is also a slow uplink.
+`OutageProxy` simulates endpoint outages on a fixed port: refused connections
+(`stop`/`start`) and an endpoint that accepts but never answers (`hang`/`heal`)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,15 @@ if TYPE_CHECKING:
 
 
 class CountingProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, upload_rate: float | None = None) -> None:
         self.target_port = target_port
+        self.upload_rate = upload_rate  # bytes/s of each connection, client -> upstream
         self.downstream_bytes = 0  # upstream -> client
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
+        if upload_rate is not None:
+            # a small window: the client's bytes wait in its own socket, not in ours
+            self._server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         self.port = self._server.getsockname()[1]
         self._closed = False
         self._threads: list[threading.Thread] = []
@@ -72,12 +76,15 @@ class CountingProxy:
                 threading.Thread(target=self._pipe, args=(src, dst, count), daemon=True).start()
 
     def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        rate = None if count else self.upload_rate
         try:
-            while chunk := src.recv(65536):
+            while chunk := src.recv(65536 if rate is None else 16384):
                 if count:
                     with self._lock:
                         self.downstream_bytes += len(chunk)
                 dst.sendall(chunk)
+                if rate is not None:
+                    time.sleep(len(chunk) / rate)  # the proxy's own thread: a slow link
         except OSError:
             pass
         finally:

@@ -17,6 +17,8 @@ def test_url_forms():
     local = parse_tier_url("file:///srv/data/")
     assert (local.scheme, local.container) == ("file", "/srv/data")
     assert parse_tier_url("s3://b?multipart_threshold=16MiB").multipart_threshold == 16 * MiB
+    defaults = parse_tier_url("s3://b")
+    assert (defaults.transfer_stall_timeout, defaults.complete_timeout) == (60.0, 300.0)
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -29,6 +31,10 @@ def test_url_forms():
     ("s3://b?max_connections=x", "expected an integer"),
     ("s3://b?part_size=1MiB", "at least 5MiB"),
     ("s3://[bucket", "not a storage URL"),
+    ("s3://b?transfer_stall_timeout=nan", r"transfer_stall_timeout must be a number of "
+     r"seconds, at least 0\.1 \(got nan\)"),
+    ("s3://b?complete_timeout=-5", r"complete_timeout must be .* \(got -5\.0\)"),
+    ("s3://b?upload_timeout=NaN", "upload_timeout must be a number of seconds"),
 ])
 def test_bad_urls(url, message):
     with pytest.raises(ConfigError, match=message):
