@@ -139,10 +139,10 @@ def describe(found: Scan, shown: int = SHOWN) -> str:
             uses += f" and {len(holder.uses) - USES_SHOWN} more"
         parts.append(f"pid {holder.pid} ({holder.command}: {uses})")
     more = len(found.holders) - shown
+    if more > 0:
+        parts[-1] += f" and {more} more process(es)"
     parts += [f"a mount at {point}" for point in found.submounts[:shown]]
     text = ", ".join(parts)
-    if more > 0:
-        text += f" and {more} more process(es)"
     unseen = found.unreadable and os.geteuid() != 0 and (found.allow_other or not found)
     if not text:
         text = "no process this command can see"

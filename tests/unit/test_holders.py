@@ -65,7 +65,7 @@ def test_one_line_names_a_few_then_counts(proc):
     assert "\n" not in line
     assert line.startswith(f"pid 20 (p20: cwd {MP}, file {MP}/a and 1 more), pid 21 ")
     assert "pid 23" not in line
-    assert line.endswith(f"a mount at {MP}/sub dir and 3 more process(es)")
+    assert line.endswith(f" and 3 more process(es), a mount at {MP}/sub dir")
 
 
 def test_unreadable_processes_are_mentioned_only_when_they_matter(proc, monkeypatch):
