@@ -37,6 +37,7 @@ from stormount.errors import BackendError, StartupError, StormountError, Transie
 from stormount.fuse.ops import Operations
 from stormount.manage import lifecycle
 from stormount.manage.store import lifecycle_store
+from stormount.stopping import Stopper
 from stormount.vfs.fs import Vfs
 from stormount.vfs.pins import Pins
 from stormount.vfs.quota import Quotas
@@ -424,7 +425,14 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                         await _recount_quotas(vfs)
 
             pins = None if vfs.reader is None else Pins(vfs, blocks, cfg.cache.listing_ttl)
-            control = Control(cfg, vfs, ops, chain, pins=pins)
+            pid = os.getpid()
+
+            def ready_status() -> str:
+                return (f"mounted {redact(cfg.tiers[0].url)} at {cfg.mountpoint}; control "
+                        f"socket {server.path}")
+
+            stopper = Stopper(cfg.mountpoint, vfs, status=ready_status)
+            control = Control(cfg, vfs, ops, chain, pins=pins, unmount=stopper.request)
             server = ControlServer(socket_path(cfg), control.handle)
             metrics = None
             try:
@@ -443,11 +451,13 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                     if cfg.lifecycle and cfg.lifecycle_interval > 0:
                         tasks.append(functools.partial(
                             _lifecycle_every, cfg, backends, vfs, ops))
-                    pending = await _serve(cfg, vfs, chain, server, on_ready, reload,
+                    pending = await _serve(cfg, vfs, chain, server, stopper, on_ready, reload,
                                            signals, tasks)
                 finally:
-                    pyfuse3.close(unmount=True)
-                    registry.unregister(cfg.mountpoint)
+                    # once detached, the mountpoint may hold someone else's mount (and
+                    # record) by now
+                    pyfuse3.close(unmount=stopper.attached)
+                    registry.unregister(cfg.mountpoint, pid)
             finally:
                 server.close()
                 if metrics is not None:
@@ -474,18 +484,6 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
             for backend in backends:
                 await backend.aclose()
         os.close(lock_fd)
-
-
-def _drain_status(vfs: Vfs) -> str:
-    return (f"uploading {len(vfs.writeback.pending())} queued file(s), then unmounting "
-            "(stop again to unmount at once: they stay queued)")
-
-
-async def _report_drain(vfs: Vfs) -> None:
-    """systemd's STATUS= follows the queue while it drains (systemctl status shows it)."""
-    while True:
-        await trio.sleep(1.0)
-        notify.notify(STATUS=_drain_status(vfs))
 
 
 QUOTA_FIRST_COUNT = 60.0  # seconds the start waits for the first count of quota usage
@@ -555,28 +553,12 @@ async def _watchdog(interval: float) -> None:
 
 
 async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer,
-                 on_ready: Callable[[], None], reload: Callable[[], Awaitable[None]],
-                 signals: AsyncIterator[int],
+                 stopper: Stopper, on_ready: Callable[[], None],
+                 reload: Callable[[], Awaitable[None]], signals: AsyncIterator[int],
                  tasks: Sequence[Callable[[], Awaitable[None]]] = ()) -> list[str]:
-    """Serve until unmounted, then upload what is queued: a signal starts that at once
-    and unmounts after it; a second signal stops waiting (the queue stays journaled).
-    Returns the paths still pending."""
-    draining: list[trio.CancelScope] = []  # the wait for the queue, once it began
-    drained = trio.Event()
-
-    async def drain() -> None:
-        scope = trio.CancelScope()
-        draining.append(scope)
-        notify.notify(STOPPING=1, STATUS=_drain_status(vfs))
-        try:
-            with scope:
-                async with trio.open_nursery() as status:
-                    status.start_soon(_report_drain, vfs)
-                    await vfs.shutdown()
-                    status.cancel_scope.cancel()
-        finally:
-            drained.set()
-
+    """Serve until unmounted, then upload what is queued. How the end comes (signals,
+    `stormount unmount`, an unmount from outside) is the stopper's business. Returns
+    the paths still pending."""
     async with trio.open_nursery() as nursery:
 
         async def when_ready() -> None:
@@ -590,27 +572,16 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
                 log.warning("cannot record the mount in %s: %s", registry.runtime_dir(), e)
             log.info("mounted %s at %s", redact(cfg.tiers[0].url), cfg.mountpoint)
             on_ready()
-            notify.notify(READY=1, STATUS=f"mounted {redact(cfg.tiers[0].url)} at "
-                          f"{cfg.mountpoint}; control socket {server.path}")
-
-        async def drain_then_unmount() -> None:
-            await drain()
-            pyfuse3.terminate()
+            notify.notify(READY=1, STATUS=stopper.status())
 
         async def on_signals() -> None:
             async for signum in signals:
-                name = signal.Signals(signum).name
                 if signum == signal.SIGHUP:
                     await reload()
-                elif not draining:
-                    log.info("%s: uploading %d queued file(s), then unmounting (signal "
-                             "again to unmount at once: they stay queued)", name,
-                             len(vfs.writeback.pending()))
-                    nursery.start_soon(drain_then_unmount)
                 else:
-                    log.info("%s: unmounting now", name)
-                    draining[-1].cancel()
+                    stopper.signalled(signal.Signals(signum).name)
 
+        stopper.serve_in(nursery)
         vfs.background = nursery  # listing refreshes run beside the requests
         if vfs.reader is not None:
             vfs.reader.background = nursery  # and so does read-ahead
@@ -627,15 +598,13 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
             nursery.start_soon(_watchdog, interval)
         try:
             await pyfuse3.main()
-            if not draining:
-                # unmounted from outside (`fusermount3 -u`, `umount`): the uploader goes
-                # on until the queue is empty or a signal says stop
-                await drain()
-            else:
-                await drained.wait()  # a signal's drain, also if the mount went meanwhile
+            # unmounted (by the stopper, from outside, or the last user of a detached
+            # mount let go): the uploader goes on until the queue is empty or a signal
+            # says stop
+            pending = await stopper.finish()
         finally:
             vfs.background = None  # the nursery closes with this block
             if vfs.reader is not None:
                 vfs.reader.background = None
             nursery.cancel_scope.cancel()
-    return [up.path for up in vfs.writeback.pending()]
+    return pending

@@ -50,19 +50,40 @@ def register(record: MountRecord) -> None:
     os.replace(tmp, path)
 
 
-def unregister(mountpoint: str) -> None:
+def unregister(mountpoint: str, pid: int | None = None) -> None:
+    """Remove the record of the mount at `mountpoint`; with `pid`, only if that daemon
+    made it: a daemon that detached lazily and serves on may find a new mount's record
+    there by the time it exits."""
+    path = _path(mountpoint)
+    if pid is not None:
+        try:
+            with open(path) as f:
+                owner = json.load(f).get("pid")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, AttributeError):
+            owner = pid  # unreadable: nobody's record, removed
+        if owner != pid:
+            return
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(_path(mountpoint))
+        os.unlink(path)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Is process `pid` running (as far as this user can tell)? A zombie is not: it has
+    exited, only its parent has not collected its status yet."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+    except OSError:
+        return True
+    return state != [b"Z"]
 
 
 def lookup(mountpoint: str) -> MountRecord | None:
@@ -71,7 +92,7 @@ def lookup(mountpoint: str) -> MountRecord | None:
             record = MountRecord(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
-    return record if _alive(record.pid) else None
+    return record if alive(record.pid) else None
 
 
 def all_records() -> list[MountRecord]:
@@ -87,7 +108,7 @@ def all_records() -> list[MountRecord]:
                     record = MountRecord(**json.load(f))
             except (OSError, ValueError, TypeError):
                 continue
-            if _alive(record.pid):
+            if alive(record.pid):
                 out.append(record)
     return out
 

@@ -403,12 +403,18 @@ class Writeback:
             await self._progress()
         return [up for up, _ in chosen if not up.uploaded.is_set()]
 
+    def hurry(self, on: bool = True) -> None:
+        """The mount is ending: upload everything now and what comes later at once (no
+        debounce). Off again when an unmount was refused and the mount goes on."""
+        self._draining = on
+        if on:
+            self._hurry(self._uploads.values())
+
     async def drain(self) -> None:
         """Upload everything now and keep retrying until the queue is empty (shutdown);
         the caller bounds the wait."""
-        self._draining = True
-        self._release(self._uploads.values())
-        self._hurry(self._uploads.values())
+        self.hurry()
+        self._release(self._uploads.values())  # files still open too: nothing will close them
         while self._uploads:
             await self._progress()
 

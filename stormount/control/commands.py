@@ -29,7 +29,9 @@ from stormount.writeback import FAILING, UPLOADING
 
 PROGRESS_EVERY = 0.5  # seconds between progress lines of a flush
 COMMANDS = ("health", "stats", "invalidate", "flush", "queue", "tiers", "drain", "undrain",
-            "metrics", "pin", "unpin", "pins")
+            "metrics", "pin", "unpin", "pins", "unmount")
+# how the mount is asked to end (stormount.stopping): lazy, force, timeout, progress
+Unmount = Callable[..., Awaitable[Reply]]
 
 
 @dataclass
@@ -69,8 +71,9 @@ class Control:
 
     def __init__(self, cfg: MountConfig, vfs: Vfs, ops: Operations, chain: Chain, *,
                  invalidate: Callable[[str, bool], Awaitable[int]] | None = None,
-                 pins: Pins | None = None) -> None:
+                 pins: Pins | None = None, unmount: Unmount | None = None) -> None:
         self.cfg = cfg
+        self.unmount = unmount  # None: a mount without a daemon around it (tests)
         self.pins = pins  # None: the mount has no block cache to keep pinned data in
         self.vfs = vfs
         self.ops = ops
@@ -253,6 +256,16 @@ class Control:
         tier = self.tier_named(request.get("tier"))
         changed = tier.drain(False)
         return {"tier": self.tier_status(tier), "changed": changed}
+
+    async def _unmount(self, request: dict[str, Any], progress: Progress) -> Reply:
+        lazy, force = _flag(request, "lazy"), _flag(request, "force")
+        timeout = request.get("timeout", 300.0)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise RequestError("timeout must be a number of seconds, 0 or more")
+        if self.unmount is None:
+            raise RequestError("this mount cannot be unmounted through its socket")
+        return await self.unmount(lazy=lazy, force=force, timeout=float(timeout),
+                                  progress=progress if _flag(request, "progress") else None)
 
     async def _metrics(self, request: dict[str, Any], progress: Progress) -> Reply:
         from stormount.control.metrics import exposition  # prometheus_client: on demand
