@@ -14,8 +14,10 @@ import builtins
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import re
+import secrets
 import threading
 import time
 import urllib.parse
@@ -38,7 +40,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobPrefix, BlobServiceClient
+from azure.storage.blob import BlobBlock, BlobPrefix, BlobServiceClient
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
@@ -53,6 +55,7 @@ from stormount.backends.base import (
     run_blocking,
     strip_etag,
 )
+from stormount.backends.resume import Part, Recorded, Resume, Stored, md5_hex, source_of
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -349,7 +352,8 @@ class AzureBackend:
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
                        if_match: str | None = None, if_absent: bool = False,
-                       progress: Progress | None = None) -> ObjectInfo:
+                       progress: Progress | None = None,
+                       resume: Resume | None = None) -> ObjectInfo:
         meta = checked_metadata(metadata, "Azure", self._where(key), self.url, key)
         blob = self._blob(key)
         cond: dict[str, Any] = {}
@@ -386,7 +390,11 @@ class AzureBackend:
                                         max_concurrency=4, progress_hook=hook, **cond)
                 return size, resp
         try:
-            size, resp = await self._call("put", key, _put)
+            size = os.stat(path).st_size  # a local stat: cheaper than a thread hop
+            if resume is not None and size > self._tier.multipart_threshold:
+                resp = await self._put_blocks(key, path, size, meta, cond, progress, resume)
+            else:
+                size, resp = await self._call("put", key, _put)
         except (Conflict, NotFound) as e:
             if not cond:
                 raise
@@ -394,6 +402,95 @@ class AzureBackend:
                           f"upload was based on ({e})", backend=self.url, key=key) from None
         return ObjectInfo(key=key, size=size, mtime=_epoch(resp.get("last_modified")),
                           etag=strip_etag(resp.get("etag")), metadata=meta)
+
+    async def _put_blocks(self, key: str, path: str, size: int, meta: Mapping[str, str],
+                          cond: Mapping[str, Any], progress: Progress | None,
+                          resume: Resume) -> dict[str, Any]:
+        """Stage the file's blocks under ids of the upload's own prefix (recorded in
+        `resume` as they land), then commit their list on the condition. A new attempt
+        stages only the blocks the store does not list as uncommitted. Blocks of an
+        attempt given up are never committed: the store drops them (after a week), or
+        when the blob is next committed."""
+        blob = self._blob(key)
+        if resume.stale(self.url, key) is not None:
+            resume.dropped()  # its blocks are simply not committed
+        recorded = resume.reusable(self.url, key)
+        listed: dict[int, tuple[str, int]] = {}
+        if recorded is not None:
+            listed = await self._call("list blocks", key, _uncommitted, blob, recorded.ident)
+            if progress is not None:
+                progress.answered()
+        else:
+            recorded = resume.started(self.url, key, secrets.token_hex(8),
+                                      max(1, self._tier.part_size), time.time())
+        part_size = recorded.part_size
+        nparts = math.ceil(size / part_size)
+        ident = recorded.ident
+        reused = 0
+
+        def _block(n: int) -> Part | None:
+            """Block n (0-based) staged: its Part if it was sent now."""
+            start = n * part_size
+            want = min(part_size, size - start)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(want)
+            if len(data) != want:
+                raise Transient(f"Azure put {self._where(key)}: {path} changed size while "
+                                "it was uploaded", backend=self.url, key=key)
+            source = source_of(n + 1, want, data, recorded, listed)
+            if isinstance(source, Stored):
+                if progress is not None:
+                    progress.reused(want)
+                return None
+            block_id = _block_id(ident, n + 1)
+            blob.stage_block(block_id, data, length=want)
+            if progress is not None:
+                progress.add(want, taken=True)  # counted once the block was answered
+            return Part(n + 1, block_id, want, md5_hex(data))
+
+        todo = iter(range(nparts))
+        failures: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+            async def worker() -> None:
+                nonlocal reused
+                for n in todo:
+                    try:
+                        part = await self._call("put", key, _block, n)
+                    except Exception as e:
+                        failures.append(e)
+                        nursery.cancel_scope.cancel()
+                        return
+                    if part is None:
+                        reused += 1
+                    else:
+                        resume.landed(part)  # committed to the journal as each lands
+            # as upload_blob's max_concurrency: memory held is about this many blocks
+            for _ in range(min(4, self._tier.max_connections, nparts)):
+                nursery.start_soon(worker)
+        try:
+            if failures:
+                raise failures[0]
+            if progress is not None:
+                progress.finish()  # the store now assembles the blob
+            blocks = [BlobBlock(block_id=_block_id(ident, n + 1)) for n in range(nparts)]
+            resp: dict[str, Any] = await self._call(
+                "put", key, blob.commit_block_list, blocks, metadata=dict(meta), **cond)
+        except Transient:
+            raise  # the blocks stay staged: the next attempt continues
+        except BackendError:  # a conflict, a permanent error: never committed, they expire
+            resume.dropped()
+            raise
+        resume.dropped()  # committed: the blocks are the blob's now
+        resume.reused, resume.parts = reused, nparts
+        if reused:
+            log.info("%s: resumed the upload of %s: %d of %d blocks were already staged",
+                     self.url, self._where(key), reused, nparts)
+        return resp
+
+    async def abandon(self, recorded: Recorded) -> None:
+        # uncommitted blocks cannot be deleted without the blob: the store drops them
+        await trio.lowlevel.checkpoint()
 
     async def delete(self, key: str) -> None:
         try:
@@ -523,6 +620,23 @@ class AzureBackend:
 
 
 _SECRET_OPTIONS = ("account_key", "sas_token", "connection_string")
+
+
+def _block_id(prefix: str, number: int) -> str:
+    """Block ids of one blob must all be the same length (the SDK base64-encodes them)."""
+    return f"{prefix}-{number:06d}"
+
+
+def _uncommitted(blob: Any, prefix: str) -> dict[int, tuple[str, int]]:
+    """Part number -> (block id, size) of the upload's blocks the store holds staged."""
+    _, uncommitted = blob.get_block_list("uncommitted")
+    out: dict[int, tuple[str, int]] = {}
+    for block in uncommitted:
+        ident = str(block.id)
+        head, _, number = ident.rpartition("-")
+        if head == prefix and number.isdigit():
+            out[int(number)] = (ident, int(block.size or 0))
+    return out
 
 
 def _redact_url(url: str) -> str:

@@ -19,6 +19,7 @@ from typing import BinaryIO, Protocol, TypeVar
 
 import trio
 
+from stormount.backends.resume import Recorded, Resume
 from stormount.errors import Permanent, Transient
 from stormount.stats import Rate
 
@@ -103,6 +104,14 @@ class Progress:
         if self._shared is not None:
             self._shared.add(nbytes)
 
+    def reused(self, nbytes: int) -> None:
+        """`nbytes` found stored by an earlier attempt (a resumed upload): sent, for the
+        ETA, but not now, so not counted in the rates."""
+        with self._lock:
+            self.sent += nbytes
+            self.moves += 1
+            self.answers += 1
+
     def answered(self) -> None:
         """A request of the upload (a part, a block) was answered."""
         with self._lock:
@@ -149,12 +158,20 @@ class Backend(Protocol):
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
                        if_match: str | None = None, if_absent: bool = False,
-                       progress: Progress | None = None) -> ObjectInfo:
+                       progress: Progress | None = None,
+                       resume: Resume | None = None) -> ObjectInfo:
         """Upload a local file as the object (multipart/staged for big files). With
         `if_match`, only while the object is still that version; with `if_absent`, only
         if there is no such object: otherwise Changed, and the store is left as it was.
         `progress` is told of the bytes as they go out (and when the store assembles
-        the object), from any thread."""
+        the object), from any thread. With `resume`, a multipart upload is recorded as
+        it goes and continued from the parts an earlier attempt stored, and is left in
+        the store (not aborted) when the attempt fails transiently or is cancelled;
+        stores without multipart uploads ignore it."""
+
+    async def abandon(self, recorded: Recorded) -> None:
+        """Give up a recorded resumable upload (abort it, where the store keeps its
+        parts); one of another store, or gone already, is ignored."""
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         """Upload a small object from memory (markers, symlinks)."""

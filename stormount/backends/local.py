@@ -23,6 +23,7 @@ from typing import TypeVar
 import trio
 
 from stormount.backends.base import ListPage, ObjectInfo, Progress, Unfinished, run_blocking
+from stormount.backends.resume import Recorded, Resume
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -221,7 +222,9 @@ class LocalBackend:
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
                        if_match: str | None = None, if_absent: bool = False,
-                       progress: Progress | None = None) -> ObjectInfo:
+                       progress: Progress | None = None,
+                       resume: Resume | None = None) -> ObjectInfo:
+        # one request (or a local file) per upload: nothing to resume
         def _fill(fd: int) -> None:
             with open(path, "rb") as src:
                 while chunk := src.read(1 << 20):
@@ -247,6 +250,9 @@ class LocalBackend:
             except OSError:
                 return
             path = os.path.dirname(path)
+
+    async def abandon(self, recorded: Recorded) -> None:
+        await trio.lowlevel.checkpoint()  # never records an upload
 
     async def delete(self, key: str) -> None:
         def _delete() -> None:

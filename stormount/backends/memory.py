@@ -12,6 +12,7 @@ from dataclasses import replace
 import trio
 
 from stormount.backends.base import ListPage, ObjectInfo, Progress, Unfinished
+from stormount.backends.resume import Recorded, Resume
 from stormount.config import TierConfig
 from stormount.errors import Changed, NotFound
 
@@ -68,7 +69,9 @@ class MemoryBackend:
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
                        if_match: str | None = None, if_absent: bool = False,
-                       progress: Progress | None = None) -> ObjectInfo:
+                       progress: Progress | None = None,
+                       resume: Resume | None = None) -> ObjectInfo:
+        # one request (or a local file) per upload: nothing to resume
         with open(path, "rb") as f:
             data = f.read()
         if progress is not None:
@@ -80,6 +83,9 @@ class MemoryBackend:
             raise Changed(f"memory put {key}: the object is not the version expected",
                           backend=self.url, key=key)
         return await self.put_bytes(key, data, metadata)
+
+    async def abandon(self, recorded: Recorded) -> None:
+        await trio.lowlevel.checkpoint()  # never records an upload
 
     async def delete(self, key: str) -> None:
         await trio.lowlevel.checkpoint()

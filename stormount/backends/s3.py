@@ -39,6 +39,7 @@ from stormount.backends.base import (
     run_blocking,
     strip_etag,
 )
+from stormount.backends.resume import Part, Recorded, Resume, Stored, md5_hex, source_of
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -386,7 +387,8 @@ class S3Backend:
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
                        if_match: str | None = None, if_absent: bool = False,
-                       progress: Progress | None = None) -> ObjectInfo:
+                       progress: Progress | None = None,
+                       resume: Resume | None = None) -> ObjectInfo:
         meta = checked_metadata(metadata, "S3", self._where(key), self.url, key)
         size = os.stat(path).st_size  # a local stat: cheaper than a thread hop
         cond: dict[str, str] = {}
@@ -419,6 +421,9 @@ class S3Backend:
                 if current is None or current.etag != if_match:
                     raise Conflict(f"S3 put {self._where(key)}: changed", backend=self.url,
                                    key=key)
+            if resume is not None:
+                return await self._put_resumable(key, path, size, meta, cond, progress,
+                                                 resume)
             return await self._put_multipart(key, path, size, meta, cond, progress)
         except (Conflict, NotFound) as e:
             if not cond:
@@ -538,6 +543,149 @@ class S3Backend:
 
         return await self._multipart("put", key, meta, size, nparts, _part, {}, cond,
                                      progress)
+
+    async def _put_resumable(self, key: str, path: str, size: int, meta: Mapping[str, str],
+                             cond: Mapping[str, str], progress: Progress | None,
+                             resume: Resume) -> ObjectInfo:
+        """A multipart upload recorded in `resume` as it goes, continued from the parts
+        the store lists for the recorded upload. A transient failure or a cancellation
+        leaves it in the store for the next attempt; it is aborted only when it can no
+        longer be continued (content changed, a conflict, a permanent error)."""
+        stale = resume.stale(self.url, key)
+        if stale is not None:  # begun here for other content (or another key)
+            await self._abort(stale.key, stale.ident)
+            resume.dropped()
+        recorded = resume.reusable(self.url, key)
+        listed: dict[int, tuple[str, int]] = {}
+        if recorded is not None:
+            found = await self._call("list parts", key, self._list_parts, recorded)
+            if progress is not None:
+                progress.answered()
+            if found is None:  # gone: completed after all, or aborted (gc, a lifecycle rule)
+                etags = [recorded.parts[n].etag for n in sorted(recorded.parts)]
+                landed = await self._landed(key, size, meta, etags) if len(etags) == \
+                    math.ceil(size / recorded.part_size) else None
+                resume.dropped()
+                if landed is not None:
+                    return landed
+                recorded = None
+            else:
+                listed = found
+        if recorded is None:
+            created = await self._call("put", key, self._client.create_multipart_upload,
+                                       Bucket=self.bucket, Key=self._full(key),
+                                       Metadata=dict(meta))
+            recorded = resume.started(self.url, key, created["UploadId"],
+                                      self._part_size(size, self._tier.part_size), time.time())
+        return await self._send_parts(key, path, size, meta, cond, progress, resume,
+                                      recorded, listed)
+
+    def _list_parts(self, recorded: Recorded) -> dict[int, tuple[str, int]] | None:
+        """Part number -> (ETag, size) of the parts the store holds for the upload;
+        None when it no longer knows the upload."""
+        out: dict[int, tuple[str, int]] = {}
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(recorded.key),
+                                  "UploadId": recorded.ident}
+        while True:
+            try:
+                resp = self._client.list_parts(**kwargs)
+            except botocore.exceptions.ClientError as e:
+                if str(e.response.get("Error", {}).get("Code", "")) in ("NoSuchUpload",
+                                                                         "404"):
+                    return None
+                raise
+            for p in resp.get("Parts", []):
+                out[int(p["PartNumber"])] = (strip_etag(p.get("ETag")), int(p.get("Size", 0)))
+            if not resp.get("IsTruncated"):
+                return out
+            kwargs["PartNumberMarker"] = resp.get("NextPartNumberMarker")
+
+    async def _send_parts(self, key: str, path: str, size: int, meta: Mapping[str, str],
+                          cond: Mapping[str, str], progress: Progress | None, resume: Resume,
+                          recorded: Recorded, listed: dict[int, tuple[str, int]]) -> ObjectInfo:
+        part_size = recorded.part_size
+        nparts = math.ceil(size / part_size)
+        full = self._full(key)
+        etags: list[str | None] = [None] * nparts
+        reused = 0
+
+        def _part(n: int) -> tuple[str, Part | None]:
+            """Part n (0-based) stored: its ETag, and the Part if it was sent now."""
+            start = n * part_size
+            want = min(part_size, size - start)
+            with open(path, "rb") as f:
+                f.seek(start)
+                data = f.read(want)
+            if len(data) != want:
+                raise Transient(f"S3 put {self._where(key)}: {path} changed size while it "
+                                "was uploaded", backend=self.url, key=key)
+            source = source_of(n + 1, want, data, recorded, listed)
+            if isinstance(source, Stored):
+                if progress is not None:
+                    progress.reused(want)
+                return source.etag, None
+            body = ExactFile(io.BytesIO(data), want, f"S3 put {self._where(key)}", progress)
+            resp = self._client.upload_part(Bucket=self.bucket, Key=full,
+                                            UploadId=recorded.ident, PartNumber=n + 1,
+                                            Body=body, ContentLength=want)
+            if progress is not None:
+                progress.answered()
+            etag = strip_etag(resp["ETag"])
+            return etag, Part(n + 1, etag, want, md5_hex(data))
+
+        todo = iter(range(nparts))
+        failures: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+            async def worker() -> None:
+                nonlocal reused
+                for n in todo:
+                    try:
+                        etags[n], part = await self._call("put", key, _part, n)
+                    except Exception as e:
+                        failures.append(e)
+                        nursery.cancel_scope.cancel()
+                        return
+                    if part is None:
+                        reused += 1
+                    else:
+                        resume.landed(part)  # committed to the journal as each part lands
+            for _ in range(min(self._part_concurrency, nparts)):
+                nursery.start_soon(worker)
+        try:
+            if failures:
+                raise failures[0]
+            if progress is not None:
+                progress.finish()  # the store now assembles the object: no bytes move
+            parts = [{"ETag": f'"{etag}"', "PartNumber": n + 1} for n, etag in enumerate(etags)]
+            resp = await self._call("put", key, self._completer.complete_multipart_upload,
+                                    Bucket=self.bucket, Key=full, UploadId=recorded.ident,
+                                    MultipartUpload={"Parts": parts}, **cond)
+        except Transient as e:
+            if None not in etags:  # completed after all (a lost answer)?
+                landed = await self._landed(key, size, meta, [str(t) for t in etags])
+                if landed is not None:
+                    resume.dropped()
+                    log.info("%s: multipart upload %s of %s had completed after all (%s)",
+                             self.url, recorded.ident, full, e)
+                    return landed
+            raise  # left in the store: the next attempt continues it
+        except BackendError:  # a conflict, a permanent error: it cannot be continued
+            await self._abort(key, recorded.ident)
+            resume.dropped()
+            raise
+        resume.dropped()  # completed: the store no longer knows the upload
+        resume.reused, resume.parts = reused, nparts
+        if reused:
+            log.info("%s: resumed multipart upload of %s: %d of %d parts were already "
+                     "stored", self.url, full, reused, nparts)
+        return ObjectInfo(key=key, size=size, mtime=_response_time(resp), mtime_exact=False,
+                          etag=strip_etag(resp.get("ETag")), metadata=dict(meta))
+
+    async def abandon(self, recorded: Recorded) -> None:
+        if recorded.url == self.url:
+            await self._abort(recorded.key, recorded.ident)
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, self._client.delete_object, Bucket=self.bucket,

@@ -34,6 +34,7 @@ from typing import TypeVar
 import trio
 
 from stormount.backends.base import ListPage, ObjectInfo, Progress
+from stormount.backends.resume import Recorded, Resume
 from stormount.chain.health import RESERVED, Health
 from stormount.chain.repair import (
     ABSENT,
@@ -199,11 +200,24 @@ class Chain:
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
                        if_match: str | None = None, if_absent: bool = False,
-                       progress: Progress | None = None) -> ObjectInfo:
+                       progress: Progress | None = None,
+                       resume: Resume | None = None) -> ObjectInfo:
         async def send(tier: Tier, if_match: str | None, if_absent: bool) -> ObjectInfo:
+            # each tier's backend continues only an upload recorded under its own URL,
+            # and records the one it begins under it (a failover starts fresh)
             return await tier.backend.put_file(key, path, metadata, if_match=if_match,
-                                               if_absent=if_absent, progress=progress)
+                                               if_absent=if_absent, progress=progress,
+                                               resume=resume)
         return await self._store(key, send, if_match, if_absent)
+
+    async def abandon(self, recorded: Recorded) -> None:
+        """Abort a recorded upload on the tier it was begun on (each ignores others')."""
+        for tier in self.tiers:
+            try:
+                await tier.backend.abandon(recorded)
+            except BackendError as e:  # left in the store: gc finds it
+                log.warning("tier %d: cannot abort the upload of %s: %s", tier.index,
+                            recorded.key, e)
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         async def send(tier: Tier, if_match: str | None, if_absent: bool) -> ObjectInfo:

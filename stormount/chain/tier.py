@@ -20,6 +20,7 @@ from typing import TypeVar
 import trio
 
 from stormount.backends.base import Backend, ListPage, ObjectInfo, Progress
+from stormount.backends.resume import Recorded, Resume
 from stormount.chain.breaker import Breaker, State
 from stormount.config import TierConfig
 from stormount.errors import (
@@ -143,7 +144,8 @@ class Metered:
 
     async def put_file(self, key: str, path: str, metadata: Mapping[str, str], *,
                        if_match: str | None = None, if_absent: bool = False,
-                       progress: Progress | None = None) -> ObjectInfo:
+                       progress: Progress | None = None,
+                       resume: Resume | None = None) -> ObjectInfo:
         progress = progress if progress is not None else Progress()
         try:
             size: int | None = os.stat(path).st_size  # a local stat: no thread hop
@@ -154,7 +156,11 @@ class Metered:
         if watched is not None:  # the tier's attempt judges this upload by its progress
             watched.append((progress, progress.moves, progress.answers))
         return await self._timed("put", self.inner.put_file(
-            key, path, metadata, if_match=if_match, if_absent=if_absent, progress=progress))
+            key, path, metadata, if_match=if_match, if_absent=if_absent, progress=progress,
+            resume=resume))
+
+    async def abandon(self, recorded: Recorded) -> None:
+        await self._timed("abort upload", self.inner.abandon(recorded))
 
     async def put_bytes(self, key: str, data: bytes, metadata: Mapping[str, str]) -> ObjectInfo:
         return await self._timed("put", self.inner.put_bytes(key, data, metadata))
