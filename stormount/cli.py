@@ -710,9 +710,14 @@ def gc(source: str, apply: bool, older_than: str, cache_dir: str | None, as_json
     cfg = _store_config(source, tiers, config_file, options)
     prefix = folder_prefix(path)
 
+    # uploads a queue will continue are not orphans: the running mounts' journals
+    # (read-only, beside them) and the cache directory given say which
+    journals = [r.cache_dir for r in registry.all_records()] + ([cache_dir] if cache_dir else [])
+    resumable = orphans.resumable_uploads(journals)
+
     async def run_gc() -> list[orphans.Finding]:
         async with open_store(cfg) as store:
-            sweep = orphans.Gc(store, prefix, age)
+            sweep = orphans.Gc(store, prefix, age, resumable)
             await sweep.scan()
             if apply:
                 await sweep.apply()

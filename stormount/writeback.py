@@ -30,6 +30,7 @@ by the object's size and metadata, which carry the file's mtime in nanoseconds.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import json
@@ -46,6 +47,7 @@ from dataclasses import dataclass, field
 import trio
 
 from stormount.backends.base import Backend, ObjectInfo, Progress
+from stormount.backends.resume import Part, Recorded, Resume
 from stormount.chain.chain import conflict_name
 from stormount.config import WritebackConfig
 from stormount.durable import SqliteJournal
@@ -73,6 +75,28 @@ CREATE TABLE IF NOT EXISTS pending (
                                      -- last write (CLOSED), 2 written since (WRITING)
 );
 """
+# a resumable multipart upload of a pending row (see backends/resume.py), and each of its
+# parts as it lands: a row per part is cheaper to commit than a rewritten list. Created
+# in older journals at their next open.
+_SCHEMA += """
+CREATE TABLE IF NOT EXISTS multipart (
+    path TEXT PRIMARY KEY,      -- the pending row it uploads
+    url TEXT NOT NULL,          -- the tier it was begun on
+    key TEXT NOT NULL,          -- the object key it was begun for
+    ident TEXT NOT NULL,        -- S3 upload id, Azure block-id prefix
+    part_size INTEGER NOT NULL,
+    signature TEXT NOT NULL,    -- of the staging file, base and metadata it uploads
+    started REAL NOT NULL       -- seconds since the epoch
+);
+CREATE TABLE IF NOT EXISTS parts (
+    path TEXT NOT NULL,
+    part INTEGER NOT NULL,      -- 1-based
+    etag TEXT NOT NULL,         -- S3 ETag, Azure block id
+    size INTEGER NOT NULL,
+    md5 TEXT NOT NULL,          -- of the bytes sent
+    PRIMARY KEY (path, part)
+);
+"""
 # journals of version 1 have no `held` column: every row of theirs was final
 _UPGRADE = "ALTER TABLE pending ADD COLUMN held INTEGER NOT NULL DEFAULT 0"
 
@@ -96,6 +120,8 @@ class Upload:
     finished: trio.Event = field(default_factory=trio.Event)  # the attempt in flight ended
     uploaded: trio.Event = field(default_factory=trio.Event)  # this content is stored
     progress: Progress | None = None  # of the attempt in flight, or the last one
+    multipart: Recorded | None = None  # the resumable upload an attempt began
+    resume: Resume | None = None  # of the attempt in flight, or the last one
 
     def describe(self) -> dict[str, object]:
         state = OPEN if self.held and self.state != UPLOADING else self.state
@@ -140,10 +166,29 @@ class Journal(SqliteJournal):
         rows = self._db.execute(
             "SELECT path, staging, base, metadata, attempts, last_error, state, queued_at,"
             " held FROM pending ORDER BY queued_at").fetchall()
+        recorded = self.multiparts()
         return [Upload(path=p, staging=s, base=b, metadata=json.loads(m), attempts=a,
                        last_error=e, state=FAILING if st == FAILING else QUEUED, queued_at=q,
-                       held=h)
+                       held=h, multipart=recorded.get(p))
                 for p, s, b, m, a, e, st, q, h in rows]
+
+    def multiparts(self) -> dict[str, Recorded]:
+        """The resumable uploads recorded, by the path of their row, with their parts."""
+        return _multiparts(self._db)
+
+    def begin_multipart(self, path: str, rec: Recorded) -> None:
+        self._write(False, ("DELETE FROM parts WHERE path = ?", (path,)), (
+            "INSERT OR REPLACE INTO multipart (path, url, key, ident, part_size, signature,"
+            " started) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (path, rec.url, rec.key, rec.ident, rec.part_size, rec.signature, rec.started)))
+
+    def add_part(self, path: str, part: Part) -> None:
+        self._write(False, (
+            "INSERT OR REPLACE INTO parts (path, part, etag, size, md5) VALUES (?, ?, ?, ?, ?)",
+            (path, part.number, part.etag, part.size, part.md5)))
+
+    def drop_multipart(self, path: str) -> None:
+        self._write(False, *_dropping(path))
 
     def put(self, up: Upload, *, durable: bool = False) -> None:
         self._write(durable, (
@@ -153,11 +198,44 @@ class Journal(SqliteJournal):
              up.attempts, up.last_error, up.state, up.queued_at, up.held)))
 
     def remove(self, path: str) -> None:
-        self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)))
+        self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)), *_dropping(path))
 
     def rename(self, old: str, new: str, base: str | None) -> None:
-        self._write(False, ("DELETE FROM pending WHERE path = ?", (new,)),
-                    ("UPDATE pending SET path = ?, base = ? WHERE path = ?", (new, base, old)))
+        # the recorded upload moves with its row: begun for the old key, the next
+        # attempt finds it stale and aborts it
+        self._write(False, ("DELETE FROM pending WHERE path = ?", (new,)), *_dropping(new),
+                    ("UPDATE pending SET path = ?, base = ? WHERE path = ?", (new, base, old)),
+                    ("UPDATE multipart SET path = ? WHERE path = ?", (new, old)),
+                    ("UPDATE parts SET path = ? WHERE path = ?", (new, old)))
+
+
+def _dropping(path: str) -> tuple[tuple[str, tuple[object, ...]], ...]:
+    return (("DELETE FROM multipart WHERE path = ?", (path,)),
+            ("DELETE FROM parts WHERE path = ?", (path,)))
+
+
+def _multiparts(db: sqlite3.Connection) -> dict[str, Recorded]:
+    out = {p: Recorded(url=u, key=k, ident=i, part_size=z, signature=s, started=t)
+           for p, u, k, i, z, s, t in db.execute(
+               "SELECT path, url, key, ident, part_size, signature, started FROM multipart")}
+    for p, n, etag, size, md5 in db.execute("SELECT path, part, etag, size, md5 FROM parts"):
+        if p in out:
+            out[p].parts[n] = Part(n, etag, size, md5)
+    return out
+
+
+def read_multiparts(path: str) -> list[Recorded]:
+    """The resumable uploads a journal records (for `stormount gc`, which must not take
+    them for orphans), read-only; none from a journal older than them."""
+    if not os.path.exists(path):
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return list(_multiparts(db).values())
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
 
 
 def read_pending(path: str) -> list[dict[str, object]]:
@@ -210,6 +288,7 @@ class Writeback:
         self._changed = trio.Event()
         self._draining = False
         self._rng = random.Random(seed)
+        self._abandoned: list[Recorded] = []  # resumable uploads to abort (run does)
         self.uploaded = 0  # counters for stats
         self.failures = 0
         self.conflicts = 0
@@ -314,8 +393,17 @@ class Writeback:
         up = self._uploads.pop(path, None)
         self.journal.remove(path)
         if up is not None:
+            self._abandon(up)
             up.uploaded.set()  # nobody waits for it any more
             self._notify()
+
+    def _abandon(self, up: Upload) -> None:
+        """Nothing will upload this any more: its recorded multipart upload, if any, is
+        aborted in the background (best effort: one left behind is found by gc)."""
+        if up.multipart is not None:
+            self._abandoned.append(up.multipart)
+            up.multipart = None
+            self._wake.set()
 
     async def rename(self, old: str, new: str, base: str | None,
                      metadata: dict[str, str] | None = None) -> bool:
@@ -327,6 +415,7 @@ class Writeback:
             return False
         replaced = self._uploads.pop(new, None)
         if replaced is not None:
+            self._abandon(replaced)
             replaced.uploaded.set()
             self._notify()
         del self._uploads[old]
@@ -426,6 +515,8 @@ class Writeback:
         async with trio.open_nursery() as nursery:
             while True:
                 self._wake = trio.Event()
+                while self._abandoned:
+                    nursery.start_soon(self._abort, self._abandoned.pop())
                 now = trio.current_time()
                 next_due = math.inf
                 while self._due and self._active < self.cfg.parallel:
@@ -441,6 +532,13 @@ class Writeback:
                         self._start(nursery, up)
                 with trio.move_on_at(next_due):
                     await self._wake.wait()
+
+    async def _abort(self, rec: Recorded) -> None:
+        try:
+            with trio.move_on_after(60):
+                await self.backend.abandon(rec)
+        except (BackendError, OSError) as e:
+            log.warning("cannot abort the upload of %s begun on %s: %s", rec.key, rec.url, e)
 
     def _start(self, nursery: trio.Nursery, up: Upload) -> None:
         log.debug("uploading %s (revision %d)", up.path, up.revision)
@@ -479,11 +577,12 @@ class Writeback:
         if up.staging == MARKER:
             # a directory marker holds only metadata: the last one written wins
             return await self.backend.put_bytes(up.path, b"", up.metadata), None
+        up.resume = self._resume(up)
         try:
             return await self.backend.put_file(up.path, up.staging, up.metadata,
                                                if_match=up.base,
                                                if_absent=up.base is None,
-                                               progress=progress), None
+                                               progress=progress, resume=up.resume), None
         except Changed:
             mine = await self._landed(up)
             if mine is not None:
@@ -499,6 +598,48 @@ class Writeback:
                 continue
             return info, name
         raise Changed(f"no free conflict name for {up.path}", key=up.path)
+
+    def _resume(self, up: Upload) -> Resume | None:
+        """What the backend needs to continue (and record) a multipart upload of this
+        content: its signature, and the upload an earlier attempt recorded, if any."""
+        try:
+            st = os.stat(up.staging)
+        except OSError:
+            return None  # the upload fails on the missing file anyway
+        meta = hashlib.sha256(json.dumps(up.metadata, sort_keys=True).encode()).hexdigest()
+        # size, mtime and inode of the staging file: any write changes them (the part MD5s
+        # catch one within a clock tick); the base version: the completion's condition;
+        # the metadata: S3 fixes it when the upload begins
+        signature = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}|{up.base or ''}|{meta[:16]}"
+        path = up.path
+
+        def started(rec: Recorded) -> None:
+            if up.multipart is not None and up.multipart.url != rec.url:
+                # begun on another tier (a failover): the earlier one is not continued
+                self._abandoned.append(up.multipart)
+                self._wake.set()
+            up.multipart = rec
+            self._record(path, self.journal.begin_multipart, path, rec)
+
+        def landed(rec: Recorded, part: Part) -> None:
+            if up.multipart is rec:
+                self._record(path, self.journal.add_part, path, part)
+
+        def dropped(rec: Recorded) -> None:
+            if up.multipart is rec:
+                up.multipart = None
+                self._record(path, self.journal.drop_multipart, path)
+
+        return Resume(signature, up.multipart, on_started=started, on_landed=landed,
+                      on_dropped=dropped)
+
+    def _record(self, path: str, write: Callable[..., None], *args: object) -> None:
+        if self._uploads.get(path) is None:
+            return  # dropped from the queue meanwhile: its rows are gone
+        try:
+            write(*args)
+        except OSError as e:  # the upload goes on; a later attempt may redo more parts
+            log.warning("cannot record the multipart upload of %s: %s", path, e)
 
     async def _landed(self, up: Upload) -> ObjectInfo | None:
         """The object, if it is this very content (our own earlier attempt landed)."""
@@ -533,6 +674,7 @@ class Writeback:
             elif current is up:
                 del self._uploads[up.path]
                 self._unjournal(up.path)
+                self._abandon(up)  # one begun on a tier it did not land on
                 up.state = QUEUED
                 up.uploaded.set()
             self.on_conflict(path, conflict, info)
@@ -542,6 +684,7 @@ class Writeback:
         if current is up and up.path == path and up.revision == revision:
             del self._uploads[up.path]
             self._unjournal(up.path)
+            self._abandon(up)  # one begun on a tier it did not land on
             up.state = QUEUED
             up.uploaded.set()
         elif current is up:
@@ -564,6 +707,10 @@ class Writeback:
             progress.done(info.size)  # what the backend did not report still counts
         rate = info.size / seconds if seconds > 0 else 0.0
         after = f" after {up.attempts + 1} attempts" if up.attempts else ""
+        resume = up.resume
+        if resume is not None and resume.reused:
+            after += (f"; resumed: {resume.reused} of {resume.parts} parts were already "
+                      "stored")
         log.info("uploaded %s: %s in %.1f s (%s/s)%s", path, human_size(info.size),
                 seconds, human_size(rate), after,
                 extra={"event": "uploaded", "key": path, "size": info.size,

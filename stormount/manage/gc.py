@@ -19,7 +19,9 @@ In a cache directory (`--cache-dir`, only while no mount uses it):
 - `recovered/` folders: reported, never removed: their owner decides.
 
 Only what is older than `--older-than` (a day by default) is touched, so an upload in
-progress elsewhere is not cut.
+progress elsewhere is not cut. An unfinished upload a journal records as resumable (the
+journals of the running mounts, and of `--cache-dir`) is reported and kept, however old:
+its file is still queued, and its next attempt continues it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from stormount.chain.health import PROBE_PREFIX
 from stormount.chain.repair import STAMP
 from stormount.errors import BackendError, NotFound, StormountError
 from stormount.manage.store import Store, Tier, in_batches, objects
-from stormount.writeback import MARKER
+from stormount.writeback import MARKER, read_multiparts
 
 REMOVE, RECOVER, DROP, KEEP = "remove", "recover", "drop", "keep"
 
@@ -63,8 +65,10 @@ class Finding:
 
 
 class Gc:
-    def __init__(self, store: Store, prefix: str, older_than: float) -> None:
+    def __init__(self, store: Store, prefix: str, older_than: float,
+                 resumable: set[str] | None = None) -> None:
         self.store, self.prefix, self.older_than = store, prefix, older_than
+        self.resumable = resumable or set()  # see resumable_uploads
         self.now = time.time()
         self.findings: list[Finding] = []
         self._undo: list[tuple[Finding, Tier, object]] = []  # what --apply does, per finding
@@ -84,8 +88,13 @@ class Gc:
                                             partial(tier.backend.unfinished, self.prefix)):
                 if self._old(up.started):
                     # an upload id where the store has one (S3), else the name alone
-                    what = up.key if up.ident.endswith(up.key) and up.key else (
+                    named = up.ident.endswith(up.key) and bool(up.key)
+                    what = up.key if named else (
                         f"{up.key} (upload {up.ident})" if up.key else up.ident)
+                    if up.ident in self.resumable or (named and up.key in self.resumable):
+                        self._found(Finding("resumable-upload", where, what, up.size,
+                                            self.now - up.started, KEEP))
+                        continue
                     self._found(Finding("unfinished-upload", where, what, up.size,
                                         self.now - up.started, REMOVE), tier, up)
             await self._probes(tier, where)
@@ -140,6 +149,17 @@ class Gc:
                 finding.done = True  # gone meanwhile
             except BackendError as e:
                 finding.error = str(e)
+
+
+def resumable_uploads(cache_dirs: list[str]) -> set[str]:
+    """What the journals in these cache directories record as resumable uploads: S3
+    upload ids, and the keys of Azure blobs with staged blocks (a store that names an
+    unfinished upload by its blob, not by an id)."""
+    out: set[str] = set()
+    for cache_dir in cache_dirs:
+        for rec in read_multiparts(os.path.join(cache_dir, "journal.sqlite3")):
+            out.add(rec.key if rec.url.startswith("az://") else rec.ident)
+    return out
 
 
 def _same_version(copy: ObjectInfo, primary: ObjectInfo) -> bool:

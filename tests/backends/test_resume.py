@@ -5,8 +5,6 @@ missing, counted as they cross the wire (the SDK calls that send a part)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import trio
 from stormount.backends.resume import Resume
 from stormount.errors import Transient
 from tests.backends.test_contract import META, MiB, opened, random_file
+from tests.helpers.wire import s3_wire, wire_of
 from tests.stores import Store
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,64 +23,6 @@ PART = 5 * MiB
 SIZE = 6 * PART - 123  # six parts, the last one short
 # one connection: parts go one after the other, so "k parts landed" is exact
 OPTIONS = {"multipart_threshold": "5MiB", "part_size": "5MiB", "max_connections": 1}
-
-
-class Wire:
-    """Counts the parts (S3 UploadPart, Azure Put Block) sent and their bytes; fails
-    the ones `failing` names with a transient error, as a dropped connection would."""
-
-    def __init__(self) -> None:
-        self.parts: list[int] = []
-        self.bytes = 0
-        self.failing: set[int] = set()
-
-
-@contextmanager
-def s3_wire(backend: Any) -> Iterator[Wire]:
-    from botocore.exceptions import ClientError
-
-    wire = Wire()
-
-    def before(params: dict[str, Any], **kwargs: Any) -> None:
-        number = int(params["PartNumber"])
-        if number in wire.failing:
-            raise ClientError({"Error": {"Code": "InternalError", "Message": "cut"},
-                               "ResponseMetadata": {"HTTPStatusCode": 500}}, "UploadPart")
-        wire.parts.append(number)
-        wire.bytes += int(params["ContentLength"])
-
-    events = backend._client.meta.events
-    events.register("before-parameter-build.s3.UploadPart", before, unique_id="wire")
-    try:
-        yield wire
-    finally:
-        events.unregister("before-parameter-build.s3.UploadPart", unique_id="wire")
-
-
-@contextmanager
-def az_wire(monkeypatch: pytest.MonkeyPatch) -> Iterator[Wire]:
-    from azure.core.exceptions import ServiceResponseError
-    from azure.storage.blob import BlobClient
-
-    wire = Wire()
-    real = BlobClient.stage_block
-
-    def stage_block(self: Any, block_id: str, data: bytes, length: int | None = None,
-                    **kwargs: Any) -> Any:
-        number = int(block_id.rpartition("-")[2])
-        if number in wire.failing:
-            raise ServiceResponseError("connection cut")
-        wire.parts.append(number)
-        wire.bytes += len(data)
-        return real(self, block_id, data, length=length, **kwargs)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(BlobClient, "stage_block", stage_block)
-        yield wire
-
-
-def _wire(kind: str, backend: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    return s3_wire(backend) if kind == "s3" else az_wire(monkeypatch)
 
 
 def _unfinished(store: Store) -> list[str]:
@@ -103,7 +44,7 @@ async def test_interrupted_upload_resumes_with_the_missing_parts_only(
     data = random_file(tmp_path / "big", SIZE)
     resume = Resume("sig-1")
     async with opened(store.tier_url(**OPTIONS)) as b:
-        with _wire(store.kind, b, monkeypatch) as wire:
+        with wire_of(store.kind, b, monkeypatch) as wire:
             wire.failing = {4}
             with pytest.raises(Transient):
                 await b.put_file("big", str(tmp_path / "big"), META, resume=resume)
@@ -114,7 +55,7 @@ async def test_interrupted_upload_resumes_with_the_missing_parts_only(
         assert _unfinished(store) == (["big"] if store.kind == "s3" else [])
 
         again = Resume("sig-1", recorded)
-        with _wire(store.kind, b, monkeypatch) as wire:
+        with wire_of(store.kind, b, monkeypatch) as wire:
             info = await b.put_file("big", str(tmp_path / "big"), META, resume=again)
         assert sorted(wire.parts) == [4, 5, 6]
         assert wire.bytes == SIZE - 3 * PART
@@ -130,7 +71,7 @@ async def test_a_part_whose_local_bytes_changed_is_sent_again(
     random_file(tmp_path / "big", SIZE)
     resume = Resume("same")
     async with opened(store.tier_url(**OPTIONS)) as b:
-        with _wire(store.kind, b, monkeypatch) as wire:
+        with wire_of(store.kind, b, monkeypatch) as wire:
             wire.failing = {4}
             with pytest.raises(Transient):
                 await b.put_file("big", str(tmp_path / "big"), META, resume=resume)
@@ -139,7 +80,7 @@ async def test_a_part_whose_local_bytes_changed_is_sent_again(
             f.write(b"changed")
         data = (tmp_path / "big").read_bytes()
         again = Resume("same", resume.recorded)
-        with _wire(store.kind, b, monkeypatch) as wire:
+        with wire_of(store.kind, b, monkeypatch) as wire:
             await b.put_file("big", str(tmp_path / "big"), META, resume=again)
         assert sorted(wire.parts) == [2, 4, 5, 6]
     assert store.get("big") == data
@@ -150,7 +91,7 @@ async def test_changed_staging_starts_over_and_the_old_upload_is_aborted(
     random_file(tmp_path / "big", SIZE)
     resume = Resume("v1")
     async with opened(store.tier_url(**OPTIONS)) as b:
-        with _wire(store.kind, b, monkeypatch) as wire:
+        with wire_of(store.kind, b, monkeypatch) as wire:
             wire.failing = {4}
             with pytest.raises(Transient):
                 await b.put_file("big", str(tmp_path / "big"), META, resume=resume)
@@ -158,7 +99,7 @@ async def test_changed_staging_starts_over_and_the_old_upload_is_aborted(
         assert old is not None
         data = random_file(tmp_path / "big", SIZE)  # new content: a new signature
         again = Resume("v2", old)
-        with _wire(store.kind, b, monkeypatch) as wire:
+        with wire_of(store.kind, b, monkeypatch) as wire:
             await b.put_file("big", str(tmp_path / "big"), META, resume=again)
         assert sorted(wire.parts) == [1, 2, 3, 4, 5, 6]
     assert again.reused == 0 and store.get("big") == data

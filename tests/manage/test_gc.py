@@ -135,3 +135,26 @@ def test_uncommitted_azure_blocks_are_found_then_discarded(az_store):
     assert [f["done"] for f in applied["findings"]] == [True]
     assert az_store.keys() == ["kept.txt"]
     assert gc(az_store.url, "--older-than", "0", env=az_store.env)["findings"] == []
+
+
+def test_an_upload_a_journal_records_as_resumable_is_kept(s3_store, tmp_path):
+    from stormount.backends.resume import Recorded
+    from stormount.writeback import Journal, Upload
+
+    cache = tmp_path / "cache"
+    (cache / "staging").mkdir(parents=True)
+    (cache / "staging" / "stage-big").write_bytes(b"content")
+    ours = s3_store.client.create_multipart_upload(Bucket=s3_store.bucket, Key="big.iso")
+    orphan = s3_store.client.create_multipart_upload(Bucket=s3_store.bucket, Key="old.iso")
+    journal = Journal(str(cache / "journal.sqlite3"))
+    journal.put(Upload("big.iso", str(cache / "staging" / "stage-big"), None, {}))
+    journal.begin_multipart("big.iso", Recorded(s3_store.url, "big.iso", ours["UploadId"],
+                                                5 << 20, "sig"))
+    journal.close()
+
+    applied = gc(s3_store.url, "--older-than", "0", "--apply", "--cache-dir", str(cache),
+                 env=s3_store.env)
+    assert kinds(applied) == [
+        ("resumable-upload", f"big.iso (upload {ours['UploadId']})", "keep", False),
+        ("unfinished-upload", f"old.iso (upload {orphan['UploadId']})", "remove", True)]
+    assert s3_store.multipart_uploads() == ["big.iso"]
