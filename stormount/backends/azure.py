@@ -55,7 +55,15 @@ from stormount.backends.base import (
     run_blocking,
     strip_etag,
 )
-from stormount.backends.resume import Part, Recorded, Resume, Stored, md5_hex, source_of
+from stormount.backends.resume import (
+    Part,
+    Recorded,
+    Resume,
+    Stored,
+    landed_from_thread,
+    md5_hex,
+    source_of,
+)
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -447,7 +455,9 @@ class AzureBackend:
             blob.stage_block(block_id, data, length=want)
             if progress is not None:
                 progress.add(want, taken=True)  # counted once the block was answered
-            return Part(n + 1, block_id, want, md5_hex(data))
+            part = Part(n + 1, block_id, want, md5_hex(data))
+            landed_from_thread(resume, part)  # committed to the journal as each lands
+            return part
 
         todo = iter(range(nparts))
         failures: list[Exception] = []
@@ -463,8 +473,6 @@ class AzureBackend:
                         return
                     if part is None:
                         reused += 1
-                    else:
-                        resume.landed(part)  # committed to the journal as each lands
             # as upload_blob's max_concurrency: memory held is about this many blocks
             for _ in range(min(4, self._tier.max_connections, nparts)):
                 nursery.start_soon(worker)

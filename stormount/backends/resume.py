@@ -16,9 +16,12 @@ made within the same clock tick).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import trio
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,14 @@ class Resume:
         if self.recorded is not None:
             recorded, self.recorded = self.recorded, None
             self._on_dropped(recorded)
+
+
+def landed_from_thread(resume: Resume, part: Part) -> None:
+    """Record a part the store took, from the SDK worker thread that sent it: also when
+    its attempt was given up meanwhile (a stall, a cancellation abandons the thread but
+    not its request), so a part that lands late is not sent again."""
+    with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone: sent again
+        trio.from_thread.run_sync(resume.landed, part)
 
 
 def md5_hex(data: bytes) -> str:

@@ -39,7 +39,15 @@ from stormount.backends.base import (
     run_blocking,
     strip_etag,
 )
-from stormount.backends.resume import Part, Recorded, Resume, Stored, md5_hex, source_of
+from stormount.backends.resume import (
+    Part,
+    Recorded,
+    Resume,
+    Stored,
+    landed_from_thread,
+    md5_hex,
+    source_of,
+)
 from stormount.config import TierConfig
 from stormount.errors import (
     BackendError,
@@ -631,7 +639,9 @@ class S3Backend:
             if progress is not None:
                 progress.answered()
             etag = strip_etag(resp["ETag"])
-            return etag, Part(n + 1, etag, want, md5_hex(data))
+            part = Part(n + 1, etag, want, md5_hex(data))
+            landed_from_thread(resume, part)  # committed to the journal as each part lands
+            return etag, part
 
         todo = iter(range(nparts))
         failures: list[Exception] = []
@@ -647,8 +657,6 @@ class S3Backend:
                         return
                     if part is None:
                         reused += 1
-                    else:
-                        resume.landed(part)  # committed to the journal as each part lands
             for _ in range(min(self._part_concurrency, nparts)):
                 nursery.start_soon(worker)
         try:

@@ -1,7 +1,7 @@
 """Loopback TCP proxies between a mount and its storage endpoint.
 
-`CountingProxy` counts the bytes the upstream sends, to measure how much data a mount
-really transfers from the store; with `upload_rate` it is also a slow uplink.
+`CountingProxy` counts the bytes each way, to measure how much data a mount really
+transfers from (and to) the store; with `upload_rate` it is also a slow uplink.
 `OutageProxy` simulates endpoint outages on a fixed port: refused connections
 (`stop`/`start`) and an endpoint that accepts but never answers (`hang`/`heal`)."""
 
@@ -25,6 +25,7 @@ class CountingProxy:
         self.target_port = target_port
         self.upload_rate = upload_rate  # bytes/s of each connection, client -> upstream
         self.downstream_bytes = 0  # upstream -> client
+        self.upstream_bytes = 0  # client -> upstream: what an upload really sends
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
         if upload_rate is not None:
@@ -59,6 +60,7 @@ class CountingProxy:
     def reset(self) -> None:
         with self._lock:
             self.downstream_bytes = 0
+            self.upstream_bytes = 0
 
     def _accept(self) -> None:
         while not self._closed:
@@ -79,9 +81,11 @@ class CountingProxy:
         rate = None if count else self.upload_rate
         try:
             while chunk := src.recv(65536 if rate is None else 16384):
-                if count:
-                    with self._lock:
+                with self._lock:
+                    if count:
                         self.downstream_bytes += len(chunk)
+                    else:
+                        self.upstream_bytes += len(chunk)
                 dst.sendall(chunk)
                 if rate is not None:
                     time.sleep(len(chunk) / rate)  # the proxy's own thread: a slow link
