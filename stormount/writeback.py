@@ -52,6 +52,7 @@ from stormount.chain.chain import conflict_name
 from stormount.config import WritebackConfig
 from stormount.durable import SqliteJournal
 from stormount.errors import BackendError, Changed, NotFound, Transient
+from stormount.ranges import Delta
 from stormount.stats import Rate, human_size
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,9 @@ CREATE TABLE IF NOT EXISTS pending (
     last_error TEXT,
     state TEXT NOT NULL,
     queued_at REAL NOT NULL,    -- wall-clock time of the close that queued it
-    held INTEGER NOT NULL DEFAULT 0  -- 0: final; open for writing: 1 closed since its
+    held INTEGER NOT NULL DEFAULT 0, -- 0: final; open for writing: 1 closed since its
                                      -- last write (CLOSED), 2 written since (WRITING)
+    delta TEXT                  -- JSON: what differs from `base` (NULL: all of it)
 );
 """
 # a resumable multipart upload of a pending row (see backends/resume.py), and each of its
@@ -97,8 +99,10 @@ CREATE TABLE IF NOT EXISTS parts (
     PRIMARY KEY (path, part)
 );
 """
-# journals of version 1 have no `held` column: every row of theirs was final
-_UPGRADE = "ALTER TABLE pending ADD COLUMN held INTEGER NOT NULL DEFAULT 0"
+# columns added since the first version, for older journals: their rows were final, and
+# describe no delta (they upload whole)
+_ADDED = {"held": "ALTER TABLE pending ADD COLUMN held INTEGER NOT NULL DEFAULT 0",
+          "delta": "ALTER TABLE pending ADD COLUMN delta TEXT"}
 
 
 @dataclass(eq=False)
@@ -122,6 +126,7 @@ class Upload:
     progress: Progress | None = None  # of the attempt in flight, or the last one
     multipart: Recorded | None = None  # the resumable upload an attempt began
     resume: Resume | None = None  # of the attempt in flight, or the last one
+    delta: Delta | None = None  # what differs from `base`; None: all of it
 
     def describe(self) -> dict[str, object]:
         state = OPEN if self.held and self.state != UPLOADING else self.state
@@ -159,18 +164,19 @@ class Journal(SqliteJournal):
     def __init__(self, path: str) -> None:
         super().__init__(path, _SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(pending)")}
-        if "held" not in columns:
-            self._db.execute(_UPGRADE)
+        for column, alter in _ADDED.items():
+            if column not in columns:
+                self._db.execute(alter)
 
     def load(self) -> list[Upload]:
         rows = self._db.execute(
             "SELECT path, staging, base, metadata, attempts, last_error, state, queued_at,"
-            " held FROM pending ORDER BY queued_at").fetchall()
+            " held, delta FROM pending ORDER BY queued_at").fetchall()
         recorded = self.multiparts()
         return [Upload(path=p, staging=s, base=b, metadata=json.loads(m), attempts=a,
                        last_error=e, state=FAILING if st == FAILING else QUEUED, queued_at=q,
-                       held=h, multipart=recorded.get(p))
-                for p, s, b, m, a, e, st, q, h in rows]
+                       held=h, multipart=recorded.get(p), delta=Delta.loads(d))
+                for p, s, b, m, a, e, st, q, h, d in rows]
 
     def multiparts(self) -> dict[str, Recorded]:
         """The resumable uploads recorded, by the path of their row, with their parts."""
@@ -193,9 +199,11 @@ class Journal(SqliteJournal):
     def put(self, up: Upload, *, durable: bool = False) -> None:
         self._write(durable, (
             "INSERT OR REPLACE INTO pending (path, staging, base, metadata, attempts,"
-            " last_error, state, queued_at, held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " last_error, state, queued_at, held, delta)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (up.path, up.staging, up.base, json.dumps(up.metadata, sort_keys=True),
-             up.attempts, up.last_error, up.state, up.queued_at, up.held)))
+             up.attempts, up.last_error, up.state, up.queued_at, up.held,
+             None if up.delta is None else up.delta.dumps())))
 
     def remove(self, path: str) -> None:
         self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)), *_dropping(path))
@@ -204,7 +212,9 @@ class Journal(SqliteJournal):
         # the recorded upload moves with its row: begun for the old key, the next
         # attempt finds it stale and aborts it
         self._write(False, ("DELETE FROM pending WHERE path = ?", (new,)), *_dropping(new),
-                    ("UPDATE pending SET path = ?, base = ? WHERE path = ?", (new, base, old)),
+                    # (a delta describes the object under the old name: uploaded whole)
+                    ("UPDATE pending SET path = ?, base = ?, delta = NULL WHERE path = ?",
+                     (new, base, old)),
                     ("UPDATE multipart SET path = ? WHERE path = ?", (new, old)),
                     ("UPDATE parts SET path = ? WHERE path = ?", (new, old)))
 
@@ -310,12 +320,14 @@ class Writeback:
         return list(self._uploads.values())
 
     def submit(self, path: str, staging: str, base: str | None, metadata: dict[str, str],
-               *, durable: bool = False, held: int = FINAL) -> Upload:
+               *, durable: bool = False, held: int = FINAL,
+               delta: Delta | None = None) -> Upload:
         """Journal a file's content: `held` (CLOSED) while a writer may still change it
         (a close of one of its descriptors), else final for now (its last writer closed,
         or it was synced) and uploaded after the debounce. A file already queued keeps its
         place in the journal and the version it was based on; an upload in flight
-        finishes first."""
+        finishes first. `delta`: what of the content differs from the stored version
+        `base` (an upload then copies the rest in the store)."""
         up = self._uploads.get(path)
         if up is None:
             up = self._uploads[path] = Upload(path=path, staging=staging, base=base,
@@ -327,6 +339,7 @@ class Writeback:
             if up.state != UPLOADING:
                 up.state, up.attempts, up.last_error = QUEUED, 0, None
         up.held = FINAL if self._draining else held
+        up.delta = delta if delta is not None and delta.etag == up.base else None
         up.revision += 1
         log.debug("queued %s (revision %d, %s%s)", path, up.revision, up.state,
                   ", held" if up.held else "")
@@ -419,7 +432,7 @@ class Writeback:
             replaced.uploaded.set()
             self._notify()
         del self._uploads[old]
-        up.path, up.base = new, base
+        up.path, up.base, up.delta = new, base, None
         self._uploads[new] = up
         self.journal.rename(old, new, base)
         if metadata is not None and metadata != up.metadata:
@@ -630,8 +643,9 @@ class Writeback:
                 up.multipart = None
                 self._record(path, self.journal.drop_multipart, path)
 
+        delta = up.delta if up.delta is not None and up.delta.etag == up.base else None
         return Resume(signature, up.multipart, on_started=started, on_landed=landed,
-                      on_dropped=dropped)
+                      on_dropped=dropped, delta=delta)
 
     def _record(self, path: str, write: Callable[..., None], *args: object) -> None:
         if self._uploads.get(path) is None:
@@ -692,7 +706,7 @@ class Writeback:
             # stored (under the old name, a rename deletes it)
             up.state, up.attempts, up.last_error = QUEUED, 0, None
             if up.path == path:
-                up.base = info.etag
+                up.base, up.delta = info.etag, None
             try:
                 self.journal.put(up)
             except OSError as e:  # the old row stands; a restart re-sends, harmlessly

@@ -446,7 +446,8 @@ class AzureBackend:
             if len(data) != want:
                 raise Transient(f"Azure put {self._where(key)}: {path} changed size while "
                                 "it was uploaded", backend=self.url, key=key)
-            source = source_of(n + 1, want, data, recorded, listed)
+            # (no copy of unchanged ranges: Azure's needs a URL the store can read)
+            source = source_of(n + 1, start, want, data, recorded, listed)
             if isinstance(source, Stored):
                 if progress is not None:
                     progress.reused(want)

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from stormount.ranges import Delta
+
 
 @dataclass(frozen=True, slots=True)
 class Part:
@@ -55,13 +57,18 @@ class Resume:
     def __init__(self, signature: str, recorded: Recorded | None = None, *,
                  on_started: Callable[[Recorded], None] = lambda r: None,
                  on_landed: Callable[[Recorded, Part], None] = lambda r, p: None,
-                 on_dropped: Callable[[Recorded], None] = lambda r: None) -> None:
+                 on_dropped: Callable[[Recorded], None] = lambda r: None,
+                 delta: Delta | None = None) -> None:
         self.signature = signature
         self.recorded = recorded
+        # what of the file differs from the stored version it replaces (the object at
+        # the same key, version delta.etag): the rest can be copied in the store
+        self.delta = delta
         self._on_started = on_started
         self._on_landed = on_landed
         self._on_dropped = on_dropped
         self.reused = 0  # parts found stored, of
+        self.copied = 0  # parts copied from the version it replaces, of
         self.parts = 0  # the parts of the upload that completed
 
     def reusable(self, url: str, key: str) -> Recorded | None:
@@ -125,22 +132,32 @@ class FromFile:
     """The part is sent from the local file."""
 
 
-Source = Stored | FromFile
+@dataclass(frozen=True, slots=True)
+class FromBase:
+    """The part's bytes are those of the version the upload replaces, at the same
+    offsets: copied in the store (S3 UploadPartCopy), none of them sent."""
+
+    etag: str  # the version to copy from: the copy is conditional on it
+    start: int
+    end: int
 
 
-def source_of(number: int, size: int, data: bytes | None, recorded: Recorded | None,
-              listed: dict[int, tuple[str, int]]) -> Source:
-    """The ONE place that decides where part `number` (1-based, `size` bytes) comes
-    from: reused when the store lists it (`listed`: number -> (etag, size)) with the
-    recorded ETag and size and the local bytes `data` still hash to the recorded MD5;
-    else sent from the file. (A third source, a server-side copy of an unchanged range
-    of the base object, belongs here too.)"""
-    if recorded is None or data is None:
-        return FromFile()
-    part = recorded.parts.get(number)
+Source = Stored | FromFile | FromBase
+
+
+def source_of(number: int, start: int, size: int, data: bytes | None,
+              recorded: Recorded | None, listed: dict[int, tuple[str, int]],
+              delta: Delta | None = None) -> Source:
+    """The ONE place that decides where part `number` (1-based: bytes [start,
+    start + size)) comes from: reused when the store lists it (`listed`: number ->
+    (etag, size)) with the recorded ETag and size and the local bytes `data` still hash
+    to the recorded MD5; else copied from the version it replaces when none of its bytes
+    changed (`delta`); else sent from the file."""
+    part = None if recorded is None else recorded.parts.get(number)
     have = listed.get(number)
-    if part is None or have is None or part.size != size or have != (part.etag, size):
-        return FromFile()
-    if md5_hex(data) != part.md5:
-        return FromFile()
-    return Stored(part.etag)
+    if (part is not None and have is not None and data is not None and part.size == size
+            and have == (part.etag, size) and md5_hex(data) == part.md5):
+        return Stored(part.etag)
+    if delta is not None and delta.unchanged(start, start + size):
+        return FromBase(delta.etag, start, start + size)
+    return FromFile()

@@ -40,6 +40,7 @@ from stormount.backends.base import (
     strip_etag,
 )
 from stormount.backends.resume import (
+    FromBase,
     Part,
     Recorded,
     Resume,
@@ -627,11 +628,20 @@ class S3Backend:
             if len(data) != want:
                 raise Transient(f"S3 put {self._where(key)}: {path} changed size while it "
                                 "was uploaded", backend=self.url, key=key)
-            source = source_of(n + 1, want, data, recorded, listed)
+            source = source_of(n + 1, start, want, data, recorded, listed, resume.delta)
             if isinstance(source, Stored):
                 if progress is not None:
                     progress.reused(want)
                 return source.etag, None
+            if isinstance(source, FromBase):
+                etag = self._copy_part(full, recorded.ident, n + 1, source)
+                if etag is not None:  # none of its bytes sent
+                    if progress is not None:
+                        progress.reused(want)
+                        progress.answered()
+                    part = Part(n + 1, etag, want, md5_hex(data))
+                    landed_from_thread(resume, part)
+                    return etag, part
             body = ExactFile(io.BytesIO(data), want, f"S3 put {self._where(key)}", progress)
             resp = self._client.upload_part(Bucket=self.bucket, Key=full,
                                             UploadId=recorded.ident, PartNumber=n + 1,
@@ -688,6 +698,24 @@ class S3Backend:
                      "stored", self.url, full, reused, nparts)
         return ObjectInfo(key=key, size=size, mtime=_response_time(resp), mtime_exact=False,
                           etag=strip_etag(resp.get("ETag")), metadata=dict(meta))
+
+    def _copy_part(self, full: str, upload_id: str, number: int, source: FromBase
+                   ) -> str | None:
+        """Part `number` copied from the version it replaces (UploadPartCopy, only if
+        that version is still the object's): its ETag, or None when the store cannot
+        (the version changed or is elsewhere, e.g. a spill-over tier): the part is then
+        sent, and the completion's condition decides whether the upload may land."""
+        try:
+            resp = self._client.upload_part_copy(
+                Bucket=self.bucket, Key=full, UploadId=upload_id, PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": full},
+                CopySourceRange=f"bytes={source.start}-{source.end - 1}",
+                CopySourceIfMatch=f'"{source.etag}"')
+        except botocore.exceptions.ClientError as e:
+            log.debug("%s: part %d of %s not copied, sent instead: %s", self.url, number,
+                      full, e)
+            return None
+        return strip_etag(resp["CopyPartResult"]["ETag"])
 
     async def abandon(self, recorded: Recorded) -> None:
         if recorded.url == self.url:

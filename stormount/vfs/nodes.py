@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import trio
 
 from stormount.backends.base import ObjectInfo
+from stormount.ranges import Delta
 from stormount.vfs.attrs import DIR, Attrs
 
 ROOT_INO = 1
@@ -31,6 +32,9 @@ class Staging:
     generation: int = 0  # bumped by every change; an upload is clean only if unchanged
     queued: tuple[int, dict[str, str]] | None = None  # (generation, metadata) journaled
     held: int = 0  # how it is journaled: final, or held (see Writeback.submit)
+    # what differs from the stored version it was staged from (None: all of it, or
+    # nothing is stored): an upload copies the rest in the store
+    delta: Delta | None = None
 
     def close(self) -> None:
         try:

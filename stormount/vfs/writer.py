@@ -22,6 +22,7 @@ import trio
 from stormount.backends.base import Backend, ObjectInfo
 from stormount.cache.blocks import BlockCache
 from stormount.config import FuseConfig
+from stormount.ranges import Delta
 from stormount.vfs.attrs import DIR, FILE, attrs_from_object, metadata_of, now_ns
 from stormount.vfs.namespace import Namespace
 from stormount.vfs.nodes import Node, Staging
@@ -77,6 +78,8 @@ class Writer:
         if written < len(data):  # a short write grew less
             self._charge(node, max(0, offset + written - node.attrs.size) - growth,
                          check=False)
+        if staging.delta is not None:  # (a write past the end fills the gap with zeros)
+            staging.delta.ranges.add(min(offset, node.attrs.size), offset + written)
         self.changing(node, staging)
         node.attrs.size = max(node.attrs.size, offset + written)
         node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
@@ -92,6 +95,8 @@ class Writer:
         except BaseException:
             self._charge(node, node.attrs.size - size, check=False)
             raise
+        if staging.delta is not None and size > node.attrs.size:  # zeros
+            staging.delta.ranges.add(node.attrs.size, size)
         self.changing(node, staging, writing)
         node.attrs.size = size
         node.attrs.mtime_ns = node.attrs.ctime_ns = now_ns()
@@ -132,6 +137,8 @@ class Writer:
                     if len(data) < DOWNLOAD_CHUNK:
                         break
                 node.attrs.size = offset
+                if node.etag:
+                    staging.delta = Delta(node.etag, offset)
         except BaseException:
             staging.close()
             raise
@@ -191,20 +198,27 @@ class Writer:
         state = (staging.generation, metadata)
         if staging.queued == state and staging.held == held and not durable:
             return  # journaled as it is
-        self.journal(node.key, staging.path, node.etag, metadata, durable, held)
+        delta = staging.delta
+        if delta is not None and delta.etag != node.etag:
+            delta = None  # staged from another version than the one it replaces
+        self.journal(node.key, staging.path, node.etag, metadata, durable, held,
+                     None if delta is None else delta.copy())
         staging.queued, staging.held = state, held
 
 
     def journal(self, key: str, staging: str, base: str | None, metadata: dict[str, str],
-                 durable: bool = False, held: int = FINAL) -> None:
+                 durable: bool = False, held: int = FINAL, delta: Delta | None = None
+                 ) -> None:
         """Hand an upload to the write-back queue; on a full cache disk, clean cached
         blocks make room first (they can be fetched again, written data cannot)."""
         try:
-            self.writeback.submit(key, staging, base, metadata, durable=durable, held=held)
+            self.writeback.submit(key, staging, base, metadata, durable=durable, held=held,
+                                  delta=delta)
         except OSError as e:
             if e.errno != errno.ENOSPC or not self.make_room(1 << 20):
                 raise
-            self.writeback.submit(key, staging, base, metadata, durable=durable, held=held)
+            self.writeback.submit(key, staging, base, metadata, durable=durable, held=held,
+                                  delta=delta)
 
 
     async def queue_marker(self, node: Node) -> None:
@@ -245,6 +259,8 @@ class Writer:
                 staging.queued == (staging.generation, metadata_of(node.attrs))):
             staging.dirty = False  # unless changed since its last hand-over
             staging.queued, staging.held = None, FINAL
+            # the staged content is the stored version now: later changes differ from it
+            staging.delta = Delta(info.etag, info.size) if info.etag else None
         if node.parent is not None:
             self.ns.stored(node.parent, node.name, node.kind, info)
         self.drop_staging_if_clean(node)
