@@ -22,6 +22,7 @@ import trio
 from stormount.backends.base import Backend, ObjectInfo
 from stormount.cache.blocks import BlockCache
 from stormount.config import FuseConfig
+from stormount.errors import FsError, first_error
 from stormount.ranges import Delta
 from stormount.vfs.attrs import DIR, FILE, attrs_from_object, metadata_of, now_ns
 from stormount.vfs.namespace import Namespace
@@ -30,7 +31,8 @@ from stormount.writeback import FINAL, MARKER, WRITING, Upload, Writeback
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_CHUNK = 8 * 1024 * 1024
+DOWNLOAD_CHUNK = 8 * 1024 * 1024  # ranges a staging copy is fetched in, without a cache
+STAGE_PARALLEL = 8  # of them at once
 
 
 class Writer:
@@ -126,25 +128,46 @@ class Writer:
         staging = self.new_staging()
         try:
             if load and node.etag is not None:
-                offset = 0
-                while True:
-                    # one version throughout, or Changed: never a copy torn across two
-                    data = await self.backend.get_range(node.key, offset, DOWNLOAD_CHUNK,
-                                                        node.etag or None)
-                    if data:
-                        os.pwrite(staging.fd, data, offset)
-                        offset += len(data)
-                    if len(data) < DOWNLOAD_CHUNK:
-                        break
-                node.attrs.size = offset
+                await self._download(node, staging)
                 if node.etag:
-                    staging.delta = Delta(node.etag, offset)
+                    staging.delta = Delta(node.etag, node.attrs.size)
         except BaseException:
             staging.close()
             raise
         node.staging = staging
         return staging
 
+
+    async def _download(self, node: Node, staging: Staging) -> None:
+        """The stored version's bytes into a new staging file: the blocks the cache
+        holds of it from there, the rest from the store, STAGE_PARALLEL ranges at once,
+        each conditional on the version (Changed, never a copy torn across two)."""
+        key, version, size = node.key, node.etag or None, node.attrs.size
+        chunk = self.blocks.block_size if self.blocks is not None else DOWNLOAD_CHUNK
+        limiter = trio.CapacityLimiter(STAGE_PARALLEL)
+
+        async def fetch(index: int) -> None:
+            start = index * chunk
+            length = min(chunk, size - start)
+            async with limiter:
+                data = None
+                if self.blocks is not None and version:
+                    data = self.blocks.read(key, version, index, 0, length)
+                if data is None or len(data) != length:
+                    data = await self.backend.get_range(key, start, length, version)
+                if len(data) != length:  # the object is not what its attributes say
+                    raise FsError(errno.ESTALE, f"/{key} changed while it was staged")
+                os.pwrite(staging.fd, data, start)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for index in range(-(-size // chunk)):
+                    nursery.start_soon(fetch, index)
+        except BaseExceptionGroup as group:  # the caller hears one error, as from a GET
+            error = first_error(group)
+            if isinstance(error, trio.Cancelled):
+                raise
+            raise error from None
 
     def changing(self, node: Node, staging: Staging, writing: bool = False) -> None:
         """A file's content changes: if a writer holds it open (`writing`: the change

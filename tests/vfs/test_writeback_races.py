@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 
+import pytest
 import trio
 
 from stormount.config import WritebackConfig
-from stormount.errors import PermissionDenied, Transient
+from stormount.errors import Changed, PermissionDenied, Transient
 from stormount.vfs.nodes import ROOT_INO
 from stormount.writeback import read_pending
 from tests.helpers.vfs import GID, UID, keys, read, stored, write
@@ -225,3 +226,26 @@ async def test_uploads_landing_between_opendir_and_readdir_hide_no_file(
     names = sorted(name for name, _, _ in second.readdir(fh, 0))
     second.releasedir(fh)
     assert names == [f"f{i:02}" for i in range(20)]
+
+
+async def test_a_file_replaced_while_it_is_staged_is_never_staged_torn(
+        factory, backend, autojump_clock):
+    """Staging fetches ranges at once, each conditional on the version: an object
+    replaced in the store meanwhile fails the write, and nothing of the mix is kept."""
+    await backend.put_bytes("f", b"a" * (20 << 20), {})
+    vfs = factory(backend)
+    node = await vfs.lookup(ROOT_INO, "f")
+    fh = await vfs.open(node.ino, os.O_RDWR)
+    backend.fail("get_range", 1.0)  # the ranges are on their way...
+
+    async def replace() -> None:
+        await trio.sleep(0.5)
+        await backend.inner.put_bytes("f", b"b" * (20 << 20), {})  # ...when it changes
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(replace)
+        with pytest.raises(Changed):
+            await vfs.write(fh, 0, b"mine")
+    assert node.staging is None  # no staging copy of a mix of two versions
+    await vfs.release(fh)
+    assert await stored(backend, "f") == b"b" * (20 << 20)
