@@ -52,6 +52,7 @@ from stormount.backends.base import (
     Unfinished,
     checked_metadata,
     lower_keys,
+    read_part,
     run_blocking,
     strip_etag,
 )
@@ -440,12 +441,7 @@ class AzureBackend:
             """Block n (0-based) staged: its Part if it was sent now."""
             start = n * part_size
             want = min(part_size, size - start)
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read(want)
-            if len(data) != want:
-                raise Transient(f"Azure put {self._where(key)}: {path} changed size while "
-                                "it was uploaded", backend=self.url, key=key)
+            data = read_part(path, start, want, f"Azure put {self._where(key)}", self.url, key)
             # (no copy of unchanged ranges: Azure's needs a URL the store can read)
             source = source_of(n + 1, start, want, data, recorded, listed)
             if isinstance(source, Stored):

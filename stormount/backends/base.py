@@ -312,3 +312,15 @@ def checked_metadata(metadata: Mapping[str, str], store: str, where: str, url: s
             err.errno = errno.EINVAL
             raise err
     return meta
+
+
+def read_part(path: str, start: int, length: int, what: str, url: str, key: str) -> bytes:
+    """Bytes [start, start + length) of a file being uploaded in parts; Transient if it
+    shrank meanwhile (the attempt fails at once and is retried)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        data = f.read(length)
+    if len(data) != length:
+        raise Transient(f"{what}: {path} changed size while it was uploaded", backend=url,
+                        key=key)
+    return data

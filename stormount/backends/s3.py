@@ -36,6 +36,7 @@ from stormount.backends.base import (
     Unfinished,
     checked_metadata,
     lower_keys,
+    read_part,
     run_blocking,
     strip_etag,
 )
@@ -537,12 +538,7 @@ class S3Backend:
         def _part(upload_id: str, n: int) -> str:
             start = n * part_size
             want = min(part_size, size - start)
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read(want)
-            if len(data) != want:
-                raise Transient(f"S3 put {self._where(key)}: {path} changed size while it "
-                                "was uploaded", backend=self.url, key=key)
+            data = read_part(path, start, want, f"S3 put {self._where(key)}", self.url, key)
             body = ExactFile(io.BytesIO(data), want, f"S3 put {self._where(key)}", progress)
             resp = self._client.upload_part(Bucket=self.bucket, Key=full, UploadId=upload_id,
                                             PartNumber=n + 1, Body=body, ContentLength=want)
@@ -622,12 +618,7 @@ class S3Backend:
             """Part n (0-based) stored: its ETag, and the Part if it was sent now."""
             start = n * part_size
             want = min(part_size, size - start)
-            with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read(want)
-            if len(data) != want:
-                raise Transient(f"S3 put {self._where(key)}: {path} changed size while it "
-                                "was uploaded", backend=self.url, key=key)
+            data = read_part(path, start, want, f"S3 put {self._where(key)}", self.url, key)
             source = source_of(n + 1, start, want, data, recorded, listed, resume.delta)
             if isinstance(source, Stored):
                 if progress is not None:
