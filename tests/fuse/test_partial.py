@@ -16,14 +16,19 @@ pytestmark = pytest.mark.timeout(180)
 MiB = 1024 * 1024
 
 
+def mount_through(proxy: CountingProxy, s3_store, make_mount):
+    """A mount of the bucket through `proxy`, in parts of 8 MiB, uploading at once."""
+    url = (f"s3://{s3_store.bucket}?endpoint=http://127.0.0.1:{proxy.port}"
+           "&part_size=8MiB&multipart_threshold=8MiB")
+    return make_mount(url, env=s3_store.env, args=("-o", "debounce=0"))
+
+
 def test_a_4k_change_inside_a_64mib_object_sends_one_part(s3_store, make_mount):
     data = bytearray(os.urandom(64 * MiB))
     s3_store.put("big", bytes(data))
     port = urllib.parse.urlsplit(s3_store.endpoint).port
     with CountingProxy(port) as proxy:
-        url = (f"s3://{s3_store.bucket}?endpoint=http://127.0.0.1:{proxy.port}"
-               "&part_size=8MiB&multipart_threshold=8MiB")
-        m = make_mount(url, env=s3_store.env, args=("-o", "debounce=0"))
+        m = mount_through(proxy, s3_store, make_mount)
         change = os.urandom(4096)
         fd = os.open(m.path / "big", os.O_RDWR)
         try:
@@ -46,9 +51,7 @@ def test_a_file_grown_past_its_stored_end_copies_only_the_unchanged_start(s3_sto
     s3_store.put("log", data)
     port = urllib.parse.urlsplit(s3_store.endpoint).port
     with CountingProxy(port) as proxy:
-        url = (f"s3://{s3_store.bucket}?endpoint=http://127.0.0.1:{proxy.port}"
-               "&part_size=8MiB&multipart_threshold=8MiB")
-        m = make_mount(url, env=s3_store.env, args=("-o", "debounce=0"))
+        m = mount_through(proxy, s3_store, make_mount)
         tail = os.urandom(3 * MiB)
         with open(m.path / "log", "r+b") as f:  # a write past the end: a gap of zeros
             f.seek(50 * MiB)
@@ -66,9 +69,7 @@ def test_a_file_cut_and_grown_again_is_stored_as_written(s3_store, make_mount):
     s3_store.put("f", data)
     port = urllib.parse.urlsplit(s3_store.endpoint).port
     with CountingProxy(port) as proxy:
-        url = (f"s3://{s3_store.bucket}?endpoint=http://127.0.0.1:{proxy.port}"
-               "&part_size=8MiB&multipart_threshold=8MiB")
-        m = make_mount(url, env=s3_store.env, args=("-o", "debounce=0"))
+        m = mount_through(proxy, s3_store, make_mount)
         with open(m.path / "f", "r+b") as f:
             f.truncate(20 * MiB)  # the stored bytes after 20 MiB are gone...
             f.truncate(30 * MiB)  # ...and come back as zeros
