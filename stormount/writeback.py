@@ -260,8 +260,9 @@ def read_pending(path: str) -> list[dict[str, object]]:
         return []
     finally:
         db.close()
-    return [{"path": p, "state": OPEN if h and s != UPLOADING else s, "attempts": a,
-             "last_error": e} for p, s, a, e, h in rows]
+    # (a CLOSED row may have been released since: only the running daemon knows)
+    return [{"path": p, "state": OPEN if h == WRITING and s != UPLOADING else s,
+             "attempts": a, "last_error": e} for p, s, a, e, h in rows]
 
 
 def backoff(attempt: int, cfg: WritebackConfig, rng: random.Random) -> float:
@@ -348,6 +349,17 @@ class Writeback:
             self._schedule(up, trio.current_time() + (0 if self._draining else
                                                       self.cfg.debounce))
         return up
+
+    def release(self, path: str) -> None:
+        """The last writer of a file journaled `CLOSED` is done, and nothing changed
+        since: it uploads after the debounce. (Its row stays as it is: a `CLOSED` row is
+        uploaded at the next start as well.)"""
+        up = self._uploads.get(path)
+        if up is None or up.held != CLOSED:
+            return
+        up.held = FINAL
+        self._schedule(up, trio.current_time() + (0 if self._draining else
+                                                  self.cfg.debounce))
 
     def hold(self, path: str) -> None:
         """A writer changes a queued file (closed or synced before): it is `WRITING`,

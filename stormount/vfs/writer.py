@@ -27,7 +27,7 @@ from stormount.ranges import Delta
 from stormount.vfs.attrs import DIR, FILE, attrs_from_object, metadata_of, now_ns
 from stormount.vfs.namespace import Namespace
 from stormount.vfs.nodes import Node, Staging
-from stormount.writeback import FINAL, MARKER, WRITING, Upload, Writeback
+from stormount.writeback import CLOSED, FINAL, MARKER, WRITING, Upload, Writeback
 
 log = logging.getLogger(__name__)
 
@@ -219,8 +219,15 @@ class Writer:
             return
         metadata = metadata_of(node.attrs)
         state = (staging.generation, metadata)
-        if staging.queued == state and staging.held == held and not durable:
-            return  # journaled as it is
+        if staging.queued == state and not durable:
+            if staging.held == held:
+                return  # journaled as it is
+            if staging.held == CLOSED and held == FINAL:
+                # the release after the last close: the row as the close journaled it
+                # is uploaded after a crash too, so only the queue needs telling
+                self.writeback.release(node.key)
+                staging.held = FINAL
+                return
         delta = staging.delta
         if delta is not None and delta.etag != node.etag:
             delta = None  # staged from another version than the one it replaces
