@@ -54,11 +54,13 @@ def scratch(b: Bench) -> Path:
     return d
 
 
-def mount_of(b: Bench, kind: str, name: str, extra: tuple[str, ...] = ()
-             ) -> AbstractContextManager[Mount]:
+def mount_of(b: Bench, kind: str, name: str, extra: tuple[str, ...] = (),
+             port: int | None = None) -> AbstractContextManager[Mount]:
+    """A fresh write mount of `kind` through `port` (default: straight to the server)."""
+    port = b.port if port is None else port
     if kind == "stormount":
-        return b.session.stormount(b.port, name, extra=extra)
-    return b.session.rclone(b.port, name, rc=True)  # rc: its upload queue is visible
+        return b.session.stormount(port, name, extra=extra)
+    return b.session.rclone(port, name, rc=True)  # rc: its upload queue is visible
 
 
 def kinds(b: Bench) -> list[str]:
@@ -135,6 +137,14 @@ def random_file(path: Path, size: int) -> None:
             f.write(random.randbytes(min(8 * MiB, size - f.tell())))
 
 
+def delete_prefix(client: Any, prefix: str) -> None:
+    """Delete what a figure stored (moto keeps objects in memory)."""
+    keys = list(listed(client, prefix))
+    for i in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=BUCKET, Delete={
+            "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+
+
 def multipart() -> TransferConfig:
     return TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB,
                           max_concurrency=10)
@@ -185,7 +195,7 @@ def tar_x(arch: Archive, dest: Path) -> list[str]:
 
 
 def untar(b: Bench, arch: Archive) -> None:
-    ret, store = b.rows["untar_return"], b.rows["untar_store"]
+    ret, store, store20 = b.rows["untar_return"], b.rows["untar_store"], b.rows["untar_store_20"]
     to, limit = b.params.op_timeout, b.params.upload_deadline
     bodies = {}
     with tarfile.open(arch.path) as tf:
@@ -199,15 +209,14 @@ def untar(b: Bench, arch: Archive) -> None:
         dest.mkdir()
         ret.reference = timed(tar_x(arch, dest), to)
 
-    def direct() -> None:
-        prefix = "untar-direct/"
+    def direct(client: Any, row: Row, prefix: str) -> None:
         t0 = time.perf_counter()
         with cf.ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda kv: b.s3.put_object(Bucket=BUCKET, Key=prefix + kv[0],
-                                                     Body=kv[1]), bodies.items()))
+            list(pool.map(lambda kv: client.put_object(Bucket=BUCKET, Key=prefix + kv[0],
+                                                       Body=kv[1]), bodies.items()))
         if not has_all(b.s3, prefix, arch.sizes):
             raise RuntimeError("the bucket does not list every file after the uploads")
-        store.reference = time.perf_counter() - t0
+        row.reference = time.perf_counter() - t0
 
     def mounted(kind: str) -> None:
         prefix = f"untar-{kind}/"
@@ -218,12 +227,29 @@ def untar(b: Bench, arch: Archive) -> None:
                             ret, lambda: timed(tar_x(arch, m.path / prefix), to),
                             store, lambda: has_all(b.s3, prefix, arch.sizes), "tar")
 
+    def mounted20(kind: str, proxy: int) -> None:
+        prefix = f"untar20-{kind}/"
+        with mount_of(b, kind, f"{kind}-untar20", port=proxy) as m:
+            timed(["mkdir", str(m.path / prefix)], to)
+            t0 = time.perf_counter()
+            returned = timed(tar_x(arch, m.path / prefix), to)
+            wait_for(stored(m, lambda: has_all(b.s3, prefix, arch.sizes)), limit,
+                     "what tar wrote, in the bucket")
+            store20.set(kind, time.perf_counter() - t0)
+        store20.note(f"{kind}: tar returned after {returned:.2f} s")
+
     log(f"tar x of {len(arch.sizes)} files: local, direct uploads")
     guarded(ret, "local", local)
-    guarded(store, "direct", direct)
+    guarded(store, "direct", partial(direct, b.s3, store, "untar-direct/"))
     for kind in kinds(b):
         log(f"tar x of {len(arch.sizes)} files, {kind}")
         guarded_all([ret, store], kind, partial(mounted, kind))
+    if b.proxy20 is None or b.s3_20 is None:
+        store20.note("skipped: ../shared/bench/latproxy.py not found")
+    else:
+        log(f"tar x of {len(arch.sizes)} files at 20 ms: direct uploads, stormount")
+        guarded(store20, "direct", partial(direct, b.s3_20, store20, "untar20-direct/"))
+        guarded(store20, "stormount", partial(mounted20, "stormount", b.proxy20))
     bodies.clear()
     if ret.peer_ratio("rclone") is not None:
         ret.note(f"stormount / rclone = {ret.peer_ratio('rclone'):.2f}")
@@ -240,6 +266,7 @@ def dd(src: Path, dst: Path, size: int) -> list[str]:
 
 def big_file(b: Bench) -> None:
     rate, store, up = b.rows["dd_rate"], b.rows["dd_store"], b.rows["dd_fsync_upload"]
+    store20 = b.rows["dd_store_20"]
     size, to, limit = b.params.write_size, b.params.op_timeout, b.params.upload_deadline
     src = scratch(b) / "dd-source.bin"
     random_file(src, size)
@@ -249,13 +276,14 @@ def big_file(b: Bench) -> None:
         rate.reference = size / MiB / timed(dd(src, dst, size), to)
         dst.unlink()
 
-    def direct() -> None:
-        key = "dd-direct.bin"
+    def direct(client: Any, rows: list[Row], key: str) -> None:
         t0 = time.perf_counter()
-        b.s3.upload_file(str(src), BUCKET, key, Config=multipart())
+        client.upload_file(str(src), BUCKET, key, Config=multipart())
         if object_size(b.s3, key) != size:
             raise RuntimeError("the object is not in the bucket after upload_file")
-        store.reference = up.reference = time.perf_counter() - t0
+        for row in rows:
+            row.reference = time.perf_counter() - t0
+        b.s3.delete_object(Bucket=BUCKET, Key=key)
 
     def mounted(kind: str) -> None:
         key = f"dd-{kind}.bin"
@@ -266,6 +294,18 @@ def big_file(b: Bench) -> None:
                             store, lambda: object_size(b.s3, key) == size, "dd")
         if m.peak_rss_mib is not None:
             rate.note(f"{kind} peak RSS {m.peak_rss_mib:.0f} MiB")
+        b.s3.delete_object(Bucket=BUCKET, Key=key)
+
+    def mounted20(kind: str, proxy: int) -> None:
+        key = f"dd20-{kind}.bin"
+        with mount_of(b, kind, f"{kind}-dd20", port=proxy) as m:
+            t0 = time.perf_counter()
+            returned = timed(dd(src, m.path / key, size), to)
+            wait_for(stored(m, lambda: object_size(b.s3, key) == size), limit,
+                     "what dd wrote, in the bucket")
+            store20.set(kind, time.perf_counter() - t0)
+        store20.note(f"{kind}: dd returned after {returned:.2f} s")
+        b.s3.delete_object(Bucket=BUCKET, Key=key)
 
     def fsync_upload() -> None:
         key = "dd-fsync-upload.bin"
@@ -275,22 +315,29 @@ def big_file(b: Bench) -> None:
         up.note(f"{size / MiB / up.stormount:.0f} MiB/s; the object was "
                 f"{'' if there else 'NOT '}in the bucket when dd returned")
         up.ok = there
+        b.s3.delete_object(Bucket=BUCKET, Key=key)
 
     log(f"dd {size // MiB} MiB: local, direct upload")
     guarded(rate, "local", local)
-    guarded(store, "direct", direct)
+    guarded(store, "direct", partial(direct, b.s3, [store, up], "dd-direct.bin"))
     for kind in kinds(b):
         log(f"dd {size // MiB} MiB, {kind}")
         guarded_all([rate, store], kind, partial(mounted, kind))
     log(f"dd {size // MiB} MiB, stormount -o fsync=upload")
     guarded(up, "stormount", fsync_upload)
+    if b.proxy20 is None or b.s3_20 is None:
+        store20.note("skipped: ../shared/bench/latproxy.py not found")
+    else:
+        log(f"dd {size // MiB} MiB at 20 ms: direct upload, stormount")
+        guarded(store20, "direct", partial(direct, b.s3_20, [store20], "dd20-direct.bin"))
+        guarded(store20, "stormount", partial(mounted20, "stormount", b.proxy20))
     src.unlink()
 
 
 # -- rename of an object already in the bucket --------------------------------------------
 
 def rename(b: Bench) -> None:
-    row = b.rows["rename"]
+    row, row20 = b.rows["rename"], b.rows["rename_20"]
     to, limit = b.params.op_timeout, b.params.upload_deadline
     src = scratch(b) / "rename-source.bin"
     random_file(src, RENAME_SIZE)
@@ -302,33 +349,40 @@ def rename(b: Bench) -> None:
         got = listed(b.s3, prefix)
         return got.get(prefix + "new.bin") == RENAME_SIZE and prefix + "old.bin" not in got
 
-    def direct() -> None:
-        prefix = "mv-direct/"
+    def direct(client: Any, row: Row, prefix: str) -> None:
         put(prefix)
         t0 = time.perf_counter()
-        b.s3.copy_object(Bucket=BUCKET, Key=prefix + "new.bin",
-                         CopySource={"Bucket": BUCKET, "Key": prefix + "old.bin"})
-        b.s3.delete_object(Bucket=BUCKET, Key=prefix + "old.bin")
+        client.copy_object(Bucket=BUCKET, Key=prefix + "new.bin",
+                           CopySource={"Bucket": BUCKET, "Key": prefix + "old.bin"})
+        client.delete_object(Bucket=BUCKET, Key=prefix + "old.bin")
         if not renamed(prefix):
             raise RuntimeError("the listing does not show the copy")
         row.reference = time.perf_counter() - t0
+        delete_prefix(b.s3, prefix)
 
-    def mounted(kind: str) -> None:
-        prefix = f"mv-{kind}/"
+    def mounted(kind: str, row: Row, port: int, prefix: str) -> None:
         put(prefix)  # uploaded before the mount: the mount only knows it from the store
-        with mount_of(b, kind, f"{kind}-mv") as m:
+        with mount_of(b, kind, f"{kind}-{prefix.rstrip('/')}", port=port) as m:
             d = m.path / prefix
             t0 = time.perf_counter()
             returned = timed(["mv", str(d / "old.bin"), str(d / "new.bin")], to)
             wait_for(lambda: renamed(prefix), limit, "the new name alone in the bucket")
             row.set(kind, time.perf_counter() - t0)
         row.note(f"{kind}: mv returned after {returned:.3f} s")
+        delete_prefix(b.s3, prefix)
 
     log("rename of a 100 MiB object: direct")
-    guarded(row, "copy+delete", direct)
+    guarded(row, "copy+delete", partial(direct, b.s3, row, "mv-direct/"))
     for kind in kinds(b):
         log(f"rename of a 100 MiB object, {kind}")
-        guarded(row, kind, partial(mounted, kind))
+        guarded(row, kind, partial(mounted, kind, row, b.port, f"mv-{kind}/"))
+    if b.proxy20 is None or b.s3_20 is None:
+        row20.note("skipped: ../shared/bench/latproxy.py not found")
+    else:
+        log("rename of a 100 MiB object at 20 ms: direct, stormount")
+        guarded(row20, "copy+delete", partial(direct, b.s3_20, row20, "mv20-direct/"))
+        guarded(row20, "stormount",
+                partial(mounted, "stormount", row20, b.proxy20, "mv20-stormount/"))
     src.unlink()
 
 
@@ -357,18 +411,28 @@ def make_rows(p: Params) -> dict[str, Row]:
     rows = [
         Row("untar_return", f"{tar}: until tar returns", "s", "same untar, local directory",
             ratio_goal("<=", 0.5, "rclone full", "rclone 4.1 s, s3fs 44.7 s", kind="peer")),
-        Row("untar_store", f"{tar}: until every object is in the bucket", "s",
+        Row("untar_store", f"{tar}: until every object is in the bucket, 0 ms RTT", "s",
             "boto3 put_object, 16 threads",
             ratio_goal("<=", 1.3, "direct", "direct 5.8 s, rclone full 13.9 s")),
+        Row("untar_store_20", f"{tar}: until every object is in the bucket, 20 ms RTT",
+            "s", "boto3 put_object, 16 threads, via the same proxy",
+            ratio_goal("<=", 1.3, "direct")),
         Row("dd_rate", f"`dd` {dd_size} `conv=fsync`, default fsync", "MiB/s",
             "same dd to a local file",
             Goal("abs", ">=", 600, "≥ 600 MiB/s (rclone full 680, s3fs 64)")),
-        Row("dd_store", f"`dd` {dd_size}: until the object is in the bucket", "s",
+        Row("dd_store", f"`dd` {dd_size}: until the object is in the bucket, 0 ms RTT", "s",
             "boto3 upload_file, 8 MiB parts, 10 threads",
             ratio_goal("<=", 1.2, "direct", "direct 4.2 s, rclone 14.5 s, s3fs 8.0 s")),
+        Row("dd_store_20", f"`dd` {dd_size}: until the object is in the bucket, 20 ms RTT",
+            "s", "boto3 upload_file, 8 MiB parts, 10 threads, via the same proxy",
+            ratio_goal("<=", 1.2, "direct")),
         Row("dd_fsync_upload", f"`dd` {dd_size} `conv=fsync` with `-o fsync=upload`", "s",
             "boto3 upload_file, as above"),
-        Row("rename", "`mv` of a 100 MiB object: until the bucket shows only the new name",
-            "s", "copy_object + delete_object", ratio_goal("<=", 1.2, "reference", "0.26 s")),
+        Row("rename", "`mv` of a 100 MiB object: until the bucket shows only the new name, "
+            "0 ms RTT", "s", "copy_object + delete_object",
+            ratio_goal("<=", 1.2, "reference", "0.26 s")),
+        Row("rename_20", "`mv` of a 100 MiB object: until the bucket shows only the new "
+            "name, 20 ms RTT", "s", "copy_object + delete_object via the same proxy",
+            ratio_goal("<=", 1.2, "reference")),
     ]
     return {r.key: r for r in rows}
