@@ -11,11 +11,17 @@ every "in the bucket" figure, the direct reference's too, includes one such chec
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import hashlib
+import json
 import os
 import random
+import shutil
+import signal
 import stat
 import sysconfig
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -26,13 +32,15 @@ from typing import Any
 
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
-from infra import BUCKET, Mount, log, pending_uploads
-from report import Goal, Row, ratio_goal
-from workloads import Bench, MiB, Params, guarded, timed
+from infra import BUCKET, Mount, Proxy, log, pending_uploads
+from report import Goal, Row, fmt, ratio_goal
+from workloads import Bench, MiB, Params, guarded, probe, timed
 
 RENAME_SIZE = 100 * MiB
 SMALL_FILE = MiB  # the tar tree takes no directory holding a file larger than this
 POLL = 0.05  # seconds between two looks at a queue or the bucket
+PATCH_SIZE, PATCH_AT, PATCH_LEN = 64 * MiB, 30 * MiB, 4096  # the 4 KiB change
+PAUSE_S = 6.0  # how long the server is stopped in the middle of an upload
 
 
 @dataclass
@@ -143,6 +151,26 @@ def delete_prefix(client: Any, prefix: str) -> None:
     for i in range(0, len(keys), 1000):
         client.delete_objects(Bucket=BUCKET, Delete={
             "Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+
+
+def sha256_of_object(client: Any, key: str) -> str:
+    h = hashlib.sha256()
+    for chunk in client.get_object(Bucket=BUCKET, Key=key)["Body"].iter_chunks(MiB):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_of_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ranged(client: Any, key: str, off: int, length: int) -> bytes:
+    r = client.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={off}-{off + length - 1}")
+    return bytes(r["Body"].read())
 
 
 def multipart() -> TransferConfig:
@@ -386,6 +414,247 @@ def rename(b: Bench) -> None:
     src.unlink()
 
 
+# -- bytes on the wire: a 4 KiB change, random writes, an upload across a pause ---------
+# Each figure has a 0 ms latproxy of its own between the mount and the server, and counts
+# what it forwards from just before the figure's first write until the object is stored:
+# the mount's start (and its first listing) is not counted, and the checks of the bucket
+# go straight to the server, so they are not counted either.
+
+@dataclass
+class Plan:
+    """Open/pwrite/close cycles on files stored before the mount (probe.py writes)."""
+    sizes: dict[str, int]  # file name -> size (unchanged by the writes)
+    seed: int
+    cycles: list[tuple[str, list[tuple[int, int]]]]  # (name, [(offset, length), ...])
+
+    @property
+    def written(self) -> int:
+        return sum(n for _, ops in self.cycles for _, n in ops)
+
+    def last_writes(self) -> dict[str, tuple[int, int]]:
+        """Each file's last write: once the store shows it, the file's last close is
+        stored (its content is then checked whole, after the clock stops)."""
+        return {name: ops[-1] for name, ops in self.cycles if ops}
+
+    def save(self, path: Path) -> Path:
+        path.write_text(json.dumps({"seed": self.seed, "cycles": self.cycles}))
+        return path
+
+
+def random_plan(sizes: dict[str, int], total: int, seed: int) -> Plan:
+    """Cycles of 16 to 64 writes of 4 to 64 KiB at random (unaligned) offsets of a file
+    chosen in proportion to its size, until `total` bytes."""
+    rng = random.Random(seed)
+    names = list(sizes)
+    cycles: list[tuple[str, list[tuple[int, int]]]] = []
+    n = 0
+    while n < total:
+        name = rng.choices(names, weights=[sizes[x] for x in names])[0]
+        ops = []
+        for _ in range(rng.randint(16, 64)):
+            length = rng.randint(4 * 1024, 64 * 1024)
+            ops.append((rng.randrange(sizes[name] - length + 1), length))
+            n += length
+        cycles.append((name, ops))
+    return Plan(sizes, seed + 1, cycles)
+
+
+@dataclass
+class Wire:
+    """What one figure sent through its proxy."""
+    up: int
+    down: int
+    conns: int
+    seconds: float
+
+
+def counting(b: Bench, name: str) -> Proxy:
+    proxy = b.session.counting_proxy(b.port, 0, name)
+    if proxy is None:
+        raise RuntimeError("../shared/bench/latproxy.py not found: no byte counts")
+    return proxy
+
+
+def wire_note(row: Row, kind: str, w: Wire) -> None:
+    row.note(f"{kind}: {fmt(w.up / MiB, 'MiB')} sent, {fmt(w.down / MiB, 'MiB')} received, "
+             f"{w.conns} new connection(s), stored after {w.seconds:.1f} s")
+
+
+def plan_figure(b: Bench, row: Row, kind: str, tag: str, plan: Plan, files: PlanFiles
+                ) -> None:
+    """Store the plan's files (the originals) with boto3, mount through a counting proxy,
+    run the plan on the mount and count the bytes each way until the queue is empty and
+    every file's last write is in the bucket; then check every object against the
+    expected content (SHA-256), straight from the server."""
+    to, limit = b.params.op_timeout, b.params.upload_deadline
+    prefix = f"{tag}-{kind}/"
+    for name in plan.sizes:
+        b.s3.upload_file(str(files.originals / name), BUCKET, prefix + name,
+                         Config=multipart())
+    last = plan.last_writes()
+    want = {}
+    for name, (off, n) in last.items():
+        with open(files.expected / name, "rb") as f:
+            f.seek(off)
+            want[name] = f.read(n)
+
+    def there() -> bool:
+        return all(ranged(b.s3, prefix + name, off, n) == want[name]
+                   for name, (off, n) in last.items())
+
+    planfile = plan.save(scratch(b) / f"{tag}-plan.json")
+    proxy_name = f"{tag}-{kind}-proxy"
+    proxy = counting(b, proxy_name)
+    try:
+        with mount_of(b, kind, f"{kind}-{tag}", port=proxy.port) as m:
+            before = proxy.counts()
+            t0 = time.perf_counter()
+            probe("writes", m.path / prefix, planfile, timeout=to)
+            wait_for(stored(m, there), limit, "the last writes, in the bucket")
+            dt = time.perf_counter() - t0
+            after = proxy.counts()
+    finally:
+        b.session.stop(proxy_name)
+    w = Wire(after["up"] - before["up"], after["down"] - before["down"],
+             after["conns"] - before["conns"], dt)
+    row.set(kind, w.up / MiB)
+    wire_note(row, kind, w)
+    wrong = [name for name in plan.sizes
+             if sha256_of_object(b.s3, prefix + name) != files.sha256[name]]
+    if wrong:
+        text = f"{kind}: stored content differs from the writes in {', '.join(wrong)}"
+        row.fail(text) if kind == "stormount" else row.note(text)
+    delete_prefix(b.s3, prefix)
+
+
+@dataclass
+class PlanFiles:
+    originals: Path  # the files as stored before the mount
+    expected: Path  # the same after the plan ran on them
+    sha256: dict[str, str]  # name -> SHA-256 of the expected content
+
+
+def prepare_plan(b: Bench, tag: str, plan: Plan) -> PlanFiles:
+    """The plan's files (random bytes) and what they must become: the same probe run on
+    a local copy."""
+    files = PlanFiles(scratch(b) / f"{tag}-originals", scratch(b) / f"{tag}-expected", {})
+    files.originals.mkdir()
+    for name, size in plan.sizes.items():
+        random_file(files.originals / name, size)
+    shutil.copytree(files.originals, files.expected)
+    probe("writes", files.expected, plan.save(scratch(b) / f"{tag}-plan.json"),
+          timeout=b.params.op_timeout)
+    files.sha256 = {name: sha256_of_file(files.expected / name) for name in plan.sizes}
+    return files
+
+
+def plan_rows(b: Bench, row: Row, tag: str, plan: Plan, what: str) -> None:
+    files: list[PlanFiles] = []
+    guarded(row, "preparing the files", lambda: files.append(prepare_plan(b, tag, plan)))
+    for f in files:
+        for kind in kinds(b):
+            log(f"{what}, {kind}")
+            guarded(row, kind, partial(plan_figure, b, row, kind, tag, plan, f))
+    for d in (f"{tag}-originals", f"{tag}-expected"):
+        shutil.rmtree(scratch(b) / d, ignore_errors=True)
+
+
+def patch(b: Bench) -> None:
+    """open O_RDWR, pwrite 4 KiB at 30 MiB, close, on a 64 MiB stored object."""
+    row = b.rows["patch_bytes"]
+    plan = Plan({"obj.bin": PATCH_SIZE}, 18, [("obj.bin", [(PATCH_AT, PATCH_LEN)])])
+    row.reference = PATCH_SIZE / MiB
+    plan_rows(b, row, "patch", plan, "4 KiB change in a 64 MiB object")
+
+
+def random_writes(b: Bench) -> None:
+    row = b.rows["randwrite_bytes"]
+    p = b.params
+    sizes = {f"f{i}.bin": size for i, size in enumerate(p.randwrite_sizes)}
+    plan = random_plan(sizes, p.randwrite_total, 18)
+    row.reference = plan.written / MiB
+    row.note(f"{len(plan.cycles)} open/write/close cycles, "
+             f"{sum(len(ops) for _, ops in plan.cycles):,} writes, back to back, to "
+             f"{len(sizes)} files of {', '.join(str(n // MiB) for n in sizes.values())} MiB")
+    plan_rows(b, row, "randwrite", plan, "random writes")
+
+
+def paused_upload(b: Bench) -> None:
+    """dd of `pause_size` through a counting proxy; once the proxy has sent half of it
+    up, the S3 server is stopped (SIGSTOP) for PAUSE_S seconds, then continued."""
+    row = b.rows["pause_bytes"]
+    size, to, limit = b.params.pause_size, b.params.op_timeout, b.params.upload_deadline
+    server = b.session.procs["s3server"]
+    src = scratch(b) / "pause-source.bin"
+    key = "pause-stormount.bin"
+    row.reference = size / MiB
+
+    def cont() -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pid, signal.SIGCONT)
+
+    def measure() -> None:
+        random_file(src, size)
+        want = sha256_of_file(src)
+        proxy = counting(b, "pause-proxy")
+        stop = threading.Event()
+        paused: dict[str, float] = {}
+
+        def monitor(base: int, t0: float) -> None:
+            try:
+                while not stop.is_set():
+                    if proxy.counts()["up"] - base >= size // 2:
+                        paused["at"] = time.perf_counter() - t0
+                        os.kill(server.pid, signal.SIGSTOP)
+                        try:
+                            stop.wait(PAUSE_S)
+                        finally:
+                            cont()
+                            paused["for"] = time.perf_counter() - t0 - paused["at"]
+                        return
+                    time.sleep(POLL)
+            except Exception as e:  # the main thread's wait gives up in time
+                log(f"pause monitor: {e!r}")
+
+        try:
+            with mount_of(b, "stormount", "stormount-pause", port=proxy.port) as m:
+                before = proxy.counts()
+                t0 = time.perf_counter()
+                watcher = threading.Thread(target=monitor, args=(before["up"], t0))
+                watcher.start()
+                try:
+                    returned = timed(dd(src, m.path / key, size), to)
+                    wait_for(stored(m, lambda: object_size(b.s3, key) == size), limit,
+                             "the object, in the bucket")
+                    dt = time.perf_counter() - t0
+                finally:
+                    stop.set()
+                    watcher.join()
+                    cont()  # whatever happened above
+                after = proxy.counts()
+        finally:
+            b.session.stop("pause-proxy")
+        if "for" not in paused:
+            raise RuntimeError("the upload never reached half its size at the proxy: no "
+                               "pause")
+        w = Wire(after["up"] - before["up"], after["down"] - before["down"],
+                 after["conns"] - before["conns"], dt)
+        row.stormount = w.up / MiB
+        wire_note(row, "stormount", w)
+        row.note(f"dd returned after {returned:.1f} s; server stopped {paused['at']:.1f} s "
+                 f"after dd started, for {paused['for']:.1f} s")
+        if sha256_of_object(b.s3, key) != want:
+            row.fail("the stored object differs from what dd wrote")
+
+    log(f"upload of {size // MiB} MiB with the server paused {PAUSE_S:g} s, stormount")
+    try:
+        guarded(row, "stormount", measure)
+    finally:
+        cont()
+        src.unlink(missing_ok=True)
+        guarded(row, "cleanup", lambda: delete_prefix(b.s3, key))
+
+
 # -- the section --------------------------------------------------------------------------
 
 def writes(b: Bench) -> None:
@@ -402,12 +671,17 @@ def writes(b: Bench) -> None:
         untar(b, a)
     big_file(b)
     rename(b)
+    patch(b)
+    random_writes(b)
+    paused_upload(b)
     log(f"write section took {time.perf_counter() - t0:.0f} s")
 
 
 def make_rows(p: Params) -> dict[str, Row]:
     dd_size = f"{p.write_size // MiB} MiB"
     tar = f"`tar x` of ~{p.tar_files:,} small files"
+    rw = f"{p.randwrite_total // MiB} MiB"
+    pause = f"{p.pause_size // MiB} MiB"
     rows = [
         Row("untar_return", f"{tar}: until tar returns", "s", "same untar, local directory",
             ratio_goal("<=", 0.5, "rclone full", "rclone 4.1 s, s3fs 44.7 s", kind="peer")),
@@ -434,5 +708,14 @@ def make_rows(p: Params) -> dict[str, Row]:
         Row("rename_20", "`mv` of a 100 MiB object: until the bucket shows only the new "
             "name, 20 ms RTT", "s", "copy_object + delete_object via the same proxy",
             ratio_goal("<=", 1.2, "reference")),
+        Row("patch_bytes", "4 KiB change inside a 64 MiB stored object (O_RDWR, pwrite 4 KiB "
+            "at 30 MiB, close): bytes sent upstream until it is stored", "MiB",
+            "the object's size", Goal("abs", "<=", 16, "≤ 16 MiB sent")),
+        Row("randwrite_bytes", f"Random writes of 4 to 64 KiB, {rw} in all, to stored files of "
+            f"up to {max(p.randwrite_sizes) // MiB} MiB: bytes sent upstream until stored",
+            "MiB", "bytes written", ratio_goal("<=", 4, "bytes written")),
+        Row("pause_bytes", f"Upload of {pause} with the server stopped {PAUSE_S:g} s "
+            "mid-upload: bytes sent upstream until stored", "MiB", "the object's size",
+            ratio_goal("<=", 1.2, "object size")),
     ]
     return {r.key: r for r in rows}
