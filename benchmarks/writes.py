@@ -442,14 +442,15 @@ class Plan:
 
 
 def random_plan(sizes: dict[str, int], total: int, seed: int) -> Plan:
-    """Cycles of 16 to 64 writes of 4 to 64 KiB at random (unaligned) offsets of a file
-    chosen in proportion to its size, until `total` bytes."""
+    """Cycles of 16 to 64 writes of 4 to 64 KiB at random (unaligned) offsets of a file:
+    each file once, then files chosen in proportion to their size, until `total` bytes."""
     rng = random.Random(seed)
     names = list(sizes)
     cycles: list[tuple[str, list[tuple[int, int]]]] = []
     n = 0
     while n < total:
-        name = rng.choices(names, weights=[sizes[x] for x in names])[0]
+        name = names[len(cycles)] if len(cycles) < len(names) else \
+            rng.choices(names, weights=[sizes[x] for x in names])[0]
         ops = []
         for _ in range(rng.randint(16, 64)):
             length = rng.randint(4 * 1024, 64 * 1024)
