@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -240,6 +241,22 @@ class Session:
                           "--max-seconds", "7200"], ready=lambda: _port_open(port))
         return port
 
+    def counting_proxy(self, target: int, rtt_ms: float, name: str) -> Proxy | None:
+        """A latency proxy of its own for one figure, whose byte counts `Proxy.counts()`
+        reads; None when latproxy.py is not there. Stop it with `stop(name)`."""
+        script = SHARED / "latproxy.py"
+        if not script.exists():
+            return None
+        port = free_port()
+        log_path = self.workdir / f"{name}.log"
+
+        def ready() -> bool:  # "latproxy pid=" is printed once SIGUSR1 is handled
+            return _port_open(port) and b"latproxy pid=" in log_path.read_bytes()
+        proc = self.spawn(name, [sys.executable, str(script), "--listen-port", str(port),
+                                 "--target-port", str(target), "--rtt-ms", str(rtt_ms),
+                                 "--max-seconds", "7200"], ready=ready)
+        return Proxy(port, proc, log_path)
+
     def stop(self, name: str) -> None:
         _stop(self.procs[name])
 
@@ -346,6 +363,36 @@ class Session:
 
 class MountFailed(BenchError):
     pass
+
+
+class Proxy:
+    """A latproxy.py the session started: its port, and the bytes it has forwarded each
+    way since it started ("up" = client -> server), which it prints on SIGUSR1."""
+    STATS = re.compile(rb"latproxy stats conns=(\d+) up=(\d+) down=(\d+)")
+
+    def __init__(self, port: int, proc: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.port, self.proc, self.log_path = port, proc, log_path
+        self._lock = threading.Lock()  # one report at a time (a monitor thread may ask)
+
+    def counts(self, timeout: float = 10.0) -> dict[str, int]:
+        """{"conns", "up", "down"} so far: SIGUSR1, then the new line in its log. A byte
+        is counted when the proxy sends it on, so what it still holds is not counted."""
+        with self._lock:
+            return self._counts(timeout)
+
+    def _counts(self, timeout: float) -> dict[str, int]:
+        seen = len(self.STATS.findall(self.log_path.read_bytes()))
+        if self.proc.poll() is not None or not _signal(self.proc.pid, signal.SIGUSR1):
+            raise BenchError(f"latproxy {self.port} is not running")
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.STATS.findall(self.log_path.read_bytes())
+            if len(found) > seen:
+                conns, up, down = map(int, found[-1])
+                return {"conns": conns, "up": up, "down": down}
+            if time.monotonic() > deadline:
+                raise BenchError(f"latproxy {self.port} did not report its counts")
+            time.sleep(0.01)
 
 
 class Mount:

@@ -4,12 +4,14 @@ parent kills the child) instead of the whole run. Prints one JSON object.
     probe.py read PATH LIMIT_BYTES DEADLINE_S   sequential 1 MiB reads until LIMIT or DEADLINE
     probe.py stat PATH...                       seconds per os.stat, in order
     probe.py pread PATH OFFSET...               seconds per 4 KiB pread (POSIX_FADV_RANDOM)
+    probe.py writes ROOT PLAN_JSON              the open/pwrite/close cycles of a plan
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 
@@ -53,6 +55,28 @@ def pread(path: str, offsets: list[int]) -> dict[str, object]:
     return {"seconds": times}
 
 
+def writes(root: str, plan_path: str) -> dict[str, object]:
+    """A plan is {"seed": N, "cycles": [[NAME, [[OFFSET, LENGTH], ...]], ...]}: each cycle
+    opens ROOT/NAME O_RDWR (an existing file), pwrites its writes in order and closes.
+    The bytes come from random.Random(seed) in plan order, so the same plan run on a
+    local copy gives the content the store must end up with."""
+    with open(plan_path) as f:
+        plan = json.load(f)
+    rng = random.Random(plan["seed"])
+    n = 0
+    t0 = time.perf_counter()
+    for name, ops in plan["cycles"]:
+        fd = os.open(os.path.join(root, name), os.O_RDWR)
+        try:
+            for off, length in ops:
+                if os.pwrite(fd, rng.randbytes(length), off) != length:
+                    raise OSError(f"short write at {off} of {name}")
+                n += length
+        finally:
+            os.close(fd)
+    return {"bytes": n, "seconds": time.perf_counter() - t0}
+
+
 def main() -> None:
     op, path, *rest = sys.argv[1:]
     if op == "read":
@@ -61,6 +85,8 @@ def main() -> None:
         out = stat([path, *rest])
     elif op == "pread":
         out = pread(path, [int(x) for x in rest])
+    elif op == "writes":
+        out = writes(path, rest[0])
     else:
         raise SystemExit(f"unknown probe {op}")
     print(json.dumps(out))

@@ -118,6 +118,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "MiB" and value < 1:  # e.g. the bytes a small change sends
+        return f"{value * 1024:,.1f} KiB"
     return f"{value:,.1f} {unit}"
 
 

@@ -45,6 +45,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--write-mib", type=int, help="dd file of `write` (default 512, quick 64)")
     ap.add_argument("--tar-files", type=int, default=2000,
                     help="about this many files in the tar archive of `write` (2000)")
+    ap.add_argument("--pause-mib", type=int,
+                    help="the upload of `write` paused mid-way (default 1024, quick 256)")
     ap.add_argument("--upload-deadline", type=float,
                     help="`write` waits this long for the bucket to show a write (240, "
                          "quick 120)")
@@ -72,6 +74,9 @@ def main() -> int:
         write_size=(a.write_mib or (64 if q else 512)) * w.MiB,
         tar_files=a.tar_files,
         upload_deadline=a.upload_deadline or (120 if q else 240),
+        randwrite_sizes=tuple(n * w.MiB for n in ((64, 16, 4) if q else (256, 128, 32, 8))),
+        randwrite_total=(16 if q else 70) * w.MiB,
+        pause_size=(a.pause_mib or (256 if q else 1024)) * w.MiB,
         cp_dir="tree/d0" if q else "tree", peers_20=not q)
     only = [s for s in a.only.split(",") if s]
     unknown = set(only) - set(SECTIONS)
@@ -141,6 +146,9 @@ def main() -> int:
                            f"{params.rand_size // w.MiB} MiB, fio {params.fio_seconds:g} s, "
                            f"read limit {params.read_deadline:g} s, dd "
                            f"{params.write_size // w.MiB} MiB, tar ~{params.tar_files} files, "
+                           f"random writes of {params.randwrite_total // w.MiB} MiB to "
+                           f"{len(params.randwrite_sizes)} files, paused upload "
+                           f"{params.pause_size // w.MiB} MiB, "
                            f"cp -r of {params.cp_dir}/"
                            + ("" if params.peers_20 else ", namespace peers at 0 ms only")
                            + (" (--quick)" if q else "")),

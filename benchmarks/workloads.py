@@ -42,6 +42,10 @@ class Params:
     write_size: int = 512 * MiB  # the dd file of the write section
     tar_files: int = 2000  # about this many files in the write section's tar archive
     upload_deadline: float = 240.0  # a write section's wait for the bucket gives up here
+    # the random-write workload: its files (stored before the mount) and what it writes
+    randwrite_sizes: tuple[int, ...] = (256 * MiB, 128 * MiB, 32 * MiB, 8 * MiB)
+    randwrite_total: int = 70 * MiB
+    pause_size: int = 1024 * MiB  # the upload the server pauses in the middle of
     cp_dir: str = "tree"  # what the cp -r rows copy (--quick: tree/d0, a tenth)
     peers_20: bool = True  # the namespace rows' peers at 20 ms too (not with --quick)
 
