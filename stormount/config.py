@@ -52,7 +52,7 @@ class TierConfig:
     delete_timeout: float = 30.0
     list_timeout: float = 30.0  # listings, HEADs and the startup check
     # requests in flight at once, by kind; more wait their turn
-    uploads: int = 5
+    uploads: int = 16
     downloads: int = 10
     deletes: int = 10
     # circuit breaker: consecutive failures that open it, seconds before a trial request
@@ -97,8 +97,11 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class WritebackConfig:
-    debounce: float = 2.0  # seconds a closed file is left alone before it uploads
-    parallel: int = 5  # uploads at once
+    # seconds a closed file is left alone before it uploads: long enough for what
+    # follows a close at once (the rename of a temp file, tar's chmod and utime)
+    debounce: float = 0.5
+    parallel: int = 16  # uploads at once
+    parallel_large: int = 4  # of them, files above 8 MiB (sent in parts, several at once)
     retries: int = 4  # attempts with backoff before an upload is reported failing
     retry_delay: float = 1.0  # first backoff; doubles per attempt
     retry_max_delay: float = 10.0  # cap of the backoff
@@ -346,7 +349,8 @@ def _to_fsync(raw: object, what: str) -> str:
 
 _CHAIN_CONVERT = {"retries": _to_int, "retry_delay": _to_float,
                   "retry_max_delay": _to_float, "repair_parallel": _to_int}
-_WRITEBACK_CONVERT = {"debounce": _to_float, "parallel": _to_int, "retries": _to_int,
+_WRITEBACK_CONVERT = {"debounce": _to_float, "parallel": _to_int, "parallel_large": _to_int,
+                      "retries": _to_int,
                       "retry_delay": _to_float, "retry_max_delay": _to_float,
                       "failing_retry_delay": _to_float, "fsync": _to_fsync}
 # -o spellings that mount(8) users expect, mapped onto config keys
@@ -538,6 +542,8 @@ def build_config(
         raise ConfigError("block_size must be between 64KiB and 64MiB")
     if writeback.parallel < 1:
         raise ConfigError("writeback parallel must be at least 1")
+    if writeback.parallel_large < 1:
+        raise ConfigError("writeback parallel_large must be at least 1")
     if writeback.retries < 1:
         raise ConfigError("writeback retries must be at least 1")
     for name in ("retry_delay", "retry_max_delay", "failing_retry_delay"):

@@ -61,6 +61,9 @@ QUEUED, UPLOADING, FAILING = "queued", "uploading", "failing"
 OPEN = "open"  # how a held upload is shown: written, waiting for its writer's last close
 FINAL, CLOSED, WRITING = 0, 1, 2  # an upload's `held`
 MARKER = ""  # the staging of a directory marker: it has no content
+# a file above this goes in parts, several at once, each held in memory while it is
+# sent: at most `parallel_large` of them upload at once, beside the small ones
+LARGE = 8 * 1024 * 1024
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -295,6 +298,7 @@ class Writeback:
         self._due: list[tuple[float, int, Upload]] = []
         self._seq = itertools.count()
         self._active = 0
+        self._active_large = 0  # of them, files above LARGE
         self._wake = trio.Event()
         self._changed = trio.Event()
         self._draining = False
@@ -544,6 +548,7 @@ class Writeback:
                     nursery.start_soon(self._abort, self._abandoned.pop())
                 now = trio.current_time()
                 next_due = math.inf
+                waiting: list[Upload] = []  # large, due, and no room for one more
                 while self._due and self._active < self.cfg.parallel:
                     due, _, up = self._due[0]
                     if (self._uploads.get(up.path) is not up or up.state == UPLOADING
@@ -554,7 +559,13 @@ class Writeback:
                         break
                     else:
                         heapq.heappop(self._due)
-                        self._start(nursery, up)
+                        large = (_size(up.staging) or 0) > LARGE
+                        if large and self._active_large >= self.cfg.parallel_large:
+                            waiting.append(up)  # until a large one ends (it wakes us)
+                        else:
+                            self._start(nursery, up, large)
+                for up in waiting:
+                    heapq.heappush(self._due, (up.due, next(self._seq), up))
                 with trio.move_on_at(next_due):
                     await self._wake.wait()
 
@@ -565,14 +576,15 @@ class Writeback:
         except (BackendError, OSError) as e:
             log.warning("cannot abort the upload of %s begun on %s: %s", rec.key, rec.url, e)
 
-    def _start(self, nursery: trio.Nursery, up: Upload) -> None:
+    def _start(self, nursery: trio.Nursery, up: Upload, large: bool) -> None:
         log.debug("uploading %s (revision %d)", up.path, up.revision)
         up.state = UPLOADING
         up.finished = trio.Event()
         self._active += 1
-        nursery.start_soon(self._upload, up)
+        self._active_large += large
+        nursery.start_soon(self._upload, up, large)
 
-    async def _upload(self, up: Upload) -> None:
+    async def _upload(self, up: Upload, large: bool = False) -> None:
         revision, path = up.revision, up.path
         try:
             try:
@@ -588,6 +600,7 @@ class Writeback:
             self._succeeded(up, path, revision, info, conflict)
         finally:
             self._active -= 1
+            self._active_large -= large
             if up.state == UPLOADING:
                 up.state = QUEUED  # cancelled: it stays queued for the next run
             if self._uploads.get(up.path) is up:

@@ -31,7 +31,9 @@ class Part:
     number: int  # 1-based, as S3 numbers parts
     etag: str  # S3: the part's ETag; Azure: the block id
     size: int
-    md5: str  # hex MD5 of the bytes sent, to check the local bytes are unchanged
+    # hex MD5 of the bytes sent, to check the local bytes are unchanged; "" where the
+    # store's ETag of a part is that MD5 (S3 without SSE-KMS): not computed at upload
+    md5: str
 
 
 @dataclass(slots=True)
@@ -156,7 +158,7 @@ def source_of(number: int, start: int, size: int, data: bytes | None,
     part = None if recorded is None else recorded.parts.get(number)
     have = listed.get(number)
     if (part is not None and have is not None and data is not None and part.size == size
-            and have == (part.etag, size) and md5_hex(data) == part.md5):
+            and have == (part.etag, size) and md5_hex(data) == (part.md5 or part.etag)):
         return Stored(part.etag)
     if delta is not None and delta.unchanged(start, start + size):
         return FromBase(delta.etag, start, start + size)

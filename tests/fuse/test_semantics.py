@@ -49,12 +49,16 @@ def test_fsync_upload_puts_the_data_in_the_store_before_close(tmp_path, make_mou
         os.close(fd)
 
 
-def test_close_journals_and_the_upload_follows(local):
-    with open(local.path / "c", "wb") as f:
+def test_close_journals_and_the_upload_follows(tmp_path, make_mount):
+    store = tmp_path / "store"
+    store.mkdir()
+    m = make_mount(f"file://{store}", args=("-o", "debounce=5"))
+    with open(m.path / "c", "wb") as f:
         f.write(b"closed")
-    assert [p["path"] for p in local.pending()] == ["c"]  # the default debounce: 2 s
-    local.settle()
-    assert (local.store_dir / "c").read_bytes() == b"closed"
+    assert [p["path"] for p in m.pending()] == ["c"]  # journaled; the upload follows
+    assert not (store / "c").exists()
+    m.settle()
+    assert (store / "c").read_bytes() == b"closed"
 
 
 def test_mknod_makes_an_empty_file(local):

@@ -297,6 +297,25 @@ async def test_staging_file_missing_at_restart_is_reported_and_dropped(
     assert "lost its staging file" in caplog.text
 
 
+async def test_at_most_parallel_large_big_files_upload_at_once(factory, backend,
+                                                               autojump_clock):
+    """Big files (sent in parts held in memory) upload `parallel_large` at a time;
+    small ones go beside them up to `parallel`."""
+    backend.fail("put_file", 5.0)  # every upload takes a while
+    vfs = factory(backend, writeback=WritebackConfig(debounce=0, parallel=16,
+                                                     parallel_large=4))
+    for i in range(8):
+        await write(vfs, f"big{i}", b"x" * (9 << 20))
+        await write(vfs, f"small{i}", b"x")
+    await trio.sleep(1)
+    uploading = [up.path for up in vfs.writeback.pending()
+                 if up.describe()["state"] == "uploading"]  # as ctl queue shows them
+    assert sum(p.startswith("big") for p in uploading) == 4
+    assert sum(p.startswith("small") for p in uploading) == 8
+    await trio.sleep(30)
+    assert len(await keys(backend)) == 16
+
+
 async def test_a_close_of_one_of_several_descriptors_uploads_nothing_yet(
         factory, backend, autojump_clock):
     """dd closes a dup of its descriptor, then writes on: the upload waits for the
