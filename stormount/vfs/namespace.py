@@ -289,7 +289,8 @@ class Namespace:
 
     def begin_move(self, old: str, new: str) -> None:
         """A directory is being moved (its keys copied, then deleted): no listing of
-        either place is believed until it is done, and none kept from before is."""
+        either place is believed until it is done, and none kept from before is, in
+        memory or on disk (at the new place, they are of the directory it replaces)."""
         self._moving.extend((old, new))
         self._moved(old, new)
 
@@ -303,6 +304,8 @@ class Namespace:
             self._seq += 1
             self._log.append((self._seq, key, True))
             self._forget_kept(key)
+            if self.meta is not None:
+                self.meta.forget_prefix(key)  # listings and attributes at and below it
 
     def _forget_kept(self, prefix: str) -> None:
         """Listings kept for directories at or below `prefix` (a directory key) go."""

@@ -14,6 +14,7 @@ import pytest
 
 from stormount.registry import mounted_fuse
 from tests.helpers.mounts import wait_for
+from tests.stores import FileStore
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,6 +116,21 @@ def test_changes_by_other_clients_appear_within_the_ttls(tmp_path, make_mount):
     (store / "from-elsewhere.txt").unlink()
     wait_for(lambda: not (m.path / "from-elsewhere.txt").exists(), timeout=10,
              what="the removed object to vanish")
+
+
+def test_a_directory_moved_over_an_empty_listed_one_shows_its_entries(tmp_path, make_mount):
+    """mv c d, where d is an empty directory this mount listed (and so persisted the
+    listing of): d lists c's entries at once, not the replaced directory's for
+    listing_ttl."""
+    store = FileStore(tmp_path / "store")
+    store.put("d/", b"")
+    store.put("c/x", b"x")
+    m = make_mount(store.url)
+    assert os.listdir(m.path / "d") == []
+    os.rename(m.path / "c", m.path / "d")
+    assert os.listdir(m.path / "d") == ["x"]
+    assert (m.path / "d" / "x").read_bytes() == b"x"
+    assert os.listdir(m.path) == ["d"]
 
 
 def test_daemon_crash_keeps_unflushed_data_and_next_start_recovers_it(tmp_path, make_mount):

@@ -224,3 +224,40 @@ async def test_a_broken_metadata_cache_does_not_fail_operations(make):
     vfs.meta._db.close()  # the cache database becomes unusable
     await vfs.unlink(ROOT_INO, "f")
     assert await names(vfs) == []
+
+
+async def test_a_directory_moved_over_an_empty_one_lists_its_own_entries(make, nursery):
+    """rename(c, a) replaces the empty directory a, listed before: the listing persisted
+    for a is of the replaced directory and is never served for the moved one, not even
+    while listings are served stale and refreshed behind (found by
+    tests/fuse/test_model.py[uncached], whose every step lists every directory: the mount
+    showed a/ empty where a/a was)."""
+    _, vfs = make(CacheConfig(metadata_ttl=0, listing_ttl=0, negative_ttl=0))
+    vfs.background = nursery  # as in the daemon: a stale listing is served, then refreshed
+    c = await vfs.mkdir(ROOT_INO, "c", 0o755, 0, 0)
+    a = await vfs.mkdir(ROOT_INO, "a", 0o755, 0, 0)
+    await vfs.mkdir(c.ino, "a", 0o755, 0, 0)
+    await make.settle()
+    assert await names(vfs, a.ino) == []
+    await trio.testing.wait_all_tasks_blocked()  # (its refresh is persisted)
+    assert vfs.ns.meta.listing("a/") is not None  # type: ignore[union-attr]
+
+    await vfs.rename(ROOT_INO, "c", ROOT_INO, "a")
+    moved = await vfs.lookup(ROOT_INO, "a")
+    assert await names(vfs, moved.ino) == ["a"]
+    assert await names(vfs) == ["a"]
+
+
+async def test_a_directory_moved_over_an_empty_one_keeps_its_own_attributes(make):
+    """The attributes persisted for the replaced directory's marker are not the moved
+    one's: once the kernel forgets the moved directory, it is looked up with its own."""
+    _, vfs = make()
+    c = await vfs.mkdir(ROOT_INO, "c", 0o700, 0, 0)
+    a = await vfs.mkdir(ROOT_INO, "a", 0o755, 0, 0)
+    await make.settle()
+    await vfs.rename(ROOT_INO, "c", ROOT_INO, "a")
+    assert c.attrs.mode & 0o777 == 0o700
+    vfs.forget(c.ino, 1)
+    vfs.forget(a.ino, 1)
+    assert vfs.inodes.get(c.ino) is None  # dropped: the next lookup makes a new node
+    assert (await vfs.lookup(ROOT_INO, "a")).attrs.mode & 0o777 == 0o700
