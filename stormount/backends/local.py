@@ -181,13 +181,13 @@ class LocalBackend:
         which excludes other writers through this backend, not other processes)."""
         path = self._path(key)
         if key.endswith("/"):
-            os.makedirs(path, exist_ok=True)
-            self._write_meta(path, metadata, marker=True)
+            with self._install_lock:  # (a prune must not take the directory meanwhile)
+                os.makedirs(path, exist_ok=True)
+                self._write_meta(path, metadata, marker=True)
             return self._info(key, path)
         parent = os.path.dirname(path)
         if os.path.isdir(path):
             raise Conflict(f"{self.url}: {key} is a directory", backend=self.url, key=key)
-        os.makedirs(parent, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._tmpdir())
         try:
             try:
@@ -204,6 +204,9 @@ class LocalBackend:
                 perms = 0o644
             os.chmod(tmp, perms)
             with self._install_lock:
+                # under the lock: a delete's prune of the empty parent must not come
+                # between the directory made and the file renamed into it
+                os.makedirs(parent, exist_ok=True)
                 if if_absent or if_match is not None:
                     try:
                         current: str | None = self._etag(os.stat(path))
@@ -244,12 +247,13 @@ class LocalBackend:
     def _prune(self, path: str) -> None:
         """Remove empty, unmarked directories from `path` up towards the root."""
         root = os.path.abspath(self.root)
-        while os.path.abspath(path) != root and not self._is_marker(path):
-            try:
-                os.rmdir(path)
-            except OSError:
-                return
-            path = os.path.dirname(path)
+        with self._install_lock:  # (see _install)
+            while os.path.abspath(path) != root and not self._is_marker(path):
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    return
+                path = os.path.dirname(path)
 
     async def abandon(self, recorded: Recorded) -> None:
         await trio.lowlevel.checkpoint()  # never records an upload

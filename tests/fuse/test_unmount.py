@@ -214,7 +214,9 @@ def test_without_a_known_daemon_a_busy_mount_is_refused_too(local, hold):
     # no record of the daemon (it died, or another user's): the command unmounts the
     # mount itself, plainly
     shell = hold("echo ready; read -r x", cwd=local.path)
-    os.unlink(os.path.join(os.environ["STORMOUNT_RUNTIME_DIR"], record_name(str(local.path))))
+    record = os.path.join(os.environ["STORMOUNT_RUNTIME_DIR"], record_name(str(local.path)))
+    wait_for(lambda: os.path.exists(record), what="the mount's record")  # written once ready
+    os.unlink(record)
     line = one_error_line(run("unmount", str(local.path)))
     assert f"pid {shell.pid} (sh: cwd {local.path})" in line, line
     assert mounted_fuse(str(local.path)) == "fuse.stormount"
