@@ -119,7 +119,6 @@ class Writer:
         fd, path = tempfile.mkstemp(dir=self.staging_dir, prefix="stage-")
         return Staging(path=path, fd=fd)
 
-
     async def stage(self, node: Node, *, load: bool = True) -> Staging:
         """Give a file its staging copy (caller holds node.lock), downloading the
         current content unless `load` is false (the caller truncates it anyway)."""
@@ -136,7 +135,6 @@ class Writer:
             raise
         node.staging = staging
         return staging
-
 
     async def _download(self, node: Node, staging: Staging) -> None:
         """The stored version's bytes into a new staging file: the blocks the cache
@@ -181,12 +179,10 @@ class Writer:
             self.writeback.hold(node.key)
             staging.held = WRITING
 
-
     def make_room(self, nbytes: int) -> bool:
         """A full cache disk: evict clean cached blocks (they can be fetched again,
         written data cannot). False if there were none."""
         return self.blocks is not None and self.blocks.release_space(nbytes) > 0
-
 
     async def handover(self, node: Node, *, durable: bool = False,
                         held: int = FINAL) -> None:
@@ -195,7 +191,6 @@ class Writer:
         while (moving := self.moving_above(node)) is not None:
             await moving.wait()
         self.submit(node, durable=durable, held=held)
-
 
     def moving_above(self, node: Node) -> trio.Event | None:
         """The event of a rename moving this node or a directory above it."""
@@ -208,7 +203,6 @@ class Writer:
                 return event
             above = above.parent
         return None
-
 
     def submit(self, node: Node, *, durable: bool = False, held: int = FINAL) -> None:
         """Hand a file's staged content to the write-back queue: journaled when this
@@ -235,7 +229,6 @@ class Writer:
                      None if delta is None else delta.copy())
         staging.queued, staging.held = state, held
 
-
     def journal(self, key: str, staging: str, base: str | None, metadata: dict[str, str],
                  durable: bool = False, held: int = FINAL, delta: Delta | None = None
                  ) -> None:
@@ -250,7 +243,6 @@ class Writer:
             self.writeback.submit(key, staging, base, metadata, durable=durable, held=held,
                                   delta=delta)
 
-
     async def queue_marker(self, node: Node) -> None:
         """Journal a directory's marker (with its attributes) for upload: mkdir, chmod
         and utimes of a directory coalesce into one PUT after the debounce."""
@@ -258,7 +250,6 @@ class Writer:
             await moving.wait()
         self.journal(node.key, MARKER, None, metadata_of(node.attrs))
         node.marker_queued = True
-
 
     def uploaded(self, path: str, info: ObjectInfo, done: bool) -> None:
         """The write-back queue stored a file (`done`: nothing newer is queued)."""
@@ -278,7 +269,6 @@ class Writer:
             return
         self.stored_as(node, info)
 
-
     def stored_as(self, node: Node, info: ObjectInfo) -> None:
         self.ns.set_version(node, info)
         node.page_cache_etag = info.etag
@@ -295,7 +285,6 @@ class Writer:
             self.ns.stored(node.parent, node.name, node.kind, info)
         self.drop_staging_if_clean(node)
         self.inodes.maybe_drop(node)
-
 
     def conflicted(self, path: str, conflict: str, info: ObjectInfo) -> None:
         """Someone else changed the object while our version waited: ours went to
@@ -315,13 +304,11 @@ class Writer:
         parent.children[node.name] = node
         self.stored_as(node, info)
 
-
     def drop_staging_if_clean(self, node: Node) -> None:
         if node.opens == 0 and node.staging is not None and (
                 not node.staging.dirty or node.unlinked):
             node.staging.close()
             node.staging = None
-
 
     def restore(self) -> list[Upload]:
         """Put the files an earlier run left queued back in the tree (listed, readable,
@@ -360,7 +347,6 @@ class Writer:
             log.info("%d file(s) from an earlier run are queued for upload", len(restored))
         return restored
 
-
     def _restore_dirs(self, path: str) -> Node:
         """The directory at `path`, with the nodes leading to it made where missing."""
         parent = self.inodes.root
@@ -371,7 +357,6 @@ class Writer:
                 child.checked_at = -math.inf  # asked again; kept while it holds queued files
             parent = child
         return parent
-
 
     async def hand_over(self, path: str = "") -> list[Upload]:
         """Queue what is written under `path` (a file or a directory, "" for everything),
@@ -386,7 +371,6 @@ class Writer:
             if node.staging is not None and under(node.path):
                 await self.handover(node)
         return [up for up in self.writeback.pending() if under(up.path.rstrip("/"))]
-
 
     async def shutdown(self) -> list[str]:
         """Queue what is still open and changed, then upload the whole queue (the caller
