@@ -41,6 +41,7 @@ import random
 import socket
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -64,6 +65,8 @@ MARKER = ""  # the staging of a directory marker: it has no content
 # a file above this goes in parts, several at once, each held in memory while it is
 # sent: at most `parallel_large` of them upload at once, beside the small ones
 LARGE = 8 * 1024 * 1024
+HOT_MAX = 30.0  # the longest wait of a file closed again and again (seconds)
+HOT_PATHS = 4096  # files whose last upload is remembered for that
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -130,6 +133,8 @@ class Upload:
     multipart: Recorded | None = None  # the resumable upload an attempt began
     resume: Resume | None = None  # of the attempt in flight, or the last one
     delta: Delta | None = None  # what differs from `base`; None: all of it
+    wait: float = 0.0  # the debounce its last hand-over got (see Writeback._settle_after)
+    since: float | None = None  # trio time of its first final hand-over not uploaded yet
 
     def describe(self) -> dict[str, object]:
         state = OPEN if self.held and self.state != UPLOADING else self.state
@@ -299,6 +304,9 @@ class Writeback:
         self._seq = itertools.count()
         self._active = 0
         self._active_large = 0  # of them, files above LARGE
+        # path -> (trio time its last upload started, the wait it had): files closed
+        # again soon after an upload wait longer (see _settle_after)
+        self._hot: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._wake = trio.Event()
         self._changed = trio.Event()
         self._draining = False
@@ -350,8 +358,7 @@ class Writeback:
                   ", held" if up.held else "")
         self.journal.put(up, durable=durable)
         if not up.held:
-            self._schedule(up, trio.current_time() + (0 if self._draining else
-                                                      self.cfg.debounce))
+            self._settle_after(up)
         return up
 
     def release(self, path: str) -> None:
@@ -362,8 +369,26 @@ class Writeback:
         if up is None or up.held != CLOSED:
             return
         up.held = FINAL
-        self._schedule(up, trio.current_time() + (0 if self._draining else
-                                                  self.cfg.debounce))
+        self._settle_after(up)
+
+    def _settle_after(self, up: Upload) -> None:
+        """A file's content is final for now: its upload is due once it has been left
+        alone for `debounce`. A file uploaded lately and closed again waits twice as
+        long as it did then (up to HOT_MAX), so one rewritten again and again is sent
+        less and less often; and no file waits more than HOT_MAX since its first close
+        still waiting, however often it is closed again."""
+        now = trio.current_time()
+        if self._draining:
+            self._schedule(up, now)
+            return
+        wait = self.cfg.debounce
+        hot = self._hot.get(up.path)
+        if hot is not None and wait > 0 and now - hot[0] < HOT_MAX:
+            wait = min(max(hot[1] * 2, wait), HOT_MAX)
+        up.wait = wait
+        if up.since is None:
+            up.since = now
+        self._schedule(up, max(now, min(now + wait, up.since + HOT_MAX)))
 
     def hold(self, path: str) -> None:
         """A writer changes a queued file (closed or synced before): it is `WRITING`,
@@ -578,6 +603,11 @@ class Writeback:
 
     def _start(self, nursery: trio.Nursery, up: Upload, large: bool) -> None:
         log.debug("uploading %s (revision %d)", up.path, up.revision)
+        self._hot[up.path] = (trio.current_time(), up.wait)  # see _settle_after
+        self._hot.move_to_end(up.path)
+        if len(self._hot) > HOT_PATHS:
+            self._hot.popitem(last=False)
+        up.since = None  # what is closed from now on waits anew
         up.state = UPLOADING
         up.finished = trio.Event()
         self._active += 1

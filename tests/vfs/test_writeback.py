@@ -297,6 +297,37 @@ async def test_staging_file_missing_at_restart_is_reported_and_dropped(
     assert "lost its staging file" in caplog.text
 
 
+async def test_a_file_closed_again_soon_after_its_upload_waits_twice_as_long(
+        factory, backend, autojump_clock):
+    vfs = factory(backend, writeback=WritebackConfig(debounce=2))
+    t0 = trio.current_time()
+    await write(vfs, "f", b"v1")
+    await at(t0, 2.5)
+    assert await stored(backend, "f") == b"v1"  # the debounce
+    await write(vfs, "f", b"v2")  # closed again soon after: it is hot
+    await at(t0, 5.0)
+    assert await stored(backend, "f") == b"v1"  # 2 s would be up: it waits 4
+    await at(t0, 7.0)
+    assert await stored(backend, "f") == b"v2"
+    await at(t0, 60.0)
+    await write(vfs, "f", b"v3")  # long after: the plain debounce again
+    await at(t0, 62.5)
+    assert await stored(backend, "f") == b"v3"
+
+
+async def test_a_file_closed_again_and_again_still_lands_within_30_s(
+        factory, backend, autojump_clock):
+    """Each close restarts the debounce, but not for ever."""
+    vfs = factory(backend, writeback=WritebackConfig(debounce=2))
+    t0 = trio.current_time()
+    for i in range(40):  # closed every second, more often than the debounce
+        await write(vfs, "f", b"v%d" % i)
+        await at(t0, i + 1)
+        if i == 31:
+            assert await stored(backend, "f") is not None  # 30 s after the first close
+    assert await stored(backend, "f") is not None
+
+
 async def test_at_most_parallel_large_big_files_upload_at_once(factory, backend,
                                                                autojump_clock):
     """Big files (sent in parts held in memory) upload `parallel_large` at a time;
