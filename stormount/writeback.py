@@ -361,13 +361,13 @@ class Writeback:
             self._settle_after(up)
         return up
 
-    def release(self, path: str) -> None:
+    def release(self, path: str, staging: str) -> None:
         """The last writer of a file journaled `CLOSED` is done, and nothing changed
         since: it uploads after the debounce. (Its row stays as it is: a `CLOSED` row is
         uploaded at the next start as well.)"""
         up = self._uploads.get(path)
-        if up is None or up.held != CLOSED:
-            return
+        if up is None or up.held != CLOSED or up.staging != staging:
+            return  # (another file of that name is queued now)
         up.held = FINAL
         self._settle_after(up)
 
@@ -390,13 +390,13 @@ class Writeback:
             up.since = now
         self._schedule(up, max(now, min(now + wait, up.since + HOT_MAX)))
 
-    def hold(self, path: str) -> None:
+    def hold(self, path: str, staging: str) -> None:
         """A writer changes a queued file (closed or synced before): it is `WRITING`,
         and waits for its writer's last close (or next sync) once more. While draining
         for an unmount, the change is uploaded instead (nothing would release it)."""
         up = self._uploads.get(path)
-        if up is None or up.held == WRITING:
-            return
+        if up is None or up.held == WRITING or up.staging != staging:
+            return  # (another file of that name, made after this one was unlinked)
         if self._draining:
             up.revision += 1  # an upload in flight is followed by one of this content
             self._schedule(up, trio.current_time())

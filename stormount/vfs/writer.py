@@ -175,8 +175,8 @@ class Writer:
         staging.dirty = True
         staging.generation += 1
         if ((writing or node.writers > 0) and staging.held != WRITING
-                and staging.queued is not None):
-            self.writeback.hold(node.key)
+                and staging.queued is not None and not node.unlinked):
+            self.writeback.hold(node.key, staging.path)
             staging.held = WRITING
 
     def make_room(self, nbytes: int) -> bool:
@@ -219,7 +219,7 @@ class Writer:
             if staging.held == CLOSED and held == FINAL:
                 # the release after the last close: the row as the close journaled it
                 # is uploaded after a crash too, so only the queue needs telling
-                self.writeback.release(node.key)
+                self.writeback.release(node.key, staging.path)
                 staging.held = FINAL
                 return
         delta = staging.delta

@@ -391,9 +391,9 @@ class FsModel(RuleBasedStateMachine):
         assert snapshot(self.real) == snapshot(self.model)
 
     def teardown(self) -> None:
-        """Close what is open, then the store must hold the model's tree as plain
-        objects: a marker per directory, the bytes of every file (uploads may be in the
-        background: wait a little)."""
+        """Close what is open and flush, then the store must hold the model's tree as
+        plain objects: a marker per directory, the bytes of every file (a listing of
+        the store may lag a little: wait a little)."""
         errors = []
         for real_fd, model_fd, _ in self.fds:
             os.close(model_fd)
@@ -414,6 +414,10 @@ class FsModel(RuleBasedStateMachine):
         def stored() -> dict[str, bytes | None]:
             return {key: None if key.endswith("/") else self.store.get(key)
                     for key in self.store.keys(f"{self.name}/")}
+        # upload now what waits for its debounce (a file rewritten again and again waits
+        # longer each time): the store must then hold the model's tree
+        flushed = self.mount.ctl("flush", self.name)
+        assert flushed.returncode == 0, flushed.stderr
         deadline = time.monotonic() + STORE_SETTLE_S
         while (actual := stored()) != expected and time.monotonic() < deadline:
             time.sleep(0.05)

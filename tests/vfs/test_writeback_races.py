@@ -249,3 +249,23 @@ async def test_a_file_replaced_while_it_is_staged_is_never_staged_torn(
     assert node.staging is None  # no staging copy of a mix of two versions
     await vfs.release(fh)
     assert await stored(backend, "f") == b"b" * (20 << 20)
+
+
+async def test_a_write_to_an_unlinked_open_file_leaves_the_new_file_of_its_name_alone(
+        factory, backend, autojump_clock):
+    """Found by the model test: a file unlinked while open for writing, a new file made
+    under its name, then a write through the old descriptor: it held the new file's
+    upload, which then never went (and a crash would have recovered it instead)."""
+    vfs = factory(backend, writeback=WritebackConfig(debounce=0))
+    fh_old, _ = await vfs.create(ROOT_INO, "b", 0o644, os.O_WRONLY | os.O_CREAT, UID, GID)
+    await vfs.write(fh_old, 0, b"old")
+    await vfs.flush(fh_old)  # journaled (held: the descriptor stays open)
+    await vfs.unlink(ROOT_INO, "b")
+    await write(vfs, "b", b"new")  # another file of that name, closed
+    await vfs.write(fh_old, 3, b" and more")  # through the old, unlinked file
+    await trio.sleep(10)
+    assert await stored(backend, "b") == b"new"
+    await vfs.flush(fh_old)
+    await vfs.release(fh_old)
+    await trio.sleep(10)
+    assert await stored(backend, "b") == b"new"
