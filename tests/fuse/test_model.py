@@ -414,6 +414,9 @@ class FsModel(RuleBasedStateMachine):
         def stored() -> dict[str, bytes | None]:
             return {key: None if key.endswith("/") else self.store.get(key)
                     for key in self.store.keys(f"{self.name}/")}
+        # every descriptor is closed: nothing may still wait for a writer's last close
+        queue = self.mount.ask("queue")["uploads"]
+        assert not [u["path"] for u in queue if u["state"] == "open"], queue
         # upload now what waits for its debounce (a file rewritten again and again waits
         # longer each time): the store must then hold the model's tree
         flushed = self.mount.ctl("flush", self.name)
