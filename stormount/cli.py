@@ -130,14 +130,10 @@ def _mount_foreground(cfg: MountConfig, load: Callable[[], MountConfig],
 
 
 def _mount_background(cfg: MountConfig, args: list[str]) -> None:
-    try:
-        os.makedirs(cfg.cache.dir, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e.strerror}") \
-            from None
+    daemon.private_cache_dir(cfg.cache.dir)
     log_path = cfg.log_file or os.path.join(cfg.cache.dir, LOG_NAME)
     try:  # the daemon's own crash output, should it have any, goes beside its log
-        log = open(log_path, "ab")  # noqa: SIM115
+        log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     except OSError as e:
         what = f"log file {log_path}" if cfg.log_file else f"cache directory {cfg.cache.dir}"
         raise StartupError(f"cannot use {what}: {e.strerror}") from None

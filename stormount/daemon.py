@@ -77,12 +77,56 @@ def check_mountpoint(cfg: MountConfig) -> None:
                            f"{point}: the cache must be on a local disk")
 
 
-def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
-    """Create the cache directory, lock it against a second mount, and return
-    (lock fd, staging directory)."""
-    cache = cfg.cache.dir
+def private_cache_dir(cache: str) -> None:
+    """Create the cache directory, or make the one there private: it holds every key,
+    size, ETag, owner and mode of the bucket, and the log. A directory made before with
+    wider rights (`mkdir -p`, 0755) is set to 0700; one of another user, or one that
+    cannot be tightened, is refused."""
     try:
         os.makedirs(cache, mode=0o700, exist_ok=True)
+        st = os.stat(cache)
+    except OSError as e:
+        raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
+    if st.st_uid != os.geteuid():
+        raise StartupError(f"cache directory {cache} belongs to uid {st.st_uid}, not to this "
+                           f"user (uid {os.geteuid()}): it must be private to the mount's user")
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(cache, 0o700)
+        except OSError as e:
+            raise StartupError(f"cache directory {cache} is readable by others (mode "
+                               f"{st.st_mode & 0o777:o}) and cannot be made private: "
+                               f"{e.strerror}") from None
+        log.warning("cache directory %s was open to others (mode %o): made private (700)",
+                    cache, st.st_mode & 0o777)
+    tighten_cache_files(cache)
+
+
+def tighten_cache_files(cache: str) -> None:
+    """Take the rights of group and others off the files of the cache directory and of
+    its blocks/ (databases, their -wal and -shm, the log), made before with a wider
+    umask or by an earlier version."""
+    for directory in (cache, os.path.join(cache, "blocks")):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if mode & 0o077:
+                        os.chmod(entry.path, mode & 0o700)
+            except OSError as e:
+                raise StartupError(f"cannot make {entry.path} private: {e.strerror}") from None
+
+
+def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
+    """Create the cache directory (private: see private_cache_dir), lock it against a
+    second mount, and return (lock fd, staging directory)."""
+    cache = cfg.cache.dir
+    private_cache_dir(cache)
+    try:
         lock_fd = os.open(os.path.join(cache, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
@@ -377,6 +421,7 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                                 min_free_bytes=cfg.cache.min_free)
             spool = spool_dir(cfg.cache.dir)
             shutil.rmtree(spool, ignore_errors=True)  # copies between tiers cut short
+            tighten_cache_files(cfg.cache.dir)  # the databases just made, and their -wal
         except (OSError, sqlite3.Error) as e:
             raise StartupError(f"cannot open the caches in {cfg.cache.dir}: {e}") from None
         try:
