@@ -7,6 +7,7 @@ what is still pending before it exits.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import logging
@@ -22,7 +23,7 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
-from stormount import logs, notify, registry
+from stormount import logs, notify, registry, unmounting
 from stormount.backends import Backend, ObjectStore, open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
@@ -56,6 +57,7 @@ def check_mountpoint(cfg: MountConfig) -> None:
                            "(install fuse3 and load the fuse kernel module)")
     if os.getuid() != 0 and not shutil.which("fusermount3"):
         raise StartupError("fusermount3 not found: install the fuse3 package")
+    clear_dead_mount(mp)
     if not os.path.lexists(mp):
         raise StartupError(f"mountpoint {mp} does not exist")
     if registry.mounted_fuse(mp) is not None or os.path.ismount(mp):
@@ -75,6 +77,27 @@ def check_mountpoint(cfg: MountConfig) -> None:
     if fstype == "fuse.stormount":
         raise StartupError(f"cache directory {cfg.cache.dir} is on the stormount mount "
                            f"{point}: the cache must be on a local disk")
+
+
+def clear_dead_mount(mp: str) -> None:
+    """A FUSE mount left at `mp` by a daemon that ended without unmounting (its
+    auto_unmount did not fire) answers every request with ENOTCONN, "Transport endpoint
+    is not connected": it is said in the log and detached (lazy unmount), so that the
+    new mount goes where it was."""
+    try:
+        os.lstat(mp)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            return
+    log.warning("mountpoint %s is a dead FUSE mount (Transport endpoint is not connected: "
+                "the daemon that served it ended without unmounting): unmounting it lazily",
+                mp)
+    try:
+        unmounting.unmount(mp, lazy=True)
+    except unmounting.UnmountError as e:
+        raise StartupError(f"mountpoint {mp} is a dead FUSE mount that cannot be unmounted "
+                           f"({e}): run fusermount3 -u -z {mp}") from None
 
 
 def private_cache_dir(cache: str) -> None:
