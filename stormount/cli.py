@@ -633,6 +633,12 @@ def usage(target: str, depth: int, by: str, as_json: bool, tiers: tuple[str, ...
         report.print_tables(report.usage_tables(result, by))
 
 
+def _short(path: str, most: int = 160) -> str:
+    """A path for a one-line message: a very long one (a key thousands of folders deep)
+    as its start and end."""
+    return path if len(path) <= most else f"{path[:most // 2]}...{path[-most // 2:]}"
+
+
 def _transfer(verb: str, run_it: Callable[[Any, Any], Any], cfg: MountConfig,
               as_json: bool) -> None:
     async def go() -> transfer.Summary:
@@ -647,7 +653,7 @@ def _transfer(verb: str, run_it: Callable[[Any, Any], Any], cfg: MountConfig,
     else:
         click.echo(report.transfer_line(result, summary.verb))
     if summary.failed:
-        shown = "; ".join(f"{f['path']}: {f['error']}" for f in summary.failed[:10])
+        shown = "; ".join(f"{_short(f['path'])}: {f['error']}" for f in summary.failed[:10])
         more = f" (and {len(summary.failed) - 10} more)" if len(summary.failed) > 10 else ""
         _fail(f"{len(summary.failed)} of {summary.files} file(s) failed: {shown}{more}; "
               "run the command again to retry them")
