@@ -130,14 +130,10 @@ def _mount_foreground(cfg: MountConfig, load: Callable[[], MountConfig],
 
 
 def _mount_background(cfg: MountConfig, args: list[str]) -> None:
-    try:
-        os.makedirs(cfg.cache.dir, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e.strerror}") \
-            from None
+    daemon.private_cache_dir(cfg.cache.dir)
     log_path = cfg.log_file or os.path.join(cfg.cache.dir, LOG_NAME)
     try:  # the daemon's own crash output, should it have any, goes beside its log
-        log = open(log_path, "ab")  # noqa: SIM115
+        log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
     except OSError as e:
         what = f"log file {log_path}" if cfg.log_file else f"cache directory {cfg.cache.dir}"
         raise StartupError(f"cannot use {what}: {e.strerror}") from None
@@ -637,6 +633,12 @@ def usage(target: str, depth: int, by: str, as_json: bool, tiers: tuple[str, ...
         report.print_tables(report.usage_tables(result, by))
 
 
+def _short(path: str, most: int = 160) -> str:
+    """A path for a one-line message: a very long one (a key thousands of folders deep)
+    as its start and end."""
+    return path if len(path) <= most else f"{path[:most // 2]}...{path[-most // 2:]}"
+
+
 def _transfer(verb: str, run_it: Callable[[Any, Any], Any], cfg: MountConfig,
               as_json: bool) -> None:
     async def go() -> transfer.Summary:
@@ -651,7 +653,7 @@ def _transfer(verb: str, run_it: Callable[[Any, Any], Any], cfg: MountConfig,
     else:
         click.echo(report.transfer_line(result, summary.verb))
     if summary.failed:
-        shown = "; ".join(f"{f['path']}: {f['error']}" for f in summary.failed[:10])
+        shown = "; ".join(f"{_short(f['path'])}: {f['error']}" for f in summary.failed[:10])
         more = f" (and {len(summary.failed) - 10} more)" if len(summary.failed) > 10 else ""
         _fail(f"{len(summary.failed)} of {summary.files} file(s) failed: {shown}{more}; "
               "run the command again to retry them")

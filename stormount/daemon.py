@@ -7,6 +7,7 @@ what is still pending before it exits.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import functools
 import logging
@@ -22,7 +23,7 @@ from typing import TypeVar
 import pyfuse3
 import trio
 
-from stormount import logs, notify, registry
+from stormount import logs, notify, registry, unmounting
 from stormount.backends import Backend, ObjectStore, open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
@@ -56,6 +57,7 @@ def check_mountpoint(cfg: MountConfig) -> None:
                            "(install fuse3 and load the fuse kernel module)")
     if os.getuid() != 0 and not shutil.which("fusermount3"):
         raise StartupError("fusermount3 not found: install the fuse3 package")
+    clear_dead_mount(mp)
     if not os.path.lexists(mp):
         raise StartupError(f"mountpoint {mp} does not exist")
     if registry.mounted_fuse(mp) is not None or os.path.ismount(mp):
@@ -77,12 +79,77 @@ def check_mountpoint(cfg: MountConfig) -> None:
                            f"{point}: the cache must be on a local disk")
 
 
-def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
-    """Create the cache directory, lock it against a second mount, and return
-    (lock fd, staging directory)."""
-    cache = cfg.cache.dir
+def clear_dead_mount(mp: str) -> None:
+    """A FUSE mount left at `mp` by a daemon that ended without unmounting (its
+    auto_unmount did not fire) answers every request with ENOTCONN, "Transport endpoint
+    is not connected": it is said in the log and detached (lazy unmount), so that the
+    new mount goes where it was."""
+    try:
+        os.lstat(mp)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            return
+    log.warning("mountpoint %s is a dead FUSE mount (Transport endpoint is not connected: "
+                "the daemon that served it ended without unmounting): unmounting it lazily",
+                mp)
+    try:
+        unmounting.unmount(mp, lazy=True)
+    except unmounting.UnmountError as e:
+        raise StartupError(f"mountpoint {mp} is a dead FUSE mount that cannot be unmounted "
+                           f"({e}): run fusermount3 -u -z {mp}") from None
+
+
+def private_cache_dir(cache: str) -> None:
+    """Create the cache directory, or make the one there private: it holds every key,
+    size, ETag, owner and mode of the bucket, and the log. A directory made before with
+    wider rights (`mkdir -p`, 0755) is set to 0700; one of another user, or one that
+    cannot be tightened, is refused."""
     try:
         os.makedirs(cache, mode=0o700, exist_ok=True)
+        st = os.stat(cache)
+    except OSError as e:
+        raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
+    if st.st_uid != os.geteuid():
+        raise StartupError(f"cache directory {cache} belongs to uid {st.st_uid}, not to this "
+                           f"user (uid {os.geteuid()}): it must be private to the mount's user")
+    if st.st_mode & 0o077:
+        try:
+            os.chmod(cache, 0o700)
+        except OSError as e:
+            raise StartupError(f"cache directory {cache} is readable by others (mode "
+                               f"{st.st_mode & 0o777:o}) and cannot be made private: "
+                               f"{e.strerror}") from None
+        log.warning("cache directory %s was open to others (mode %o): made private (700)",
+                    cache, st.st_mode & 0o777)
+    tighten_cache_files(cache)
+
+
+def tighten_cache_files(cache: str) -> None:
+    """Take the rights of group and others off the files of the cache directory and of
+    its blocks/ (databases, their -wal and -shm, the log), made before with a wider
+    umask or by an earlier version."""
+    for directory in (cache, os.path.join(cache, "blocks")):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False):
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if mode & 0o077:
+                        os.chmod(entry.path, mode & 0o700)
+            except OSError as e:
+                raise StartupError(f"cannot make {entry.path} private: {e.strerror}") from None
+
+
+def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
+    """Create the cache directory (private: see private_cache_dir), lock it against a
+    second mount, and return (lock fd, staging directory)."""
+    cache = cfg.cache.dir
+    private_cache_dir(cache)
+    try:
         lock_fd = os.open(os.path.join(cache, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
         raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
@@ -377,6 +444,7 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                                 min_free_bytes=cfg.cache.min_free)
             spool = spool_dir(cfg.cache.dir)
             shutil.rmtree(spool, ignore_errors=True)  # copies between tiers cut short
+            tighten_cache_files(cfg.cache.dir)  # the databases just made, and their -wal
         except (OSError, sqlite3.Error) as e:
             raise StartupError(f"cannot open the caches in {cfg.cache.dir}: {e}") from None
         try:

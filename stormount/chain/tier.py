@@ -29,6 +29,7 @@ from stormount.errors import (
     Conflict,
     ContainerMissing,
     NotFound,
+    PermissionDenied,
     Throttled,
     Transient,
 )
@@ -210,6 +211,7 @@ class Tier:
         self.probe_at: float | None = None  # wall clock
         self.probe_latency: float | None = None
         self.writable = True  # the probe may write (credentials can be read-only)
+        self.worked: set[Kind] = set()  # kinds of request the tier has answered with success
 
     @property
     def up(self) -> bool:
@@ -292,13 +294,18 @@ class Tier:
                     raise error from None
                 except BackendError as e:
                     verdict = True
-                    if unavailable(e) and not isinstance(e, Throttled):
+                    if self.gone(kind, e):
+                        # the bucket deleted, or credentials revoked: down at once, not
+                        # at the next probe; back once a probe succeeds
+                        self.trip(e)
+                    elif unavailable(e) and not isinstance(e, Throttled):
                         self.failed(e)
                     else:  # an answer: the tier works
                         self.answered(success=not isinstance(e, Throttled))
                     raise
                 verdict = True
                 self.answered()
+                self.worked.add(kind)
                 return result
             # cancelled by the stall watch: the tier was marked down meanwhile
             verdict = True
@@ -369,6 +376,14 @@ class Tier:
             if now >= deadline:
                 return why
             await trio.sleep_until(min(deadline, now + tick))
+
+    def gone(self, kind: Kind, error: BackendError) -> bool:
+        """Whether `error` says the tier as a whole is gone: its bucket or container does
+        not exist, or it refuses (PermissionDenied) a kind of request it has answered
+        before (credentials revoked; credentials that never allowed it, say read-only
+        ones refused an upload, are not news)."""
+        return isinstance(error, ContainerMissing) or (
+            isinstance(error, PermissionDenied) and kind in self.worked)
 
     def moving(self, since: float) -> bool:
         """Whether a transfer of the tier moved bytes at or after trio time `since`:

@@ -19,6 +19,8 @@ link objects, as the mount writes them.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import logging
@@ -33,12 +35,13 @@ import trio
 
 from stormount.backends.base import ObjectInfo
 from stormount.config import cache_base
-from stormount.errors import Changed, NotFound, StormountError
+from stormount.errors import BackendError, Changed, NotFound, StormountError
 from stormount.manage.store import Store, Tier, objects, reserved
 from stormount.vfs.attrs import LINK, Attrs, attrs_from_object, kind_of, metadata_of
 
 log = logging.getLogger(__name__)
 PARTIAL = ".stormount-partial"
+PATH_MAX = 4096  # Linux: a longer path is refused whole (ENAMETOOLONG)
 Progress = Callable[[int, int, int, int], None]  # done bytes, total bytes, files, of files
 
 
@@ -97,6 +100,8 @@ def _local_path(root: str, rel: str) -> str:
     path = os.path.normpath(os.path.join(root, rel))
     if not (path + "/").startswith(root.rstrip("/") + "/") or rel.endswith(PARTIAL):
         raise StormountError(f"refusing to write outside {root}: {rel!r}")
+    if len(os.fsencode(path)) >= PATH_MAX:  # failed before any of its folders is made
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
     return path
 
 
@@ -104,10 +109,39 @@ def _make_parent(root: str, path: str) -> None:
     """The folders of `path`, made inside `root` only: a symlink on the way (one a
     pulled link object made, say) must not lead the write elsewhere."""
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
+    _make_dirs(parent)
     real, top = os.path.realpath(parent), os.path.realpath(root)
     if real != top and not real.startswith(top.rstrip("/") + "/"):
         raise StormountError(f"refusing to write {path}: {parent} leads out of {root}")
+
+
+def _make_dirs(path: str) -> None:
+    """os.makedirs(path, exist_ok=True) without recursion: a key thousands of folders
+    deep fails as OSError (File name too long), never as RecursionError."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        up = os.path.dirname(path)
+        if up == path:
+            break
+        path = up
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
+
+
+def _reason(e: BaseException) -> str:
+    """One line for the summary: a local error without its (maybe very long) path."""
+    if isinstance(e, UnicodeError):
+        return "the name is not valid UTF-8"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    if isinstance(e, StormountError):
+        return " ".join(str(e).split())
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:500]
 
 
 class _Meter:
@@ -153,9 +187,10 @@ async def pull(store: Store, prefix: str, local_dir: str, *, parallel: int,
             try:
                 folder = _local_path(root, rel)
                 _make_parent(root, folder)
-                os.makedirs(folder, exist_ok=True)
-            except (StormountError, OSError) as e:
-                summary.failed.append({"path": rel, "error": str(e)})
+                _make_dirs(folder)
+            except Exception as e:  # one folder that cannot be made stops nothing else
+                log.warning("%s: %s", rel, _reason(e))
+                summary.failed.append({"path": rel, "error": _reason(e)})
     meter = _Meter(summary, progress)
     state = PullState(state_path(root))
     try:
@@ -177,8 +212,11 @@ async def _in_parallel(parallel: int, meter: _Meter,
         for rel, job in todo:  # shared: each job is taken by one worker
             try:
                 await job()
-            except (StormountError, OSError, UnicodeError) as e:
-                why = "the name is not valid UTF-8" if isinstance(e, UnicodeError) else str(e)
+            except Exception as e:  # one file that fails stops no other (never an
+                # ExceptionGroup out of the nursery)
+                why = _reason(e)
+                if not isinstance(e, (StormountError, OSError, UnicodeError)):
+                    log.debug("%s failed", rel, exc_info=True)
                 log.warning("%s: %s", rel, why)
                 meter.summary.failed.append({"path": rel, "error": why})
             meter.file_done()
@@ -190,6 +228,19 @@ async def _in_parallel(parallel: int, meter: _Meter,
 
 async def _fetch(store: Store, tier: Tier, listed: ObjectInfo, rel: str, root: str,
                  state: PullState, meter: _Meter) -> None:
+    """Fetch one file. If it fails, its partial file goes, unless the store failed it
+    (unreachable, say): then the next run continues it."""
+    try:
+        await _fetch_one(store, tier, listed, rel, root, state, meter)
+    except Exception as e:
+        if not isinstance(e, BackendError):
+            with contextlib.suppress(OSError, ValueError):
+                os.unlink(_local_path(root, rel) + PARTIAL)
+        raise
+
+
+async def _fetch_one(store: Store, tier: Tier, listed: ObjectInfo, rel: str, root: str,
+                     state: PullState, meter: _Meter) -> None:
     key, summary = listed.key, meter.summary
     path = _local_path(root, rel)
     known = state.get(key)

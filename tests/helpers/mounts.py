@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -53,7 +54,11 @@ class Mount:
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self) -> Mount:
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a dead FUSE mount there: the daemon is to clear it
+            if e.errno != errno.ENOTCONN:
+                raise
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         cmd = stormount_cmd("mount", self.url, str(self.path), "--cache-dir",
                             str(self.cache_dir), "--foreground", "--log-level", "debug",

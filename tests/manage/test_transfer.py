@@ -149,3 +149,45 @@ def test_links_in_the_store_never_lead_a_pull_out_of_its_folder(s3_store, tmp_pa
     assert result.returncode == 1 and "evil/x" in result.stderr
     assert list(outside.iterdir()) == []
     assert (out / "setid").stat().st_mode & 0o7777 == 0o755  # no set-id bits from a store
+
+
+def test_pull_key_too_deep_fails_that_file_only(s3_store, tmp_path, env):
+    """A key 5,000 folders deep cannot be written locally (File name too long): that file
+    fails with a one-line reason, the others arrive, no partial file is left and no
+    traceback reaches the user (issue 19, finding 8)."""
+    deep = "d/" * 5000 + "deep.txt"
+    s3_store.put(deep, b"too deep")
+    s3_store.put("a.txt", b"alpha")
+    s3_store.put("sub/b.txt", b"beta")
+    out = tmp_path / "out"
+    result = run("pull", s3_store.url, str(out), "--parallel", "2", env={**s3_store.env, **env})
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
+    assert "1 of 3 file(s) failed" in errors[0] and "File name too long" in errors[0]
+    assert (out / "a.txt").read_bytes() == b"alpha"
+    assert (out / "sub" / "b.txt").read_bytes() == b"beta"
+    assert sorted(os.listdir(out)) == ["a.txt", "sub"]  # no folder chain of the deep key
+    assert sorted(os.listdir(out / "sub")) == ["b.txt"]  # no partial file
+
+
+def test_pull_key_2000_folders_deep(s3_store, tmp_path, env):
+    """Deeper than Python's recursion limit, short enough for Linux: it arrives."""
+    deep = "d/" * 2000 + "x"
+    s3_store.put(deep, b"deep")
+    out = tmp_path / "out"
+    result = run("pull", s3_store.url, str(out), env={**s3_store.env, **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        for _ in range(2000):
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        with os.fdopen(os.open("x", os.O_RDONLY, dir_fd=fd), "rb") as f:
+            assert f.read() == b"deep"
+    finally:
+        os.close(fd)
+        # pytest's own cleanup (shutil.rmtree) recurses and would fail on this tree
+        subprocess.run(["rm", "-rf", "--", str(out)], check=True)
