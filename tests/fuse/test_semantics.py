@@ -159,3 +159,30 @@ def test_unmount_by_hand_is_clean(local):
     assert local.proc is not None
     assert local.proc.wait(timeout=30) == 0
     assert (local.store_dir / "f").read_text() == "x"
+
+
+def test_the_reserved_top_level_name_is_refused_at_once(s3_store, make_mount):
+    """Issue 19: `mkdir M/.stormount` and a file in it were accepted, then their uploads
+    failed for ever (health degraded, flush failing). Now every way of making that name
+    at the root fails with EACCES, and a lookup of it says ENOENT; deeper it is free."""
+    m = make_mount(s3_store.url, env=s3_store.env)
+    top = m.path / ".stormount"
+    (m.path / "f.txt").write_bytes(b"f")
+    attempts = [
+        lambda: os.mkdir(top),
+        lambda: top.write_bytes(b"x"),
+        lambda: os.symlink("f.txt", top),
+        lambda: os.mkfifo(top),
+        lambda: os.rename(m.path / "f.txt", top),
+    ]
+    for attempt in attempts:
+        with pytest.raises(PermissionError):
+            attempt()
+    with pytest.raises(FileNotFoundError):
+        os.stat(top)
+    assert ".stormount" not in os.listdir(m.path)
+    (m.path / "d").mkdir()
+    (m.path / "d" / ".stormount").write_bytes(b"fine")  # only the top level is reserved
+    assert m.ctl("flush").returncode == 0
+    assert m.ask("health")["state"] == "ok"
+    assert s3_store.get("d/.stormount") == b"fine"
