@@ -25,6 +25,14 @@ def test_unknown_scheme(mnt, tmp_path):
     assert "unknown storage scheme 'gs'" in line
 
 
+def test_invalid_bucket_name_is_one_line(mnt, tmp_path):
+    """Issue 19: boto's two-line regex error became one line, at URL parsing."""
+    line = one_error_line(run("mount", "s3://Bad_Bucket!", str(mnt), "--cache-dir",
+                              str(tmp_path / "c")))
+    assert line == ('stormount: error: invalid bucket name "Bad_Bucket!" (S3 bucket names '
+                    "are 3-63 characters of a-z, 0-9, . and -)")
+
+
 def test_relative_file_url(mnt):
     assert "absolute path" in one_error_line(run("mount", "file://relative/dir", str(mnt)))
 
