@@ -213,7 +213,7 @@ def unmount(mountpoint: str, timeout: float, lazy: bool, force: bool) -> None:
     mp = mount_path(mountpoint)
     fstype = registry.mounted_fuse(mp)
     if fstype is None:
-        _fail(f"{mp} is not mounted")
+        _fail(f"{mp} is not mounted{_left_queued(mp)}")
     if fstype != "fuse.stormount":
         _fail(f"{mp} is not a stormount mount ({fstype})")
     record = registry.lookup(mp)
@@ -234,6 +234,22 @@ def unmount(mountpoint: str, timeout: float, lazy: bool, force: bool) -> None:
         _detach(mp, record, timeout, cut=force)
     else:
         _unmount_unless_busy(mp, record, timeout)
+
+
+def _left_queued(mp: str) -> str:
+    """What a daemon of `mp` that died left queued in its journal, as the rest of a
+    line: those files upload at the next mount of it with the same cache directory."""
+    record = registry.last_record(mp)
+    if record is None or registry.alive(record.pid):
+        return ""
+    pending = read_pending(os.path.join(record.cache_dir, "journal.sqlite3"))
+    if not pending:
+        return ""
+    names = ", ".join(str(p["path"]) for p in pending[:5])
+    more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
+    return (f"; its daemon (pid {record.pid}) died with {len(pending)} file(s) queued "
+            f"({names}{more}): they upload at the next mount of it with the cache "
+            f"directory {record.cache_dir}")
 
 
 ANSWER_TIMEOUT = 60.0  # seconds without a line from the daemon (it sends one each 0.5 s)

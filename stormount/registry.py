@@ -87,12 +87,17 @@ def alive(pid: int) -> bool:
 
 
 def lookup(mountpoint: str) -> MountRecord | None:
+    record = last_record(mountpoint)
+    return record if record is not None and alive(record.pid) else None
+
+
+def last_record(mountpoint: str) -> MountRecord | None:
+    """The record of the mount at `mountpoint`, even one left by a daemon that died."""
     try:
         with open(_path(mountpoint)) as f:
-            record = MountRecord(**json.load(f))
+            return MountRecord(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
-    return record if alive(record.pid) else None
 
 
 def all_records() -> list[MountRecord]:
