@@ -224,6 +224,9 @@ def unmount(mountpoint: str, timeout: float, lazy: bool, force: bool) -> None:
             _in_use(mp)
         except unmounting.UnmountError as e:
             _fail(str(e))
+    elif registry.stopped(record.pid):
+        _fail(f"cannot unmount {mp}: its daemon (pid {record.pid}) is stopped (SIGSTOP) and "
+              f"answers nothing; `kill -CONT {record.pid}` resumes it")
     elif force and not lazy:
         os.kill(record.pid, signal.SIGTERM)  # the daemon uploads its queue, then unmounts
         _await_exit(mp, record, time.monotonic() + timeout, timeout)
@@ -253,6 +256,7 @@ def _left_queued(mp: str) -> str:
 
 
 ANSWER_TIMEOUT = 60.0  # seconds without a line from the daemon (it sends one each 0.5 s)
+ANSWER_SLACK = 5.0  # seconds past --timeout that a silent daemon is waited for
 EXIT_GRACE = 30.0  # seconds a daemon told to stop waiting for uploads has to exit
 
 
@@ -270,7 +274,7 @@ def _ask_daemon(mp: str, socket_path: str, timeout: float, *, lazy: bool = False
         reply = client.request(
             socket_path, {"command": "unmount", "lazy": lazy, "force": force,
                           "timeout": timeout},
-            timeout=ANSWER_TIMEOUT, on_progress=lambda event: progress.show(
+            timeout=min(ANSWER_TIMEOUT, timeout + ANSWER_SLACK), on_progress=lambda event: progress.show(
                 lambda: f"waiting for {event.get('pending', 0)} upload(s) to finish ..."))
     finally:
         progress.done()

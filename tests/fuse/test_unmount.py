@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -240,3 +241,18 @@ def test_unmount_after_the_daemon_died_names_what_it_left_queued(tmp_path, make_
     line = one_error_line(run("unmount", str(m.path)))
     assert "is not mounted" in line and "2 file(s) queued (a.txt, b.txt)" in line, line
     assert "upload at the next mount" in line and str(m.cache_dir) in line, line
+
+
+def test_unmount_of_a_stopped_daemon_fails_within_its_timeout(local):
+    """Issue 19: `unmount --timeout 5` of a daemon under SIGSTOP took 36 s to fail."""
+    wait_for(lambda: lookup(str(local.path)) is not None, what="the mount's record")
+    assert local.proc is not None
+    local.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        line = one_error_line(run("unmount", "--timeout", "5", str(local.path)))
+        assert time.monotonic() - started < 10
+        assert "is stopped" in line and f"kill -CONT {local.proc.pid}" in line, line
+    finally:
+        local.proc.send_signal(signal.SIGCONT)
+    still_serves(local)
