@@ -274,7 +274,8 @@ def _ask_daemon(mp: str, socket_path: str, timeout: float, *, lazy: bool = False
         reply = client.request(
             socket_path, {"command": "unmount", "lazy": lazy, "force": force,
                           "timeout": timeout},
-            timeout=min(ANSWER_TIMEOUT, timeout + ANSWER_SLACK), on_progress=lambda event: progress.show(
+            timeout=min(ANSWER_TIMEOUT, timeout + ANSWER_SLACK),
+            on_progress=lambda event: progress.show(
                 lambda: f"waiting for {event.get('pending', 0)} upload(s) to finish ..."))
     finally:
         progress.done()
