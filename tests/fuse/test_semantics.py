@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stormount.registry import mounted_fuse
+from stormount.writeback import MARKER, Journal, Upload
 from tests.helpers.mounts import wait_for
 from tests.stores import FileStore
 
@@ -186,3 +187,26 @@ def test_the_reserved_top_level_name_is_refused_at_once(s3_store, make_mount):
     assert m.ctl("flush").returncode == 0
     assert m.ask("health")["state"] == "ok"
     assert s3_store.get("d/.stormount") == b"fine"
+
+
+def test_queued_uploads_under_the_reserved_name_are_dropped_at_start(s3_store, tmp_path,
+                                                                      make_mount):
+    """Issue 19: rows under `.stormount/` an earlier version took in failed for ever
+    (health degraded, flush failing, every unmount waiting out its timeout). At start
+    they are dropped, named in an error line, their data kept under recovered/."""
+    cache = tmp_path / "mnt-cache"  # what make_mount gives the mount named "mnt"
+    (cache / "staging").mkdir(parents=True)
+    staged = cache / "staging" / "old-inner"
+    staged.write_bytes(b"x\n")
+    journal = Journal(str(cache / "journal.sqlite3"))
+    journal.put(Upload(path=".stormount/", staging=MARKER, base=None, metadata={}))
+    journal.put(Upload(path=".stormount/inner", staging=str(staged), base=None, metadata={}))
+    journal.close()
+    m = make_mount(s3_store.url, env=s3_store.env)
+    assert m.pending() == []
+    assert m.ctl("flush").returncode == 0
+    assert m.ask("health")["state"] == "ok"
+    log = m.log()
+    assert "ERROR" in log and ".stormount/inner was queued by an earlier version" in log
+    kept = list((cache / "recovered").glob("*/.stormount/inner"))
+    assert [p.read_bytes() for p in kept] == [b"x\n"]
