@@ -483,6 +483,8 @@ class Vfs:
         self._dir_of(node)
         if not await self._is_empty(node):
             raise FsError(errno.ENOTEMPTY, f"{node.path} is not empty")
+        if not node.marker_queued:
+            await self._check_marker_empty(node)
         queued = await self.writeback.discard(node.key)  # after an upload in flight
         node.marker_queued = False
         try:
@@ -496,6 +498,19 @@ class Vfs:
         self.ns.removed(parent, name)
         self.inodes.detach(node)
         await self._touch_dir(parent)
+
+    async def _check_marker_empty(self, node: Node) -> None:
+        """A directory whose marker object holds data (another tool wrote some to
+        `dir/`) is not removed: deleting the marker would delete that data unseen."""
+        try:
+            info = await self.backend.head(node.key)
+        except NotFound:
+            return
+        if info.size:
+            log.error("rmdir of /%s refused: its marker object %s holds %d bytes, which "
+                      "removing the directory would delete", node.path, node.key, info.size)
+            raise FsError(errno.ENOTEMPTY, f"the marker {node.key} of {node.path} holds "
+                          f"{info.size} bytes")
 
     # --- files ----------------------------------------------------------------------
 

@@ -210,3 +210,22 @@ def test_queued_uploads_under_the_reserved_name_are_dropped_at_start(s3_store, t
     assert "ERROR" in log and ".stormount/inner was queued by an earlier version" in log
     kept = list((cache / "recovered").glob("*/.stormount/inner"))
     assert [p.read_bytes() for p in kept] == [b"x\n"]
+
+
+def test_rmdir_keeps_a_directory_whose_marker_holds_data(s3_store, make_mount):
+    """Issue 19: `rm -rf dir` whose `dir/` marker object held 15 bytes deleted them
+    unseen. The rmdir is refused with ENOTEMPTY and a log line naming the marker."""
+    s3_store.put("dir/", b"fifteen bytes!!")
+    s3_store.put("dir/f.txt", b"f")
+    s3_store.put("plain/", b"")
+    m = make_mount(s3_store.url, env=s3_store.env)
+    result = subprocess.run(["rm", "-rf", str(m.path / "dir")], capture_output=True)
+    assert result.returncode != 0
+    assert s3_store.get("dir/") == b"fifteen bytes!!"
+    assert not (m.path / "dir" / "f.txt").exists()  # its files went, as rm asked
+    with pytest.raises(OSError) as e:
+        os.rmdir(m.path / "dir")
+    assert e.value.errno == errno.ENOTEMPTY
+    assert "its marker object dir/ holds 15 bytes" in m.log()
+    os.rmdir(m.path / "plain")  # an empty marker goes as before
+    assert "plain/" not in s3_store.keys(prefix="plain")
