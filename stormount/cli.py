@@ -209,7 +209,7 @@ def unmount(mountpoint: str, timeout: float, lazy: bool, force: bool) -> None:
     mp = mount_path(mountpoint)
     fstype = registry.mounted_fuse(mp)
     if fstype is None:
-        _fail(f"{mp} is not mounted")
+        _fail(f"{mp} is not mounted{_left_queued(mp)}")
     if fstype != "fuse.stormount":
         _fail(f"{mp} is not a stormount mount ({fstype})")
     record = registry.lookup(mp)
@@ -220,6 +220,9 @@ def unmount(mountpoint: str, timeout: float, lazy: bool, force: bool) -> None:
             _in_use(mp)
         except unmounting.UnmountError as e:
             _fail(str(e))
+    elif registry.stopped(record.pid):
+        _fail(f"cannot unmount {mp}: its daemon (pid {record.pid}) is stopped (SIGSTOP) and "
+              f"answers nothing; `kill -CONT {record.pid}` resumes it")
     elif force and not lazy:
         os.kill(record.pid, signal.SIGTERM)  # the daemon uploads its queue, then unmounts
         _await_exit(mp, record, time.monotonic() + timeout, timeout)
@@ -232,7 +235,24 @@ def unmount(mountpoint: str, timeout: float, lazy: bool, force: bool) -> None:
         _unmount_unless_busy(mp, record, timeout)
 
 
+def _left_queued(mp: str) -> str:
+    """What a daemon of `mp` that died left queued in its journal, as the rest of a
+    line: those files upload at the next mount of it with the same cache directory."""
+    record = registry.last_record(mp)
+    if record is None or registry.alive(record.pid):
+        return ""
+    pending = read_pending(os.path.join(record.cache_dir, "journal.sqlite3"))
+    if not pending:
+        return ""
+    names = ", ".join(str(p["path"]) for p in pending[:5])
+    more = f" and {len(pending) - 5} more" if len(pending) > 5 else ""
+    return (f"; its daemon (pid {record.pid}) died with {len(pending)} file(s) queued "
+            f"({names}{more}): they upload at the next mount of it with the cache "
+            f"directory {record.cache_dir}")
+
+
 ANSWER_TIMEOUT = 60.0  # seconds without a line from the daemon (it sends one each 0.5 s)
+ANSWER_SLACK = 5.0  # seconds past --timeout that a silent daemon is waited for
 EXIT_GRACE = 30.0  # seconds a daemon told to stop waiting for uploads has to exit
 
 
@@ -250,7 +270,8 @@ def _ask_daemon(mp: str, socket_path: str, timeout: float, *, lazy: bool = False
         reply = client.request(
             socket_path, {"command": "unmount", "lazy": lazy, "force": force,
                           "timeout": timeout},
-            timeout=ANSWER_TIMEOUT, on_progress=lambda event: progress.show(
+            timeout=min(ANSWER_TIMEOUT, timeout + ANSWER_SLACK),
+            on_progress=lambda event: progress.show(
                 lambda: f"waiting for {event.get('pending', 0)} upload(s) to finish ..."))
     finally:
         progress.done()

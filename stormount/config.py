@@ -209,6 +209,9 @@ def parse_size(value: object, what: str) -> int:
     return result
 
 
+S3_BUCKET = re.compile(r"[a-z0-9.-]{3,63}")
+
+
 def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierConfig:
     """s3://BUCKET[/PREFIX], az://CONTAINER[/PREFIX], file:///ABS/DIR, memory://[NAME];
     query parameters and `options` set the TierConfig fields of the same name."""
@@ -240,6 +243,9 @@ def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierCo
         container = parts.netloc
         if scheme in ("s3", "az") and not container:
             raise ConfigError(f"{url!r} names no bucket or container")
+        if scheme == "s3" and not S3_BUCKET.fullmatch(container):
+            raise ConfigError(f'invalid bucket name "{container}" (S3 bucket names are 3-63 '
+                              "characters of a-z, 0-9, . and -)")
         prefix = urllib.parse.unquote(parts.path).strip("/")
         if "//" in prefix:
             raise ConfigError(f"empty path segment in prefix of {url!r}")

@@ -29,6 +29,7 @@ from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.chain import Chain, Tier
 from stormount.chain.chain import spool_dir
+from stormount.chain.health import RESERVED
 from stormount.chain.repair import RepairJournal
 from stormount.chain.tier import redact
 from stormount.config import MountConfig
@@ -42,7 +43,7 @@ from stormount.stopping import Stopper
 from stormount.vfs.fs import Vfs
 from stormount.vfs.pins import Pins
 from stormount.vfs.quota import Quotas
-from stormount.writeback import WRITING, Journal, Writeback
+from stormount.writeback import MARKER, WRITING, Journal, Writeback
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -170,6 +171,30 @@ def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
         os.close(lock_fd)
         raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
     return lock_fd, staging
+
+
+def drop_reserved(cache: str, journal: Journal) -> None:
+    """Rows under the reserved `.stormount/` an earlier version took in: their uploads
+    could never be stored, and kept the queue from draining for ever. Dropped, their
+    data moved to recovered/<time>/."""
+    reserved = [up for up in journal.load() if up.path.startswith(RESERVED)]
+    if not reserved:
+        return
+    keep = os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+    for up in reserved:
+        dest = os.path.join(keep, up.path)
+        if up.staging != MARKER and os.path.lexists(up.staging):
+            while os.path.lexists(dest):
+                dest += "~"
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            os.rename(up.staging, dest)
+            where = f"its data is in {dest}"
+        else:
+            where = "it has no data to keep"
+        log.error("%s was queued by an earlier version, but names under %s are reserved "
+                  "and cannot be stored: dropped from the upload queue (%s)", up.path,
+                  RESERVED, where, extra={"event": "recovered", "key": up.path})
+        journal.remove(up.path)
 
 
 def recover_held(cache: str, journal: Journal) -> None:
@@ -456,6 +481,7 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
             vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta,
                       quotas=Quotas(cfg.quotas) if cfg.quotas else None)
             try:
+                drop_reserved(cfg.cache.dir, journal)
                 recover_held(cfg.cache.dir, journal)
                 restored = vfs.restore()
                 keep_unqueued(cfg.cache.dir, staging, {up.staging for up in restored})

@@ -86,13 +86,29 @@ def alive(pid: int) -> bool:
     return state != [b"Z"]
 
 
+def stopped(pid: int) -> bool:
+    """Is process `pid` stopped (SIGSTOP, or traced), so that it answers nothing until
+    it is continued?"""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[:1]
+    except OSError:
+        return False
+    return state in ([b"T"], [b"t"])
+
+
 def lookup(mountpoint: str) -> MountRecord | None:
+    record = last_record(mountpoint)
+    return record if record is not None and alive(record.pid) else None
+
+
+def last_record(mountpoint: str) -> MountRecord | None:
+    """The record of the mount at `mountpoint`, even one left by a daemon that died."""
     try:
         with open(_path(mountpoint)) as f:
-            record = MountRecord(**json.load(f))
+            return MountRecord(**json.load(f))
     except (OSError, ValueError, TypeError):
         return None
-    return record if alive(record.pid) else None
 
 
 def all_records() -> list[MountRecord]:

@@ -314,9 +314,12 @@ class Control:
         if path.startswith("/"):
             if path == mp or path.startswith(mp.rstrip("/") + "/"):
                 path = path[len(mp):]
-            else:
+            elif path.strip("/") and os.path.lexists(path):
+                # a path of this host outside the mount; one that names nothing here is
+                # taken as relative to the mount's root (`/photos/2024`: see CONTROL.md)
                 raise RequestError(f"{raw} is not under the mountpoint {mp} (give a path "
-                                   "inside the mount, relative to its root)")
+                                   "inside the mount, relative to its root, like "
+                                   f"{raw.lstrip('/') or '.'})")
         parts: list[str] = []
         for part in path.split("/"):
             if part in ("", "."):

@@ -26,6 +26,7 @@ from typing import Any
 import trio
 
 from stormount.errors import StartupError, StormountError
+from stormount.registry import runtime_dir
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ def bind(path: str) -> socket.socket:
         raise StartupError(f"control socket path {path} is too long for a Unix socket "
                            f"(at most {PATH_MAX} bytes; give a shorter one with --socket)")
     directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory) and directory != runtime_dir():
+        # a --socket in a directory that is not there is likely a typo: only the runtime
+        # directory of the mount records is made here (the cache directory already is)
+        raise StartupError(f"cannot create the control socket {path}: the directory "
+                           f"{directory} does not exist (make it first, or give another "
+                           "--socket)")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         _check_directory(directory)

@@ -21,6 +21,7 @@ import trio
 from stormount.backends.base import Backend, ObjectInfo, list_all
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
+from stormount.chain.health import RESERVED
 from stormount.config import CacheConfig, FuseConfig
 from stormount.errors import BackendError, Changed, FsError, NotFound, Transient
 from stormount.vfs.attrs import (
@@ -45,6 +46,8 @@ from stormount.vfs.quota import Quotas
 from stormount.vfs.reader import Reader
 from stormount.vfs.writer import Writer
 from stormount.writeback import CLOSED, MARKER, Upload, Writeback
+
+RESERVED_NAME = RESERVED.rstrip("/")
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +169,12 @@ class Vfs:
         if not utf8(name):
             raise FsError(errno.EILSEQ, "object names must be valid UTF-8")
 
+    def _check_unreserved(self, parent: Node, name: str) -> None:
+        """The top-level `.stormount` of the bucket is the daemon's own (probes, a local
+        tier's staging): nothing is made there, and its uploads could never be stored."""
+        if parent is self.inodes.root and name == RESERVED_NAME:
+            raise FsError(errno.EACCES, f"/{name} is reserved for stormount's own use")
+
     @staticmethod
     def _dir_of(node: Node) -> Node:
         if node.kind != DIR:
@@ -174,6 +183,8 @@ class Vfs:
 
     async def _existing(self, parent_ino: int, name: str) -> tuple[Node, Node]:
         parent = self._dir_of(self.node(parent_ino))
+        if parent is self.inodes.root and name == RESERVED_NAME:
+            raise FsError(errno.ENOENT, f"/{name} is hidden")
         return parent, await self.ns.existing(parent, name)
 
     async def _touch_dir(self, node: Node) -> None:
@@ -409,6 +420,7 @@ class Vfs:
         self._check_writable()
         self._check_name(name)
         parent = self._dir_of(self.node(parent_ino))
+        self._check_unreserved(parent, name)
         found = await (self._to_make(parent, name) if offline else
                        self.ns.lookup(parent, name))
         if found is not None:
@@ -471,6 +483,8 @@ class Vfs:
         self._dir_of(node)
         if not await self._is_empty(node):
             raise FsError(errno.ENOTEMPTY, f"{node.path} is not empty")
+        if not node.marker_queued:
+            await self._check_marker_empty(node)
         queued = await self.writeback.discard(node.key)  # after an upload in flight
         node.marker_queued = False
         try:
@@ -484,6 +498,19 @@ class Vfs:
         self.ns.removed(parent, name)
         self.inodes.detach(node)
         await self._touch_dir(parent)
+
+    async def _check_marker_empty(self, node: Node) -> None:
+        """A directory whose marker object holds data (another tool wrote some to
+        `dir/`) is not removed: deleting the marker would delete that data unseen."""
+        try:
+            info = await self.backend.head(node.key)
+        except NotFound:
+            return
+        if info.size:
+            log.error("rmdir of /%s refused: its marker object %s holds %d bytes, which "
+                      "removing the directory would delete", node.path, node.key, info.size)
+            raise FsError(errno.ENOTEMPTY, f"the marker {node.key} of {node.path} holds "
+                          f"{info.size} bytes")
 
     # --- files ----------------------------------------------------------------------
 
@@ -545,6 +572,7 @@ class Vfs:
         self._check_writable()
         self._check_name(name)
         parent = self._dir_of(self.node(parent_ino))
+        self._check_unreserved(parent, name)
         existing = await self._to_make(parent, name)
         if existing is not None:
             if flags & os.O_EXCL:
@@ -708,6 +736,7 @@ class Vfs:
             raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         old_parent, src = await self._existing(old_parent_ino, old_name)
         new_parent = self._dir_of(self.node(new_parent_ino))
+        self._check_unreserved(new_parent, new_name)
         if old_parent is new_parent and old_name == new_name:
             return
         while src in self.writer.moving:  # one move of a node at a time

@@ -25,6 +25,26 @@ def test_unknown_scheme(mnt, tmp_path):
     assert "unknown storage scheme 'gs'" in line
 
 
+def test_invalid_bucket_name_is_one_line(mnt, tmp_path):
+    """Issue 19: boto's two-line regex error became one line, at URL parsing."""
+    line = one_error_line(run("mount", "s3://Bad_Bucket!", str(mnt), "--cache-dir",
+                              str(tmp_path / "c")))
+    assert line == ('stormount: error: invalid bucket name "Bad_Bucket!" (S3 bucket names '
+                    "are 3-63 characters of a-z, 0-9, . and -)")
+
+
+def test_a_socket_in_a_missing_directory_is_refused(mnt, tmp_path):
+    """Issue 19: `--socket /nonexistent/dir/x.sock` made /nonexistent/dir."""
+    store = tmp_path / "store"
+    store.mkdir()
+    missing = tmp_path / "no" / "dir"
+    line = one_error_line(run("mount", f"file://{store}", str(mnt), "--cache-dir",
+                              str(tmp_path / "c"), "--socket", str(missing / "x.sock")))
+    assert f"the directory {missing} does not exist" in line
+    assert not (tmp_path / "no").exists()
+    assert mounted_fuse(str(mnt)) is None
+
+
 def test_relative_file_url(mnt):
     assert "absolute path" in one_error_line(run("mount", "file://relative/dir", str(mnt)))
 

@@ -135,6 +135,22 @@ def test_invalidate_shows_what_changed_behind_the_mounts_back(s3_store, make_mou
     assert "not under the mountpoint" in error
 
 
+def test_path_arguments_work_with_a_leading_slash(s3_store, make_mount):
+    """CONTROL.md: PATH arguments are relative to the mount's root, with or without a
+    leading `/` (`/f.txt` was refused as "not under the mountpoint")."""
+    s3_store.put("f.txt", b"version one")
+    m = make_mount(s3_store.url, env=s3_store.env)
+    assert (m.path / "f.txt").read_bytes() == b"version one"
+    s3_store.put("f.txt", b"version two")
+    result = m.ctl("invalidate", "/f.txt")
+    assert result.returncode == 0 and "invalidated path /f.txt" in result.stdout, result
+    assert (m.path / "f.txt").read_bytes() == b"version two"
+    assert m.ask("invalidate", "/")["path"] == "/"
+    assert m.ctl("flush", "/f.txt").returncode == 0
+    error = one_error_line(m.ctl("invalidate", "/etc/passwd"))  # a path of this host
+    assert "not under the mountpoint" in error and "etc/passwd" in error
+
+
 def test_flush_empties_the_queue(s3_store, make_mount):
     m = make_mount(s3_store.url, env=s3_store.env, args=("-o", "debounce=3600"))
     files = {f"f{i}.txt": os.urandom(1000 + i) for i in range(3)}

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from stormount.registry import mounted_fuse
+from stormount.writeback import MARKER, Journal, Upload
 from tests.helpers.mounts import wait_for
 from tests.stores import FileStore
 
@@ -159,3 +160,72 @@ def test_unmount_by_hand_is_clean(local):
     assert local.proc is not None
     assert local.proc.wait(timeout=30) == 0
     assert (local.store_dir / "f").read_text() == "x"
+
+
+def test_the_reserved_top_level_name_is_refused_at_once(s3_store, make_mount):
+    """Issue 19: `mkdir M/.stormount` and a file in it were accepted, then their uploads
+    failed for ever (health degraded, flush failing). Now every way of making that name
+    at the root fails with EACCES, and a lookup of it says ENOENT; deeper it is free."""
+    m = make_mount(s3_store.url, env=s3_store.env)
+    top = m.path / ".stormount"
+    (m.path / "f.txt").write_bytes(b"f")
+    attempts = [
+        lambda: os.mkdir(top),
+        lambda: top.write_bytes(b"x"),
+        lambda: os.symlink("f.txt", top),
+        lambda: os.mkfifo(top),
+        lambda: os.rename(m.path / "f.txt", top),
+    ]
+    for attempt in attempts:
+        with pytest.raises(PermissionError):
+            attempt()
+    with pytest.raises(FileNotFoundError):
+        os.stat(top)
+    assert ".stormount" not in os.listdir(m.path)
+    (m.path / "d").mkdir()
+    (m.path / "d" / ".stormount").write_bytes(b"fine")  # only the top level is reserved
+    assert m.ctl("flush").returncode == 0
+    assert m.ask("health")["state"] == "ok"
+    assert s3_store.get("d/.stormount") == b"fine"
+
+
+def test_queued_uploads_under_the_reserved_name_are_dropped_at_start(s3_store, tmp_path,
+                                                                      make_mount):
+    """Issue 19: rows under `.stormount/` an earlier version took in failed for ever
+    (health degraded, flush failing, every unmount waiting out its timeout). At start
+    they are dropped, named in an error line, their data kept under recovered/."""
+    cache = tmp_path / "mnt-cache"  # what make_mount gives the mount named "mnt"
+    (cache / "staging").mkdir(parents=True)
+    staged = cache / "staging" / "old-inner"
+    staged.write_bytes(b"x\n")
+    journal = Journal(str(cache / "journal.sqlite3"))
+    journal.put(Upload(path=".stormount/", staging=MARKER, base=None, metadata={}))
+    journal.put(Upload(path=".stormount/inner", staging=str(staged), base=None, metadata={}))
+    journal.close()
+    m = make_mount(s3_store.url, env=s3_store.env)
+    assert m.pending() == []
+    assert m.ctl("flush").returncode == 0
+    assert m.ask("health")["state"] == "ok"
+    log = m.log()
+    assert "ERROR" in log and ".stormount/inner was queued by an earlier version" in log
+    kept = list((cache / "recovered").glob("*/.stormount/inner"))
+    assert [p.read_bytes() for p in kept] == [b"x\n"]
+
+
+def test_rmdir_keeps_a_directory_whose_marker_holds_data(s3_store, make_mount):
+    """Issue 19: `rm -rf dir` whose `dir/` marker object held 15 bytes deleted them
+    unseen. The rmdir is refused with ENOTEMPTY and a log line naming the marker."""
+    s3_store.put("dir/", b"fifteen bytes!!")
+    s3_store.put("dir/f.txt", b"f")
+    s3_store.put("plain/", b"")
+    m = make_mount(s3_store.url, env=s3_store.env)
+    result = subprocess.run(["rm", "-rf", str(m.path / "dir")], capture_output=True)
+    assert result.returncode != 0
+    assert s3_store.get("dir/") == b"fifteen bytes!!"
+    assert not (m.path / "dir" / "f.txt").exists()  # its files went, as rm asked
+    with pytest.raises(OSError) as e:
+        os.rmdir(m.path / "dir")
+    assert e.value.errno == errno.ENOTEMPTY
+    assert "its marker object dir/ holds 15 bytes" in m.log()
+    os.rmdir(m.path / "plain")  # an empty marker goes as before
+    assert "plain/" not in s3_store.keys(prefix="plain")

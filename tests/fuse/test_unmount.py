@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -220,3 +221,38 @@ def test_without_a_known_daemon_a_busy_mount_is_refused_too(local, hold):
     line = one_error_line(run("unmount", str(local.path)))
     assert f"pid {shell.pid} (sh: cwd {local.path})" in line, line
     assert mounted_fuse(str(local.path)) == "fuse.stormount"
+
+
+def test_unmount_after_the_daemon_died_names_what_it_left_queued(tmp_path, make_mount):
+    """Issue 19: it said only "is not mounted"; the queued files upload at the next
+    mount, and the operator is told which they are."""
+    store = tmp_path / "store"
+    store.mkdir()
+    m = make_mount(f"file://{store}", args=("-o", "debounce=3600"))
+    for name in ("a.txt", "b.txt"):
+        (m.path / name).write_bytes(b"queued")
+    wait_for(lambda: len(m.pending()) == 2, what="both files queued")
+    wait_for(lambda: lookup(str(m.path)) is not None, what="the mount's record")
+    assert m.proc is not None
+    m.proc.send_signal(signal.SIGKILL)
+    m.proc.wait()
+    subprocess.run(["fusermount3", "-u", "-z", str(m.path)], capture_output=True)
+    wait_for(lambda: mounted_fuse(str(m.path)) is None, what="the dead mount to go")
+    line = one_error_line(run("unmount", str(m.path)))
+    assert "is not mounted" in line and "2 file(s) queued (a.txt, b.txt)" in line, line
+    assert "upload at the next mount" in line and str(m.cache_dir) in line, line
+
+
+def test_unmount_of_a_stopped_daemon_fails_within_its_timeout(local):
+    """Issue 19: `unmount --timeout 5` of a daemon under SIGSTOP took 36 s to fail."""
+    wait_for(lambda: lookup(str(local.path)) is not None, what="the mount's record")
+    assert local.proc is not None
+    local.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        line = one_error_line(run("unmount", "--timeout", "5", str(local.path)))
+        assert time.monotonic() - started < 10
+        assert "is stopped" in line and f"kill -CONT {local.proc.pid}" in line, line
+    finally:
+        local.proc.send_signal(signal.SIGCONT)
+    still_serves(local)

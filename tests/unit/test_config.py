@@ -16,8 +16,8 @@ def test_url_forms():
     assert (az.scheme, az.container, az.prefix) == ("az", "container", "")
     local = parse_tier_url("file:///srv/data/")
     assert (local.scheme, local.container) == ("file", "/srv/data")
-    assert parse_tier_url("s3://b?multipart_threshold=16MiB").multipart_threshold == 16 * MiB
-    defaults = parse_tier_url("s3://b")
+    assert parse_tier_url("s3://bkt?multipart_threshold=16MiB").multipart_threshold == 16 * MiB
+    defaults = parse_tier_url("s3://bkt")
     assert (defaults.transfer_stall_timeout, defaults.complete_timeout) == (60.0, 300.0)
 
 
@@ -25,16 +25,19 @@ def test_url_forms():
     ("bucket", "not a storage URL"),
     ("gs://bucket", "unknown storage scheme 'gs'"),
     ("s3://", "names no bucket"),
-    ("s3://b/a//b", "empty path segment"),
+    ("s3://bkt/a//b", "empty path segment"),
     ("file://host/dir", "absolute path"),
-    ("s3://b?colour=red", "unknown tier option 'colour'"),
-    ("s3://b?max_connections=x", "expected an integer"),
-    ("s3://b?part_size=1MiB", "at least 5MiB"),
+    ("s3://bkt?colour=red", "unknown tier option 'colour'"),
+    ("s3://bkt?max_connections=x", "expected an integer"),
+    ("s3://bkt?part_size=1MiB", "at least 5MiB"),
     ("s3://[bucket", "not a storage URL"),
-    ("s3://b?transfer_stall_timeout=nan", r"transfer_stall_timeout must be a number of "
+    ("s3://bkt?transfer_stall_timeout=nan", r"transfer_stall_timeout must be a number of "
      r"seconds, at least 0\.1 \(got nan\)"),
-    ("s3://b?complete_timeout=-5", r"complete_timeout must be .* \(got -5\.0\)"),
-    ("s3://b?upload_timeout=NaN", "upload_timeout must be a number of seconds"),
+    ("s3://bkt?complete_timeout=-5", r"complete_timeout must be .* \(got -5\.0\)"),
+    ("s3://bkt?upload_timeout=NaN", "upload_timeout must be a number of seconds"),
+    ("s3://My_Bucket", r'invalid bucket name "My_Bucket" \(S3 bucket names are 3-63'),
+    ("s3://b", 'invalid bucket name "b"'),
+    ("s3://" + "x" * 64, "invalid bucket name"),
 ])
 def test_bad_urls(url, message):
     with pytest.raises(ConfigError, match=message):
@@ -92,7 +95,7 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no storage tier"):
         build_config(str(_write(tmp_path, "[cache]\n")), "/mnt")
     with pytest.raises(ConfigError, match="unknown config key 'tiers'"):
-        build_config(str(_write(tmp_path, '[[tiers]]\nurl="s3://b"\n')), "/mnt")
+        build_config(str(_write(tmp_path, '[[tiers]]\nurl="s3://bkt"\n')), "/mnt")
     with pytest.raises(ConfigError, match="needs a url"):
         build_config(str(_write(tmp_path, '[[tier]]\nendpoint="x"\n')), "/mnt")
     with pytest.raises(ConfigError, match="octal mode"):
