@@ -5,6 +5,7 @@ Every option and its default is listed in docs/CONFIGURATION.md."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -282,17 +283,22 @@ def _to_int(raw: object, what: str) -> int:
         raise ConfigError(f"{what}: expected an integer, got {raw!r}")
     try:
         return int(str(raw), 0) if isinstance(raw, str) else int(raw)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a TOML inf overflows int()
         raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
 
 
 def _to_float(raw: object, what: str) -> float:
+    """A finite number: NaN compares false with every bound, so it would pass each
+    check and then never fire (debounce=nan never uploads), and infinity is no time."""
     if isinstance(raw, bool):
         raise ConfigError(f"{what}: expected a number, got {raw!r}")
     try:
-        return float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{what}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{what}: expected a finite number, got {raw!r}")
+    return value
 
 
 def _to_bool(raw: object, what: str) -> bool:
@@ -377,6 +383,7 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
 
 
 def parse_o_options(opts: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -589,6 +596,8 @@ def parse_age(raw: object, what: str) -> float:
         if match is None:
             raise ConfigError(f"{what}: expected an age such as 30m, 12h or 7d, got {raw!r}")
         seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{what}: expected a finite age, got {raw!r}")
     if seconds < 0:
         raise ConfigError(f"{what}: an age must not be negative")
     return seconds

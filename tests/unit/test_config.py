@@ -31,10 +31,10 @@ def test_url_forms():
     ("s3://b?max_connections=x", "expected an integer"),
     ("s3://b?part_size=1MiB", "at least 5MiB"),
     ("s3://[bucket", "not a storage URL"),
-    ("s3://b?transfer_stall_timeout=nan", r"transfer_stall_timeout must be a number of "
-     r"seconds, at least 0\.1 \(got nan\)"),
+    ("s3://b?transfer_stall_timeout=nan", r"transfer_stall_timeout: expected a finite "
+     r"number, got 'nan'"),
     ("s3://b?complete_timeout=-5", r"complete_timeout must be .* \(got -5\.0\)"),
-    ("s3://b?upload_timeout=NaN", "upload_timeout must be a number of seconds"),
+    ("s3://b?upload_timeout=NaN", "upload_timeout: expected a finite number"),
 ])
 def test_bad_urls(url, message):
     with pytest.raises(ConfigError, match=message):
@@ -103,3 +103,41 @@ def _write(tmp_path, text):
     path = tmp_path / "c.toml"
     path.write_text(text)
     return path
+
+
+# issue 19, finding 3: NaN compares false with every bound, so it passed each check
+# (debounce=nan mounted and then never uploaded); infinity is no time either
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "infinity", "1e400"])
+@pytest.mark.parametrize("key", ["debounce", "metadata_ttl", "listing_ttl", "negative_ttl",
+                                 "entry_timeout", "attr_timeout", "retry_delay",
+                                 "chain.retry_delay", "connect_timeout", "read_timeout",
+                                 "quota_interval", "lifecycle_interval"])
+def test_nan_and_infinity_are_refused_in_o_options(key, value):
+    with pytest.raises(ConfigError) as info:
+        build_config("memory://x", "/tmp/mnt", options=(f"{key}={value}",))
+    message = str(info.value)
+    assert "\n" not in message and key.removeprefix("chain.") in message
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("section", "key"), [
+    ("writeback", "debounce"), ("cache", "metadata_ttl"), ("fuse", "attr_timeout"),
+    ("chain", "retry_max_delay"), ("", "quota_interval"), ("", "lifecycle_interval"),
+    ("tier", "connect_timeout")])
+def test_nan_and_infinity_are_refused_in_the_config_file(tmp_path, section, key, text):
+    if section == "tier":
+        body = f'[[tier]]\nurl = "memory://x"\n{key} = {text}\n'
+    elif section:
+        body = f'[[tier]]\nurl = "memory://x"\n[{section}]\n{key} = {text}\n'
+    else:
+        body = f'{key} = {text}\n[[tier]]\nurl = "memory://x"\n'
+    path = tmp_path / "m.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=key):
+        build_config(str(path), "/tmp/mnt")
+
+
+def test_negative_seconds_are_refused():
+    for key in ("debounce", "metadata_ttl", "quota_interval", "connect_timeout"):
+        with pytest.raises(ConfigError, match=key):
+            build_config("memory://x", "/tmp/mnt", options=(f"{key}=-1",))
