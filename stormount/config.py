@@ -380,10 +380,11 @@ def load_toml(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-
+    except (UnicodeDecodeError, ValueError) as e:  # not UTF-8; a NUL in the path
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
 
 
 def parse_o_options(opts: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from stormount.config import MiB, build_config, parse_size, parse_tier_url
@@ -141,3 +145,21 @@ def test_negative_seconds_are_refused():
     for key in ("debounce", "metadata_ttl", "quota_interval", "connect_timeout"):
         with pytest.raises(ConfigError, match=key):
             build_config("memory://x", "/tmp/mnt", options=(f"{key}=-1",))
+
+
+# issue 19, finding 6: a config file that is not UTF-8 printed a 34-line
+# UnicodeDecodeError traceback
+@pytest.mark.parametrize("body", [b"\xff\xfe[fuse]\n", b'[[tier]]\nurl = "memory://\xe9"\n',
+                                  b"\x80" * 10])
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, body):
+    path = tmp_path / "bad.toml"
+    path.write_bytes(body)
+    with pytest.raises(ConfigError, match=f"cannot read config file {path}: ") as info:
+        build_config(str(path), "/tmp/mnt")
+    assert "\n" not in str(info.value)
+    stormount = os.path.join(os.path.dirname(sys.executable), "stormount")
+    result = subprocess.run([stormount, "mount", str(path), str(tmp_path / "mnt")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"stormount: error: cannot read config file {path}: ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
