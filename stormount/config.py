@@ -17,6 +17,8 @@ from typing import Any
 from stormount.errors import ConfigError
 
 MiB = 1024 * 1024
+# the largest uid or gid the kernel takes ((uid_t)-1 means "no change" to it)
+ID_MAX = 2**32 - 2
 SCHEMES = ("s3", "az", "file", "memory")
 
 
@@ -537,6 +539,10 @@ def build_config(
         else:
             raise ConfigError(f"unknown mount option -o {key}")
     fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
+    for name in ("uid", "gid"):
+        value = getattr(fuse, name)
+        if value is not None and not 0 <= value <= ID_MAX:
+            raise ConfigError(f"{name} must be between 0 and {ID_MAX}, not {value}")
     log_level, log_format = str(top["log_level"]), str(top["log_format"])
     on_unreachable = str(top["on_unreachable"]).lower()
 

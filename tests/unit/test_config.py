@@ -163,3 +163,28 @@ def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, body):
     assert result.returncode == 1
     assert result.stderr.startswith(f"stormount: error: cannot read config file {path}: ")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+# issue 19, finding 2: -o uid=99999999999999 killed the daemon with only "did not become
+# ready; see log" (OverflowError at the first stat); out-of-range ownership and modes
+# are refused at start, in one line
+@pytest.mark.parametrize("option", ["uid=99999999999999", "gid=4294967295", "uid=-1",
+                                    "gid=-5", "umask=99999999", "umask=17777",
+                                    "file_mode=-1", "dir_mode=777777777777",
+                                    "uid=1e400", "gid=nan"])
+def test_out_of_range_ownership_and_modes_are_refused_at_start(tmp_path, option):
+    key = option.partition("=")[0]
+    with pytest.raises(ConfigError, match=key):
+        build_config("memory://x", str(tmp_path / "mnt"), options=(option,))
+    stormount = os.path.join(os.path.dirname(sys.executable), "stormount")
+    (tmp_path / "mnt").mkdir()
+    result = subprocess.run([stormount, "mount", "memory://x", str(tmp_path / "mnt"),
+                             "-o", option], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("stormount: error: ") and key in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_the_largest_ids_are_taken():
+    fuse = build_config("memory://x", "/tmp/mnt", options=("uid=4294967294,gid=0",)).fuse
+    assert (fuse.uid, fuse.gid) == (2**32 - 2, 0)
