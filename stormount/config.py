@@ -377,16 +377,24 @@ def _apply(obj: Any, table: Mapping[str, Any], values: Mapping[str, Any], sectio
     return replace(obj, **changes)
 
 
+def _printable(text: str) -> str:
+    """Text given by the user as an error message shows it: as it is, or quoted and
+    escaped when it holds a newline, a control character or bytes that are not UTF-8
+    (a message is one line)."""
+    return text if text.isprintable() else repr(text)
+
+
 def load_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+        raise ConfigError(f"cannot read config file {_printable(path)}: "
+                          f"{e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        raise ConfigError(f"config file {_printable(path)} is not valid TOML: {e}") from None
     except (UnicodeDecodeError, ValueError) as e:  # not UTF-8; a NUL in the path
-        raise ConfigError(f"cannot read config file {path}: {e}") from None
+        raise ConfigError(f"cannot read config file {_printable(path)}: {e}") from None
 
 
 def parse_o_options(opts: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -537,7 +545,7 @@ def build_config(
         elif key in _O_IGNORED or key.startswith("x-") or sloppy:
             continue  # mount(8)/fstab options meant for other programs
         else:
-            raise ConfigError(f"unknown mount option -o {key}")
+            raise ConfigError(f"unknown mount option -o {_printable(key)}")
     fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
     for name in ("uid", "gid"):
         value = getattr(fuse, name)
@@ -666,16 +674,17 @@ def _quotas(raw: object) -> tuple[QuotaConfig, ...]:
             raise ConfigError(f"unknown option {sorted(unknown)[0]!r} in [[quota]] "
                               "(known: max_bytes, max_files, path)")
         path = folder_path(item.get("path", "/"), "[[quota]] path")
+        label = _printable(path or "/")
         max_bytes = None if item.get("max_bytes") is None else parse_size(
-            item["max_bytes"], f"[[quota]] {path or '/'} max_bytes")
+            item["max_bytes"], f"[[quota]] {label} max_bytes")
         max_files = None if item.get("max_files") is None else _to_int(
-            item["max_files"], f"[[quota]] {path or '/'} max_files")
+            item["max_files"], f"[[quota]] {label} max_files")
         if max_bytes is None and max_files is None:
-            raise ConfigError(f"[[quota]] {path or '/'}: give max_bytes, max_files or both")
+            raise ConfigError(f"[[quota]] {label}: give max_bytes, max_files or both")
         if (max_files or 0) < 0:
-            raise ConfigError(f"[[quota]] {path or '/'}: max_files must not be negative")
+            raise ConfigError(f"[[quota]] {label}: max_files must not be negative")
         if path in out:
-            raise ConfigError(f"[[quota]] {path or '/'} is given twice")
+            raise ConfigError(f"[[quota]] {label} is given twice")
         out[path] = QuotaConfig(path, max_bytes, max_files)
     return tuple(out.values())
 

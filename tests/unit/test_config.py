@@ -188,3 +188,21 @@ def test_out_of_range_ownership_and_modes_are_refused_at_start(tmp_path, option)
 def test_the_largest_ids_are_taken():
     fuse = build_config("memory://x", "/tmp/mnt", options=("uid=4294967294,gid=0",)).fuse
     assert (fuse.uid, fuse.gid) == (2**32 - 2, 0)
+
+
+# found by tests/unit/test_fuzz_options.py: a newline in a config path, an -o key or a
+# [[quota]] path made the error two lines; what the user gave is shown escaped instead
+@pytest.mark.parametrize(("kwargs", "body"), [
+    ({"options": ("config=\n0",)}, None),
+    ({"options": ("bad\nkey=1",)}, None),
+    ({"options": ("\udcff=1",)}, None),
+    ({}, '[[tier]]\nurl = "memory://x"\n[[quota]]\npath = "a\\nb"\nmax_files = -1\n'),
+])
+def test_refusals_naming_what_was_given_are_one_line(tmp_path, kwargs, body):
+    source = "memory://x"
+    if body is not None:
+        source = str(tmp_path / "q.toml")
+        (tmp_path / "q.toml").write_text(body)
+    with pytest.raises(ConfigError) as info:
+        build_config(source, "/tmp/mnt", **kwargs)
+    assert "\n" not in str(info.value) and str(info.value).isprintable()
