@@ -34,7 +34,8 @@ test: install
 # the examples `make test` runs (FUZZ_SCALE=N to change it).
 FUZZ_SCALE ?= 100
 fuzz: install
-	STORMOUNT_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -p no:cacheprovider tests/unit/test_fuzz_options.py
+	STORMOUNT_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -p no:cacheprovider --timeout=0 \
+		tests/unit/test_fuzz_options.py
 
 check: install
 	$(BIN)/ruff check stormount tests
