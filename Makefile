@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 RUNDIR := $(CURDIR)/.run
 
-.PHONY: install system-deps run test check bench clean install-systemd
+.PHONY: install system-deps run test check fuzz bench clean install-systemd
 
 install: system-deps $(STAMP)
 
@@ -29,6 +29,13 @@ run: install
 
 test: install
 	$(BIN)/pytest
+
+# The options/config/command-line fuzz (tests/unit/test_fuzz_options.py) with 100 times
+# the examples `make test` runs (FUZZ_SCALE=N to change it).
+FUZZ_SCALE ?= 100
+fuzz: install
+	STORMOUNT_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -p no:cacheprovider --timeout=0 \
+		tests/unit/test_fuzz_options.py
 
 check: install
 	$(BIN)/ruff check stormount tests

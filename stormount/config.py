@@ -5,6 +5,7 @@ Every option and its default is listed in docs/CONFIGURATION.md."""
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import tomllib
@@ -16,6 +17,8 @@ from typing import Any
 from stormount.errors import ConfigError
 
 MiB = 1024 * 1024
+# the largest uid or gid the kernel takes ((uid_t)-1 means "no change" to it)
+ID_MAX = 2**32 - 2
 SCHEMES = ("s3", "az", "file", "memory")
 
 
@@ -288,17 +291,22 @@ def _to_int(raw: object, what: str) -> int:
         raise ConfigError(f"{what}: expected an integer, got {raw!r}")
     try:
         return int(str(raw), 0) if isinstance(raw, str) else int(raw)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a TOML inf overflows int()
         raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
 
 
 def _to_float(raw: object, what: str) -> float:
+    """A finite number: NaN compares false with every bound, so it would pass each
+    check and then never fire (debounce=nan never uploads), and infinity is no time."""
     if isinstance(raw, bool):
         raise ConfigError(f"{what}: expected a number, got {raw!r}")
     try:
-        return float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{what}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{what}: expected a finite number, got {raw!r}")
+    return value
 
 
 def _to_bool(raw: object, what: str) -> bool:
@@ -375,14 +383,24 @@ def _apply(obj: Any, table: Mapping[str, Any], values: Mapping[str, Any], sectio
     return replace(obj, **changes)
 
 
+def _printable(text: str) -> str:
+    """Text given by the user as an error message shows it: as it is, or quoted and
+    escaped when it holds a newline, a control character or bytes that are not UTF-8
+    (a message is one line)."""
+    return text if text.isprintable() else repr(text)
+
+
 def load_toml(path: str) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
     except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config file {_printable(path)}: "
+                          f"{e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        raise ConfigError(f"config file {_printable(path)} is not valid TOML: {e}") from None
+    except (UnicodeDecodeError, ValueError) as e:  # not UTF-8; a NUL in the path
+        raise ConfigError(f"cannot read config file {_printable(path)}: {e}") from None
 
 
 def parse_o_options(opts: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -533,8 +551,12 @@ def build_config(
         elif key in _O_IGNORED or key.startswith("x-") or sloppy:
             continue  # mount(8)/fstab options meant for other programs
         else:
-            raise ConfigError(f"unknown mount option -o {key}")
+            raise ConfigError(f"unknown mount option -o {_printable(key)}")
     fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
+    for name in ("uid", "gid"):
+        value = getattr(fuse, name)
+        if value is not None and not 0 <= value <= ID_MAX:
+            raise ConfigError(f"{name} must be between 0 and {ID_MAX}, not {value}")
     log_level, log_format = str(top["log_level"]), str(top["log_format"])
     on_unreachable = str(top["on_unreachable"]).lower()
 
@@ -595,6 +617,8 @@ def parse_age(raw: object, what: str) -> float:
         if match is None:
             raise ConfigError(f"{what}: expected an age such as 30m, 12h or 7d, got {raw!r}")
         seconds = float(match.group(1)) * _AGE_UNITS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{what}: expected a finite age, got {raw!r}")
     if seconds < 0:
         raise ConfigError(f"{what}: an age must not be negative")
     return seconds
@@ -656,16 +680,17 @@ def _quotas(raw: object) -> tuple[QuotaConfig, ...]:
             raise ConfigError(f"unknown option {sorted(unknown)[0]!r} in [[quota]] "
                               "(known: max_bytes, max_files, path)")
         path = folder_path(item.get("path", "/"), "[[quota]] path")
+        label = _printable(path or "/")
         max_bytes = None if item.get("max_bytes") is None else parse_size(
-            item["max_bytes"], f"[[quota]] {path or '/'} max_bytes")
+            item["max_bytes"], f"[[quota]] {label} max_bytes")
         max_files = None if item.get("max_files") is None else _to_int(
-            item["max_files"], f"[[quota]] {path or '/'} max_files")
+            item["max_files"], f"[[quota]] {label} max_files")
         if max_bytes is None and max_files is None:
-            raise ConfigError(f"[[quota]] {path or '/'}: give max_bytes, max_files or both")
+            raise ConfigError(f"[[quota]] {label}: give max_bytes, max_files or both")
         if (max_files or 0) < 0:
-            raise ConfigError(f"[[quota]] {path or '/'}: max_files must not be negative")
+            raise ConfigError(f"[[quota]] {label}: max_files must not be negative")
         if path in out:
-            raise ConfigError(f"[[quota]] {path or '/'} is given twice")
+            raise ConfigError(f"[[quota]] {label} is given twice")
         out[path] = QuotaConfig(path, max_bytes, max_files)
     return tuple(out.values())
 

@@ -9,21 +9,36 @@ body is the target; a fifo, socket or device is an empty object whose mode says 
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from stormount.backends.base import ObjectInfo
-from stormount.config import FuseConfig
+from stormount.config import ID_MAX, FuseConfig
+
+log = logging.getLogger(__name__)
 
 FILE, DIR, LINK, SPECIAL = "file", "dir", "link", "special"
 # a symlink's target is shorter than this (symlink(2) refuses longer ones): an object
 # this big is a regular file whatever it carries
 PATH_MAX = 4096
 _SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+# Bounds of what the kernel takes, for metadata another client may have put: a mode is
+# a file type and permission bits (16 bits); times are nanoseconds in an int64 (years
+# 1677 to 2262); a device number is 32 bits in FUSE's attributes. A stored value
+# outside them is not used: the mount's default for that attribute shows instead.
+MODE_MAX = 0o177777
+NS_MIN, NS_MAX = -(2**63), 2**63 - 1
+RDEV_MAX = 2**32 - 1
+# object keys whose unusable metadata was logged, so each is logged once; the oldest
+# are forgotten past this many
+_WARNED_MAX = 4096
+_warned: OrderedDict[str, None] = OrderedDict()
 
 
 @dataclass(slots=True)
@@ -110,21 +125,25 @@ def with_ctime(stored: Mapping[str, str], ctime_ns: int) -> dict[str, str]:
     return {**stored, "ctime": _seconds(ctime_ns)}
 
 
-def _int(meta: Mapping[str, str], key: str) -> int | None:
+def _int(meta: Mapping[str, str], key: str, low: int, high: int) -> int | None:
+    """The integer stored under `key` if it lies in low..high, else None."""
     try:
-        return int(meta[key])
-    except (KeyError, ValueError):
+        value = int(meta[key])
+    except (KeyError, ValueError, TypeError):
         return None
+    return value if low <= value <= high else None
 
 
 def _mode(meta: Mapping[str, str]) -> int | None:
     """s3fs writes the mode in decimal ("33188"), rclone in octal with a leading zero
-    ("0100644"): read both."""
-    raw = meta.get("mode", "").strip()
+    ("0100644"): read both. A value beyond a file type and permission bits (or
+    negative) is no mode."""
+    raw = str(meta.get("mode", "")).strip()
     try:
-        return int(raw, 8) if len(raw) > 1 and raw.startswith("0") else int(raw)
+        value = int(raw, 8) if len(raw) > 1 and raw.startswith("0") else int(raw)
     except ValueError:
         return None
+    return value if 0 <= value <= MODE_MAX else None
 
 
 def _seconds_ns(meta: Mapping[str, str], key: str) -> int | None:
@@ -132,9 +151,22 @@ def _seconds_ns(meta: Mapping[str, str], key: str) -> int | None:
         return None
     try:
         # Decimal keeps nanoseconds that a float would round away
-        return int(Decimal(meta[key]) * 1_000_000_000)
-    except (InvalidOperation, ValueError):
+        value = int(Decimal(str(meta[key]).strip()) * 1_000_000_000)
+    except (ArithmeticError, ValueError):  # nan, inf (OverflowError), decimal signals
         return None
+    return value if NS_MIN <= value <= NS_MAX else None
+
+
+def _unusable(key: str, meta: Mapping[str, str], names: list[str]) -> None:
+    """Log, once per object key, that stored attributes could not be used."""
+    if key in _warned:
+        return
+    _warned[key] = None
+    if len(_warned) > _WARNED_MAX:
+        _warned.popitem(last=False)
+    shown_values = ", ".join(f"{name}={str(meta[name])[:40]!r}" for name in names)
+    log.warning("%s: the store's value could not be used (out of range or not a number), "
+                "the mount's default shows instead: %s", key, shown_values)
 
 
 def kind_of(key: str, metadata: Mapping[str, str] | None, size: int | None = None) -> str:
@@ -168,22 +200,38 @@ def attrs_from_object(info: ObjectInfo, kind: str, fuse: FuseConfig) -> Attrs:
     attrs = default_attrs(kind, fuse, size=0 if kind == DIR else info.size,
                           mtime_ns=modified_ns)
     meta = info.metadata or {}
+    unusable = []
     mode = _mode(meta)
+    if mode is None and "mode" in meta:
+        unusable.append("mode")
+    rdev = _int(meta, "rdev", 0, RDEV_MAX)
+    if rdev is None and "rdev" in meta:
+        unusable.append("rdev")
     if kind == SPECIAL and mode is not None:
         attrs.mode = mode
-        attrs.rdev = max(0, _int(meta, "rdev") or 0)
+        attrs.rdev = rdev or 0
     elif mode is not None:
         attrs.mode = stat.S_IFMT(attrs.mode) | stat.S_IMODE(mode)
-    uid, gid = _int(meta, "uid"), _int(meta, "gid")
-    if uid is not None and uid >= 0:
+    uid, gid = _int(meta, "uid", 0, ID_MAX), _int(meta, "gid", 0, ID_MAX)
+    if uid is not None:
         attrs.uid = uid
-    if gid is not None and gid >= 0:
+    elif "uid" in meta:
+        unusable.append("uid")
+    if gid is not None:
         attrs.gid = gid
+    elif "gid" in meta:
+        unusable.append("gid")
     mtime = _seconds_ns(meta, "mtime")
     if mtime is not None:
         attrs.mtime_ns = mtime
+    elif "mtime" in meta:
+        unusable.append("mtime")
     ctime = _seconds_ns(meta, "ctime")
+    if ctime is None and "ctime" in meta:
+        unusable.append("ctime")
     attrs.ctime_ns = ctime if ctime is not None else (modified_ns or attrs.mtime_ns)
+    if unusable:
+        _unusable(info.key, meta, unusable)
     return attrs
 
 

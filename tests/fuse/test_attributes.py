@@ -280,3 +280,41 @@ def test_ownership_options_apply_to_every_entry(store, make_mount):
     assert stat.S_IMODE(os.stat(moded.path / "d").st_mode) == 0o750
     os.chmod(moded.path / "d/f", 0o666)  # stored, not shown over the option
     assert stat.S_IMODE(os.stat(moded.path / "d/f").st_mode) == 0o640
+
+
+# issue 19, finding 2: metadata another client put that is out of range (a uid beyond
+# uid_t, a mode beyond 16 bits, a time of 1e400 or nan, a negative gid, a huge rdev)
+# made stat, cat and rm of the object EIO, then the listing of its directory (on Azure
+# the first listing failed): the mount's default shows instead, logged once per object
+BAD_METADATA = {
+    "uid": {"uid": "99999999999"}, "gid": {"gid": "-1"}, "mode": {"mode": "99999999999999"},
+    "mtime": {"mtime": "1e400"}, "ctime": {"ctime": "nan"}, "negative": {"mtime": "-1e30"},
+    "rdev": {"mode": str(stat.S_IFCHR | 0o600), "rdev": str(2**70)},
+}
+
+
+@pytest.mark.parametrize("which", ["s3", "az"])
+def test_out_of_range_metadata_of_another_client_shows_the_defaults(which, request,
+                                                                    make_mount):
+    st = request.getfixturevalue(f"{which}_store")
+    st.put("d/good", b"fine\n", {"mode": "33188", "uid": "1000", "gid": "1000"})
+    for name, meta in BAD_METADATA.items():
+        st.put(f"d/{name}", b"" if name == "rdev" else b"data\n", meta)
+    m = make_mount(st.url, env=st.env, args=("-o", "debounce=0"))
+    assert sorted(os.listdir(m.path / "d")) == sorted([*BAD_METADATA, "good"])
+    for name in BAD_METADATA:
+        attrs = os.lstat(m.path / "d" / name)
+        assert attrs.st_uid == os.getuid() or name != "uid"
+        assert attrs.st_gid == os.getgid() or name != "gid"
+        if name == "mode":
+            assert stat.S_ISREG(attrs.st_mode) and stat.S_IMODE(attrs.st_mode) == 0o644
+        if name != "rdev":
+            assert (m.path / "d" / name).read_bytes() == b"data\n"
+    os.unlink(m.path / "d/uid")
+    assert sorted(os.listdir(m.path / "d")) == sorted([*BAD_METADATA, "good"][1:])
+    assert os.stat(m.path / "d/good").st_uid == 1000
+    assert m.stop() == 0
+    log = m.log()
+    for name in BAD_METADATA:
+        # once per object, however often it was looked up
+        assert log.count(f"d/{name}: the store's value could not be used") == 1, name

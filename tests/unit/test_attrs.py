@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 
+import pyfuse3
+import pytest
+
 from stormount.backends.base import ObjectInfo
 from stormount.config import FuseConfig
+from stormount.vfs import attrs
 from stormount.vfs.attrs import (
     DIR,
     FILE,
@@ -83,3 +88,53 @@ def test_ownership_options_apply_to_every_entry_when_given():
     assert stat.S_IMODE(shown(dir_attrs, FuseConfig(dir_mode=0o700)).mode) == 0o700
     link = default_attrs(LINK, FuseConfig())
     assert stat.S_IMODE(shown(link, FuseConfig(umask=0o077, file_mode=0o600)).mode) == 0o777
+
+
+# issue 19, finding 2: one object with out-of-range metadata, put by another client,
+# made stat, cat and rm of it EIO (OverflowError in fuse/ops.py::_entry), and then the
+# listing of its directory
+@pytest.mark.parametrize(("meta", "unusable"), [
+    ({"uid": "99999999999"}, "uid"), ({"uid": "-1"}, "uid"), ({"gid": "-1"}, "gid"),
+    ({"gid": str(2**32 - 1)}, "gid"), ({"mode": "99999999999999"}, "mode"),
+    ({"mode": "-33188"}, "mode"), ({"mode": "0777777777"}, "mode"),
+    ({"mtime": "1e400"}, "mtime"), ({"mtime": "-1e30"}, "mtime"), ({"mtime": "inf"}, "mtime"),
+    ({"mtime": "nan"}, "mtime"), ({"ctime": "nan"}, "ctime"), ({"ctime": "-inf"}, "ctime"),
+    ({"ctime": "1e999999999"}, "ctime"), ({"mtime": "9" * 5000}, "mtime"),
+    ({"mode": str(stat.S_IFCHR | 0o600), "rdev": str(2**70)}, "rdev"),
+    ({"mode": str(stat.S_IFBLK | 0o600), "rdev": "-5"}, "rdev"),
+])
+def test_out_of_range_metadata_falls_back_to_the_mounts_defaults(meta, unusable, caplog):
+    fuse = FuseConfig()
+    obj = ObjectInfo(key=f"dir/{unusable}-{len(caplog.records)}-{sorted(meta.items())}",
+                     size=0, mtime=1_000.5, etag="e", metadata=meta)
+    kind = kind_of(obj.key, meta, obj.size)
+    with caplog.at_level(logging.WARNING, logger="stormount.vfs.attrs"):
+        a = attrs_from_object(obj, kind, fuse)
+        attrs_from_object(obj, kind, fuse)  # a second lookup logs nothing more
+    default = default_attrs(kind, fuse, size=0, mtime_ns=1_000_500_000_000)
+    assert getattr(a, unusable.replace("time", "time_ns")) == (
+        1_000_500_000_000 if unusable == "ctime" else
+        0 if unusable == "rdev" else getattr(default, unusable.replace("time", "time_ns")))
+    # what the kernel is given fits it: pyfuse3 raised OverflowError before
+    e = pyfuse3.EntryAttributes()
+    shown_attrs = shown(a, fuse)
+    e.st_mode, e.st_uid, e.st_gid, e.st_rdev = (shown_attrs.mode, shown_attrs.uid,
+                                                 shown_attrs.gid, shown_attrs.rdev)
+    e.st_mtime_ns, e.st_ctime_ns = shown_attrs.mtime_ns, shown_attrs.ctime_ns
+    assert stat.S_IFMT(a.mode) in (stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK)
+    warnings = [r for r in caplog.records if r.name == "stormount.vfs.attrs"]
+    assert len(warnings) == 1 and "the store's value could not be used" in warnings[0].message
+    assert obj.key in warnings[0].message and unusable in warnings[0].message
+
+
+def test_an_unknown_file_type_is_a_regular_file():
+    meta = {"mode": str(0o070000 | 0o640)}  # no file type S_IFMT knows
+    assert kind_of("f", meta, 0) == FILE
+    a = attrs_from_object(ObjectInfo("f", 0, 1.0, "e", meta), FILE, FuseConfig())
+    assert a.mode == stat.S_IFREG | 0o640
+
+
+def test_unusable_metadata_is_logged_once_per_key_in_bounded_memory(caplog):
+    for n in range(attrs._WARNED_MAX + 10):
+        attrs_from_object(ObjectInfo(f"k{n}", 0, 1.0, "e", {"uid": "-1"}), FILE, FuseConfig())
+    assert len(attrs._warned) == attrs._WARNED_MAX
