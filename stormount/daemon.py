@@ -118,8 +118,8 @@ def private_cache_dir(cache: str) -> None:
         try:
             os.chmod(cache, 0o700)
         except OSError as e:
-            raise StartupError(f"cache directory {cache} is readable by others (mode "
-                               f"{st.st_mode & 0o777:o}) and cannot be made private: "
+            raise StartupError(f"cannot use cache directory {cache}: it is open to others "
+                               f"(mode {st.st_mode & 0o777:o}) and cannot be made private: "
                                f"{e.strerror}") from None
         log.warning("cache directory %s was open to others (mode %o): made private (700)",
                     cache, st.st_mode & 0o777)
