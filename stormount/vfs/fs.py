@@ -606,16 +606,18 @@ class Vfs:
         staging = node.staging
         if staging is not None:
             return os.pread(staging.fd, size, offset)
-        size = min(size, node.attrs.size - offset)
+        handle = self.handle(fh)
+        version, total = (handle.version, handle.size) if handle.version else (
+            node.etag or None, node.attrs.size)
+        size = min(size, total - offset)
         if size <= 0:
             return b""
-        handle = self.handle(fh)
         handle.read_to = max(handle.read_to, offset + size)
         try:
-            if self.reader is not None and node.etag:
-                return await self.reader.read(node.key, node.etag, node.attrs.size, offset, size,
+            if self.reader is not None and version:
+                return await self.reader.read(node.key, version, total, offset, size,
                                               handle.read_state)
-            return await self.backend.get_range(node.key, offset, size, node.etag or None)
+            return await self.backend.get_range(node.key, offset, size, version)
         except NotFound:
             raise FsError(errno.ESTALE, f"{node.path} was removed from the store") from None
         except Changed:
@@ -747,6 +749,8 @@ class Vfs:
         finally:
             del self.writer.moving[src]
             moved.set()
+            # open files read their objects under the new names (a copy may be a new version)
+            self.handles.follow(self._subtree(src))
 
     async def _rename(self, old_parent: Node, old_name: str, src: Node, new_parent: Node,
                       new_name: str, flags: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from stormount.errors import FsError
@@ -16,6 +17,15 @@ class Handle:
     writable: bool
     read_state: ReadState = field(default_factory=ReadState)
     read_to: int = 0  # the furthest byte read through it
+    # the stored version it was opened on, and its size: its reads stay on that version
+    # when another client replaces the object (they fail with ESTALE once the store no
+    # longer has it), never mixing the bytes of two. None: the node's current version.
+    version: str | None = None
+    size: int = 0
+
+    def follow(self) -> None:
+        """Read what the node stands for now (this mount moved or rewrote it)."""
+        self.version, self.size = self.node.etag or None, self.node.attrs.size
 
 
 @dataclass(eq=False)
@@ -40,8 +50,19 @@ class Handles:
         node.opens += 1
         node.writers += writable
         fh = self._number()
-        self._files[fh] = Handle(node=node, writable=writable)
+        handle = self._files[fh] = Handle(node=node, writable=writable)
+        if node.staging is None:
+            handle.follow()
         return fh
+
+    def follow(self, nodes: Iterable[Node]) -> None:
+        """The handles of these nodes read what the nodes stand for now."""
+        if not self._files:
+            return
+        moved = {id(node) for node in nodes}
+        for handle in self._files.values():
+            if id(handle.node) in moved:
+                handle.follow()
 
     def file(self, fh: int) -> Handle:
         try:

@@ -1,7 +1,8 @@
 """Loopback TCP proxies between a mount and its storage endpoint.
 
 `CountingProxy` counts the bytes each way, to measure how much data a mount really
-transfers from (and to) the store; with `upload_rate` it is also a slow uplink.
+transfers from (and to) the store; with `upload_rate` it is also a slow uplink, and
+`cut_response` breaks one response mid-body.
 `OutageProxy` simulates endpoint outages on a fixed port: refused connections
 (`stop`/`start`) and an endpoint that accepts but never answers (`hang`/`heal`)."""
 
@@ -35,6 +36,15 @@ class CountingProxy:
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._sockets: set[socket.socket] = set()
+        self._cut: tuple[bytes, bytes, int, Callable[[], None]] | None = None
+
+    def cut_response(self, method: str, key: str, after: int,
+                     then: Callable[[], None] = lambda: None) -> None:
+        """Once: the response to the next `method` request whose path ends in `key` is
+        broken off after `after` bytes of its body; `then()` runs before the connection
+        closes (the client is still waiting for the rest)."""
+        with self._lock:
+            self._cut = (method.encode() + b" ", b"/" + key.encode(), after, then)
 
     def __enter__(self) -> CountingProxy:
         t = threading.Thread(target=self._accept, daemon=True)
@@ -74,11 +84,26 @@ class CountingProxy:
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             with self._lock:
                 self._sockets.update((client, upstream))
+            armed: list[tuple[int, Callable[[], None]]] = []  # this connection's cut
             for src, dst, count in ((client, upstream, False), (upstream, client, True)):
-                threading.Thread(target=self._pipe, args=(src, dst, count), daemon=True).start()
+                threading.Thread(target=self._pipe, args=(src, dst, count, armed),
+                                 daemon=True).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+    def _arm(self, chunk: bytes, armed: list[tuple[int, Callable[[], None]]]) -> None:
+        with self._lock:
+            if self._cut is None:
+                return
+            method, key, after, then = self._cut
+            line = chunk.split(b"\r\n", 1)[0]  # "GET /bucket/key?query HTTP/1.1"
+            if line.startswith(method) and line[len(method):].split(b"?")[0].split(b" ")[
+                    0].endswith(key):
+                self._cut = None
+                armed.append((after, then))
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool,
+              armed: list[tuple[int, Callable[[], None]]]) -> None:
         rate = None if count else self.upload_rate
+        body: int | None = None  # body bytes of the response being cut, once its head is by
         try:
             while chunk := src.recv(65536 if rate is None else 16384):
                 with self._lock:
@@ -86,6 +111,18 @@ class CountingProxy:
                         self.downstream_bytes += len(chunk)
                     else:
                         self.upstream_bytes += len(chunk)
+                if not count:
+                    self._arm(chunk, armed)
+                elif armed:
+                    after, then = armed[0]
+                    if body is None and (end := chunk.find(b"\r\n\r\n")) >= 0:
+                        body = -(end + 4)
+                    if body is not None and body + len(chunk) >= after:
+                        dst.sendall(chunk[:after - body])
+                        then()
+                        return  # the finally breaks both sides
+                    if body is not None:
+                        body += len(chunk)
                 dst.sendall(chunk)
                 if rate is not None:
                     time.sleep(len(chunk) / rate)  # the proxy's own thread: a slow link
