@@ -24,6 +24,7 @@ from stormount.errors import FsError
 from stormount.fuse.ops import Operations
 from stormount.stats import Ops
 from stormount.vfs.fs import Vfs
+from stormount.vfs.names import utf8
 from stormount.vfs.pins import Pins
 from stormount.writeback import FAILING, UPLOADING
 
@@ -330,7 +331,11 @@ class Control:
                 parts.pop()
             else:
                 parts.append(part)
-        return "/".join(parts)
+        inside = "/".join(parts)
+        if not utf8(inside):  # a name of the store is UTF-8: this one names nothing
+            raise RequestError(f"path {inside!r} is not valid UTF-8 (names in the mount "
+                               "are)")
+        return inside
 
     def tier_named(self, raw: object) -> Tier:
         """A tier by its number (0 is the primary) or its URL."""

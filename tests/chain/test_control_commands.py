@@ -12,6 +12,7 @@ import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, MountConfig, WritebackConfig
 from stormount.control.commands import Control
 from stormount.control.server import RequestError
@@ -42,12 +43,13 @@ class Composed:
 async def composed(make_tiers, nursery, tmp_path):
     made = VfsFactory(tmp_path, nursery)
 
-    async def _make(n=2, writeback=None):
+    async def _make(n=2, writeback=None, meta=False):
         tiers = make_tiers(n)
         chain = tiers.make()
         await chain.check()
         nursery.start_soon(chain.run)
-        vfs = made(chain, writeback=writeback)
+        store = MetaStore(str(tmp_path / f"meta{len(made.made)}.sqlite3")) if meta else None
+        vfs = made(chain, writeback=writeback, meta=store)
         ops = Operations(vfs, vfs.fuse)
 
         async def invalidate(path, recursive):
@@ -217,6 +219,18 @@ async def test_invalidate_takes_paths_inside_the_mount(composed, autojump_clock)
             await c.ask("invalidate", path=raw)
     with pytest.raises(RequestError, match="recursive must be true or false"):
         await c.ask("invalidate", path="a", recursive="yes")
+
+
+async def test_a_path_that_is_not_utf8_is_refused(composed, autojump_clock):
+    # a name of the store is UTF-8; `ctl invalidate $'\xff'` sends "\udcff" (issue 19:
+    # before, it reached meta.sqlite3 and was answered "internal error:
+    # UnicodeEncodeError ...", with a traceback in the log)
+    c = await composed(meta=True)
+    for raw in ("\udcff", "a/\udcff/b", "/mnt/m/\ud800", "\ud800/../\udcff"):
+        for command in ("invalidate", "flush", "pin", "unpin"):
+            with pytest.raises(RequestError, match="is not valid UTF-8"):
+                await c.ask(command, path=raw)
+    assert (await c.ask("invalidate", path="é/ü", recursive=True))["path"] == "/é/ü"
 
 
 async def test_unknown_commands_list_the_known_ones(composed, autojump_clock):
