@@ -6,6 +6,7 @@ commands through a real mount are tests/fuse/test_control.py."""
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import trio
@@ -175,6 +176,35 @@ async def test_flush_gives_up_after_its_timeout(composed, autojump_clock):
     assert reply["ok"] is False and reply["error"] == "1 of 1 file(s) not uploaded within 5 s"
     with pytest.raises(RequestError, match="positive number"):
         await c.ask("flush", timeout="soon")
+
+
+async def test_timeouts_that_are_nan_are_refused(composed, autojump_clock):
+    # JSON from Python (and `ctl flush --wait nan`) can say NaN; it compares false with
+    # every bound. Before (issue 19): flush answered "internal error: ValueError", and
+    # unmount passed it to the Stopper, whose drain raised "deadline must not be NaN"
+    # in the daemon's nursery: the daemon died and the mount with it
+    c = await composed()
+    asked = []
+
+    async def unmount(**kwargs):
+        asked.append(kwargs)
+        return {"unmounted": False, "pending": 0}
+
+    c.control.unmount = unmount
+    for command in ("flush", "unmount"):
+        for bad in (math.nan, -math.inf, -(10**400), -1, "1", True, None, [1]):
+            if command == "flush" and bad is None:
+                continue  # null is no timeout, as if none was given
+            with pytest.raises(RequestError, match="timeout must be a"):
+                await c.ask(command, timeout=bad)
+    assert asked == []
+    # a number beyond any float, or Infinity, is no limit
+    for endless in (10**400, math.inf):
+        assert (await c.ask("flush", timeout=endless))["ok"] is True
+        await c.ask("unmount", timeout=endless)
+    assert [a["timeout"] for a in asked] == [math.inf, math.inf]
+    await c.ask("unmount", timeout=0)
+    assert asked[-1]["timeout"] == 0.0 and isinstance(asked[-1]["timeout"], float)
 
 
 async def test_drain_sends_writes_to_the_next_tier_until_undrained(composed, autojump_clock):
