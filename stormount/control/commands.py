@@ -336,11 +336,15 @@ class Control:
     def tier_named(self, raw: object) -> Tier:
         """A tier by its number (0 is the primary) or its URL."""
         tiers = self.chain.tiers
-        if (isinstance(raw, int) and not isinstance(raw, bool)) or (
-                isinstance(raw, str) and raw.isdigit()):
-            index = int(raw)
-            if 0 <= index < len(tiers):
-                return tiers[index]
+        # a number: an int, or ASCII digits ("²" and "٣" are digits to str.isdigit, which
+        # int() refuses or reads; 5000 of them are more than int() converts)
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            if 0 <= raw < len(tiers):
+                return tiers[raw]
+        elif isinstance(raw, str) and raw.isascii() and raw.isdigit():
+            digits = raw.lstrip("0") or "0"
+            if len(digits) <= 6 and int(digits) < len(tiers):
+                return tiers[int(digits)]
         elif isinstance(raw, str):
             for t in tiers:
                 if raw in (t.url, t.url.rstrip("/")):

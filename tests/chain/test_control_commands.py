@@ -207,6 +207,18 @@ async def test_timeouts_that_are_nan_are_refused(composed, autojump_clock):
     assert asked[-1]["timeout"] == 0.0 and isinstance(asked[-1]["timeout"], float)
 
 
+async def test_tiers_are_named_by_ascii_digits_only(composed, autojump_clock):
+    # before (issue 19): "²" is a digit to str.isdigit but not to int(), and 5000 digits
+    # are more than int() converts: both were answered "internal error: ValueError"
+    c = await composed()
+    for raw in ("²", "⑦", "٣", "１", "9" * 5000, "99999999999999999999", "-1", " 1", "1.0",
+                -1, 2, 10**400, 1.0, True, None, ["0"]):
+        for command in ("drain", "undrain"):
+            with pytest.raises(RequestError, match="no tier"):
+                await c.ask(command, tier=raw)
+    assert (await c.ask("undrain", tier="0001"))["tier"]["index"] == 1
+
+
 async def test_drain_sends_writes_to_the_next_tier_until_undrained(composed, autojump_clock):
     c = await composed()
     with pytest.raises(RequestError, match="no tier 'nine'"):
