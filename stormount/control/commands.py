@@ -209,6 +209,7 @@ class Control:
         path = self.mount_path(request.get("path", ""))
         raw = request.get("timeout")
         timeout = None if raw is None else _seconds(raw, "timeout", positive=True)
+        show_progress = _flag(request, "progress")  # (in the nursery it would be a group)
         chosen = await self.vfs.hand_over(path)
         total = len(chosen)
 
@@ -219,7 +220,7 @@ class Control:
                                 "remaining": sum(not up.uploaded.is_set() for up in chosen)})
 
         async with trio.open_nursery() as nursery:
-            if _flag(request, "progress"):
+            if show_progress:
                 nursery.start_soon(report)
             with trio.move_on_after(math.inf if timeout is None else timeout):
                 await self.vfs.writeback.flush(up.path for up in chosen)

@@ -219,6 +219,19 @@ async def test_tiers_are_named_by_ascii_digits_only(composed, autojump_clock):
     assert (await c.ask("undrain", tier="0001"))["tier"]["index"] == 1
 
 
+async def test_flush_refuses_a_progress_that_is_not_a_flag(composed, autojump_clock):
+    # before (issue 19): it was read in the nursery of the wait, so its error came as an
+    # ExceptionGroup, answered "internal error: ExceptionGroup: ..." (and the files
+    # under PATH were handed over for upload first)
+    c = await composed(writeback=WritebackConfig(debounce=3600))
+    await write(c.vfs, "f", b"data")
+    for bad in (None, 1, "yes", []):
+        with pytest.raises(RequestError, match="progress must be true or false"):
+            await c.control.handle({"command": "flush", "progress": bad}, no_progress)
+    assert [up["path"] for up in (await c.ask("queue"))["uploads"]] == ["f"]
+    assert (await c.ask("flush"))["uploaded"] == 1
+
+
 async def test_drain_sends_writes_to_the_next_tier_until_undrained(composed, autojump_clock):
     c = await composed()
     with pytest.raises(RequestError, match="no tier 'nine'"):
