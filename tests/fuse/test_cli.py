@@ -139,6 +139,20 @@ def test_unmount_of_something_not_mounted(tmp_path):
     assert "is not mounted" in one_error_line(run("unmount", str(tmp_path)))
 
 
+def test_a_timeout_of_nan_is_a_usage_error(tmp_path):
+    # NaN passes click's FloatRange (it compares false with every bound). Before (issue
+    # 19): `ctl --timeout nan` ended in a traceback (ValueError from socket.settimeout),
+    # `ctl flush --wait nan` and `unmount --timeout nan` sent it to the daemon
+    sock = str(tmp_path / "none.sock")
+    for args in (("ctl", "--socket", sock, "--timeout", "nan", "health"),
+                 ("ctl", "--socket", sock, "flush", "--wait", "NaN"),
+                 ("unmount", str(tmp_path), "--timeout", "nan")):
+        result = run(*args)
+        assert result.returncode == 2, (args, result)
+        assert "is not a number of seconds" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
 def test_background_mount_returns_when_ready_and_unmount_waits(data, mnt, tmp_path):
     result = run("mount", f"file://{data}", str(mnt), "--cache-dir", str(tmp_path / "c"))
     assert result.returncode == 0, result.stderr
