@@ -211,7 +211,7 @@ async def test_tiers_are_named_by_ascii_digits_only(composed, autojump_clock):
     # before (issue 19): "²" is a digit to str.isdigit but not to int(), and 5000 digits
     # are more than int() converts: both were answered "internal error: ValueError"
     c = await composed()
-    for raw in ("²", "⑦", "٣", "１", "9" * 5000, "99999999999999999999", "-1", " 1", "1.0",
+    for raw in ("²", "⑦", "٣", "\uff11", "9" * 5000, "99999999999999999999", "-1", " 1", "1.0",
                 -1, 2, 10**400, 1.0, True, None, ["0"]):
         for command in ("drain", "undrain"):
             with pytest.raises(RequestError, match="no tier"):
