@@ -51,8 +51,15 @@ class Seconds(click.FloatRange):
         return seconds
 
 
+def one_line(message: str) -> str:
+    """An error message stays one line whatever it quotes: a line break or another
+    character that does not print (in a path or a URL the user gave) is shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode()
+                   for c in message)
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"stormount: error: {message}", err=True)
+    click.echo(f"stormount: error: {one_line(message)}", err=True)
     sys.exit(code)
 
 
@@ -856,7 +863,7 @@ def mount_helper_main() -> None:
         e.show()
         sys.exit(HELPER_USAGE)
     except StormountError as e:
-        click.echo(f"mount.stormount: {e}", err=True)
+        click.echo(f"mount.stormount: {one_line(str(e))}", err=True)
         sys.exit(HELPER_FAILED)
     except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(HELPER_FAILED)
