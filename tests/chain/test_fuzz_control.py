@@ -452,7 +452,9 @@ def check_answer(line: bytes, reply: dict[str, Any] | None, served: Served,
             line[:300], message)
     try:
         request = json.loads(line)
-    except (ValueError, RecursionError):
+    except RecursionError:  # nested deep: how deep parses depends on the stack's depth,
+        return  # here and in the server (an error or, if it is one, the command's answer)
+    except ValueError:
         assert reply["ok"] is False and "not a JSON object" in reply["error"], reply
         return
     if not isinstance(request, dict):
