@@ -38,8 +38,28 @@ EXIT_DOWN = 4  # `ctl health` of a mount none of whose tiers is in service
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds within bounds, NaN refused: it compares false with every
+    bound, so a FloatRange takes it, and it makes no timeout (a socket refuses it, a
+    deadline of NaN is an error)."""
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:  # NaN
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
+
+
+def one_line(message: str) -> str:
+    """An error message stays one line whatever it quotes: a line break or another
+    character that does not print (in a path or a URL the user gave) is shown escaped."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode()
+                   for c in message)
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"stormount: error: {message}", err=True)
+    click.echo(f"stormount: error: {one_line(message)}", err=True)
     sys.exit(code)
 
 
@@ -188,7 +208,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @cli.command()
 @click.argument("mountpoint")
-@click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+@click.option("--timeout", type=Seconds(min=0), default=300.0, show_default=True,
               metavar="SECONDS",
               help="Seconds to wait for pending uploads (with --lazy: for the daemon to "
                    "finish) before giving up.")
@@ -425,7 +445,7 @@ def _json_option(fn: F) -> F:
 @click.option("-m", "--mountpoint", metavar="MOUNTPOINT",
               help="The mount to talk to; default: the only one running.")
 @_json_option
-@click.option("--timeout", type=click.FloatRange(0, 86400, min_open=True),
+@click.option("--timeout", type=Seconds(0, 86400, min_open=True),
               default=client.DEFAULT_TIMEOUT, show_default=True,
               help="Seconds to wait for an answer (flush: for each progress report).")
 @click.pass_context
@@ -494,7 +514,7 @@ def ctl_invalidate(ctx: click.Context, path: str, recursive: bool, as_json: bool
 
 @ctl.command("flush")
 @click.argument("path", required=False, default="")
-@click.option("--wait", "wait", type=click.FloatRange(0, min_open=True), metavar="SECONDS",
+@click.option("--wait", "wait", type=Seconds(0, min_open=True), metavar="SECONDS",
               help="Give up waiting after this long (default: until done or failing).")
 @_json_option
 @click.pass_context
@@ -843,7 +863,7 @@ def mount_helper_main() -> None:
         e.show()
         sys.exit(HELPER_USAGE)
     except StormountError as e:
-        click.echo(f"mount.stormount: {e}", err=True)
+        click.echo(f"mount.stormount: {one_line(str(e))}", err=True)
         sys.exit(HELPER_FAILED)
     except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(HELPER_FAILED)

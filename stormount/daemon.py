@@ -43,7 +43,14 @@ from stormount.stopping import Stopper
 from stormount.vfs.fs import Vfs
 from stormount.vfs.pins import Pins
 from stormount.vfs.quota import Quotas
-from stormount.writeback import MARKER, WRITING, Journal, Writeback
+from stormount.writeback import (
+    WRITING,
+    Journal,
+    Writeback,
+    recover_reserved,
+    recovered_dir,
+    reserved_rows,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -176,25 +183,17 @@ def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
 def drop_reserved(cache: str, journal: Journal) -> None:
     """Rows under the reserved `.stormount/` an earlier version took in: their uploads
     could never be stored, and kept the queue from draining for ever. Dropped, their
-    data moved to recovered/<time>/."""
-    reserved = [up for up in journal.load() if up.path.startswith(RESERVED)]
+    data moved to recovered/<time>/ (as `gc --cache-dir --apply` does)."""
+    reserved = reserved_rows(journal)
     if not reserved:
         return
-    keep = os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+    keep = recovered_dir(cache)
     for up in reserved:
-        dest = os.path.join(keep, up.path)
-        if up.staging != MARKER and os.path.lexists(up.staging):
-            while os.path.lexists(dest):
-                dest += "~"
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            os.rename(up.staging, dest)
-            where = f"its data is in {dest}"
-        else:
-            where = "it has no data to keep"
+        dest = recover_reserved(journal, up, keep)
+        where = f"its data is in {dest}" if dest is not None else "it has no data to keep"
         log.error("%s was queued by an earlier version, but names under %s are reserved "
                   "and cannot be stored: dropped from the upload queue (%s)", up.path,
                   RESERVED, where, extra={"event": "recovered", "key": up.path})
-        journal.remove(up.path)
 
 
 def recover_held(cache: str, journal: Journal) -> None:

@@ -50,6 +50,7 @@ import trio
 from stormount.backends.base import Backend, ObjectInfo, Progress
 from stormount.backends.resume import Part, Recorded, Resume
 from stormount.chain.chain import conflict_name
+from stormount.chain.health import RESERVED
 from stormount.config import WritebackConfig
 from stormount.durable import SqliteJournal
 from stormount.errors import BackendError, Changed, NotFound, Transient
@@ -138,7 +139,7 @@ class Upload:
 
     def describe(self) -> dict[str, object]:
         state = OPEN if self.held and self.state != UPLOADING else self.state
-        size = _size(self.staging)
+        size = staged_size(self.staging)
         moving = self.progress if self.state == UPLOADING else None
         return {"path": self.path, "state": state, "attempts": self.attempts,
                 "last_error": self.last_error, "queued_at": self.queued_at,
@@ -154,7 +155,8 @@ class Upload:
                 "finishing": moving is not None and moving.finishing}
 
 
-def _size(path: str) -> int | None:
+def staged_size(path: str) -> int | None:
+    """The size of a row's staging file: 0 for a directory marker, None if it is gone."""
     if path == MARKER:
         return 0
     try:
@@ -240,6 +242,38 @@ def _multiparts(db: sqlite3.Connection) -> dict[str, Recorded]:
         if p in out:
             out[p].parts[n] = Part(n, etag, size, md5)
     return out
+
+
+def recovered_dir(cache: str) -> str:
+    """Where data that is kept but not uploaded goes, in a cache directory: one folder
+    per time it happened."""
+    return os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+
+
+def reserved(path: str) -> bool:
+    """Is this row under the reserved `.stormount/`? An earlier version took such rows
+    in: their uploads can never be stored, and would keep the queue from draining for
+    ever."""
+    return path.startswith(RESERVED)
+
+
+def reserved_rows(journal: Journal) -> list[Upload]:
+    return [up for up in journal.load() if reserved(up.path)]
+
+
+def recover_reserved(journal: Journal, up: Upload, keep: str) -> str | None:
+    """Drop such a row (the daemon at its start, `gc --cache-dir --apply`), its data
+    first moved to `keep`/<its path>, beside whatever is there already; where the data
+    went, or None when it has none (a directory marker, a staging file gone)."""
+    dest = None
+    if up.staging != MARKER and os.path.lexists(up.staging):
+        dest = os.path.join(keep, up.path)
+        while os.path.lexists(dest):
+            dest += "~"
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.rename(up.staging, dest)
+    journal.remove(up.path)
+    return dest
 
 
 def read_multiparts(path: str) -> list[Recorded]:
@@ -584,7 +618,7 @@ class Writeback:
                         break
                     else:
                         heapq.heappop(self._due)
-                        large = (_size(up.staging) or 0) > LARGE
+                        large = (staged_size(up.staging) or 0) > LARGE
                         if large and self._active_large >= self.cfg.parallel_large:
                             waiting.append(up)  # until a large one ends (it wakes us)
                         else:
@@ -716,7 +750,7 @@ class Writeback:
             info = await self.backend.head(up.path)
         except NotFound:
             return None
-        size = _size(up.staging)
+        size = staged_size(up.staging)
         if info.metadata is not None and dict(info.metadata) == up.metadata and (
                 info.size == size):
             return info

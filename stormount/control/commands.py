@@ -24,6 +24,7 @@ from stormount.errors import FsError
 from stormount.fuse.ops import Operations
 from stormount.stats import Ops
 from stormount.vfs.fs import Vfs
+from stormount.vfs.names import utf8
 from stormount.vfs.pins import Pins
 from stormount.writeback import FAILING, UPLOADING
 
@@ -206,10 +207,9 @@ class Control:
 
     async def _flush(self, request: dict[str, Any], progress: Progress) -> Reply:
         path = self.mount_path(request.get("path", ""))
-        timeout = request.get("timeout")
-        if timeout is not None and (not isinstance(timeout, int | float)
-                                    or isinstance(timeout, bool) or timeout <= 0):
-            raise RequestError("timeout must be a positive number of seconds")
+        raw = request.get("timeout")
+        timeout = None if raw is None else _seconds(raw, "timeout", positive=True)
+        show_progress = _flag(request, "progress")  # (in the nursery it would be a group)
         chosen = await self.vfs.hand_over(path)
         total = len(chosen)
 
@@ -220,9 +220,9 @@ class Control:
                                 "remaining": sum(not up.uploaded.is_set() for up in chosen)})
 
         async with trio.open_nursery() as nursery:
-            if _flag(request, "progress"):
+            if show_progress:
                 nursery.start_soon(report)
-            with trio.move_on_after(math.inf if timeout is None else float(timeout)):
+            with trio.move_on_after(math.inf if timeout is None else timeout):
                 await self.vfs.writeback.flush(up.path for up in chosen)
             nursery.cancel_scope.cancel()
         left = [up for up in chosen if not up.uploaded.is_set()]
@@ -259,12 +259,10 @@ class Control:
 
     async def _unmount(self, request: dict[str, Any], progress: Progress) -> Reply:
         lazy, force = _flag(request, "lazy"), _flag(request, "force")
-        timeout = request.get("timeout", 300.0)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
-            raise RequestError("timeout must be a number of seconds, 0 or more")
+        timeout = _seconds(request.get("timeout", 300.0), "timeout", positive=False)
         if self.unmount is None:
             raise RequestError("this mount cannot be unmounted through its socket")
-        return await self.unmount(lazy=lazy, force=force, timeout=float(timeout),
+        return await self.unmount(lazy=lazy, force=force, timeout=timeout,
                                   progress=progress if _flag(request, "progress") else None)
 
     async def _metrics(self, request: dict[str, Any], progress: Progress) -> Reply:
@@ -330,16 +328,24 @@ class Control:
                 parts.pop()
             else:
                 parts.append(part)
-        return "/".join(parts)
+        inside = "/".join(parts)
+        if not utf8(inside):  # a name of the store is UTF-8: this one names nothing
+            raise RequestError(f"path {inside!r} is not valid UTF-8 (names in the mount "
+                               "are)")
+        return inside
 
     def tier_named(self, raw: object) -> Tier:
         """A tier by its number (0 is the primary) or its URL."""
         tiers = self.chain.tiers
-        if (isinstance(raw, int) and not isinstance(raw, bool)) or (
-                isinstance(raw, str) and raw.isdigit()):
-            index = int(raw)
-            if 0 <= index < len(tiers):
-                return tiers[index]
+        # a number: an int, or ASCII digits ("²" and "٣" are digits to str.isdigit, which
+        # int() refuses or reads; 5000 of them are more than int() converts)
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            if 0 <= raw < len(tiers):
+                return tiers[raw]
+        elif isinstance(raw, str) and raw.isascii() and raw.isdigit():
+            digits = raw.lstrip("0") or "0"
+            if len(digits) <= 6 and int(digits) < len(tiers):
+                return tiers[int(digits)]
         elif isinstance(raw, str):
             for t in tiers:
                 if raw in (t.url, t.url.rstrip("/")):
@@ -358,3 +364,19 @@ def _flag(request: dict[str, Any], name: str) -> bool:
         raise RequestError(f"{name} must be true or false")
     return value
 
+
+def _seconds(value: object, name: str, *, positive: bool) -> float:
+    """A duration from a request: a number of seconds, more than 0 if `positive`, else 0
+    or more. NaN is refused: it passes every bound (a NaN compares false) and then ends
+    whatever it is a deadline of (trio refuses it); a number too large for a float, and
+    Infinity, mean no limit."""
+    seconds = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            seconds = math.inf if value > 0 else -math.inf
+    if not (seconds > 0 if positive else seconds >= 0):  # NaN fails both
+        raise RequestError(f"{name} must be a {'positive ' if positive else ''}number of "
+                           f"seconds{'' if positive else ', 0 or more'}")
+    return seconds

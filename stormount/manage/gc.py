@@ -16,6 +16,9 @@ In a cache directory (`--cache-dir`, only while no mount uses it):
   acknowledged, never deleted: moved to `recovered/`, as the next mount would.
 - journal rows whose staging file is gone: reported, and dropped with --apply (their
   data cannot be uploaded).
+- journal rows under the reserved `.stormount/` (an earlier version took them in; they
+  can never upload), whatever their age: dropped with --apply, their data moved to
+  `recovered/`, by the code a mount runs at its start.
 - `recovered/` folders: reported, never removed: their owner decides.
 
 Only what is older than `--older-than` (a day by default) is touched, so an upload in
@@ -39,7 +42,16 @@ from stormount.chain.health import PROBE_PREFIX
 from stormount.chain.repair import STAMP
 from stormount.errors import BackendError, NotFound, StormountError
 from stormount.manage.store import Store, Tier, in_batches, objects
-from stormount.writeback import MARKER, read_multiparts
+from stormount.writeback import (
+    MARKER,
+    Journal,
+    read_multiparts,
+    recover_reserved,
+    recovered_dir,
+    reserved,
+    reserved_rows,
+    staged_size,
+)
 
 REMOVE, RECOVER, DROP, KEEP = "remove", "recover", "drop", "keep"
 
@@ -59,6 +71,7 @@ class Finding:
     action: str  # remove, recover, drop or keep
     done: bool = False
     error: str | None = None
+    to: str | None = None  # where recovered data went (relative to the cache directory)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -174,7 +187,8 @@ def _same_version(copy: ObjectInfo, primary: ObjectInfo) -> bool:
 
 def scan_cache(cache_dir: str, older_than: float, apply: bool) -> list[Finding]:
     """Leftovers in a mount's cache directory; with `apply`, staging files no journal
-    row names are moved to recovered/ and rows whose staging is gone are dropped."""
+    row names are moved to recovered/, rows whose staging is gone are dropped, and rows
+    under the reserved `.stormount/` are dropped with their data moved to recovered/."""
     cache_dir = os.path.abspath(cache_dir)
     journal = os.path.join(cache_dir, "journal.sqlite3")
     staging = os.path.join(cache_dir, "staging")
@@ -186,11 +200,15 @@ def scan_cache(cache_dir: str, older_than: float, apply: bool) -> list[Finding]:
         rows = _journal_rows(journal)
         named = {os.path.realpath(path) for _, path, _ in rows if path != MARKER}
         for key, path, queued_at in rows:
+            if reserved(key):  # never uploaded, however young
+                findings.append(Finding("reserved-row", cache_dir, key, staged_size(path),
+                                        now - queued_at, RECOVER))
+                continue
             # a directory marker's row has no staging file
             if path != MARKER and not os.path.exists(path) and now - queued_at >= older_than:
                 findings.append(Finding("lost-staging", cache_dir, key, None,
                                         now - queued_at, DROP))
-        recovered = os.path.join(cache_dir, "recovered", time.strftime("%Y%m%dT%H%M%S"))
+        recovered = recovered_dir(cache_dir)
         for name in sorted(os.listdir(staging)) if os.path.isdir(staging) else []:
             path = os.path.join(staging, name)
             st = os.stat(path)
@@ -204,11 +222,42 @@ def scan_cache(cache_dir: str, older_than: float, apply: bool) -> list[Finding]:
                                     now - os.stat(path).st_mtime, KEEP))
         if apply:
             _apply_cache(findings, journal, recovered)
+            _recover_reserved(findings, cache_dir, journal, recovered)
     return findings
+
+
+def _open_journal(path: str) -> Journal:
+    try:
+        return Journal(path)
+    except sqlite3.Error as e:
+        raise StormountError(f"cannot read the journal {path}: {e}") from None
+
+
+def _recover_reserved(findings: list[Finding], cache_dir: str, path: str,
+                      recovered: str) -> None:
+    """What a mount does at its start (stormount.writeback.recover_reserved)."""
+    todo = [f for f in findings if f.kind == "reserved-row"]
+    if not todo:
+        return
+    journal = _open_journal(path)
+    try:
+        rows = {up.path: up for up in reserved_rows(journal)}
+        for finding in todo:
+            try:
+                dest = recover_reserved(journal, rows[finding.what], recovered)
+            except (OSError, KeyError) as e:
+                finding.error = str(e)
+                continue
+            finding.done = True
+            finding.to = None if dest is None else os.path.relpath(dest, cache_dir)
+    finally:
+        journal.close()
 
 
 def _apply_cache(findings: list[Finding], journal: str, recovered: str) -> None:
     for finding in findings:
+        if finding.kind == "reserved-row":
+            continue  # _recover_reserved
         try:
             if finding.action == RECOVER:
                 os.makedirs(recovered, exist_ok=True)

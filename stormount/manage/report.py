@@ -107,7 +107,11 @@ def gc_table(rows: list[dict[str, Any]], applied: bool) -> Table:
         table.add_column(col, justify="right" if col in ("size", "age") else "left")
     for row in rows:
         action = row["action"]
-        if applied and row["done"]:
+        if applied and row["done"] and row.get("to"):
+            action = f"dropped, data moved to {row['to']}"
+        elif applied and row["done"] and row["kind"] == "reserved-row":
+            action = "dropped (no data)"
+        elif applied and row["done"]:
             action = {"remove": "removed", "recover": "moved to recovered/",
                       "drop": "dropped"}.get(action, action)
         elif row["error"]:

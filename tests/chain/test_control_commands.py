@@ -6,12 +6,14 @@ commands through a real mount are tests/fuse/test_control.py."""
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
+from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, MountConfig, WritebackConfig
 from stormount.control.commands import Control
 from stormount.control.server import RequestError
@@ -42,12 +44,13 @@ class Composed:
 async def composed(make_tiers, nursery, tmp_path):
     made = VfsFactory(tmp_path, nursery)
 
-    async def _make(n=2, writeback=None):
+    async def _make(n=2, writeback=None, meta=False):
         tiers = make_tiers(n)
         chain = tiers.make()
         await chain.check()
         nursery.start_soon(chain.run)
-        vfs = made(chain, writeback=writeback)
+        store = MetaStore(str(tmp_path / f"meta{len(made.made)}.sqlite3")) if meta else None
+        vfs = made(chain, writeback=writeback, meta=store)
         ops = Operations(vfs, vfs.fuse)
 
         async def invalidate(path, recursive):
@@ -175,6 +178,60 @@ async def test_flush_gives_up_after_its_timeout(composed, autojump_clock):
         await c.ask("flush", timeout="soon")
 
 
+async def test_timeouts_that_are_nan_are_refused(composed, autojump_clock):
+    # JSON from Python (and `ctl flush --wait nan`) can say NaN; it compares false with
+    # every bound. Before (issue 19): flush answered "internal error: ValueError", and
+    # unmount passed it to the Stopper, whose drain raised "deadline must not be NaN"
+    # in the daemon's nursery: the daemon died and the mount with it
+    c = await composed()
+    asked = []
+
+    async def unmount(**kwargs):
+        asked.append(kwargs)
+        return {"unmounted": False, "pending": 0}
+
+    c.control.unmount = unmount
+    for command in ("flush", "unmount"):
+        for bad in (math.nan, -math.inf, -(10**400), -1, "1", True, None, [1]):
+            if command == "flush" and bad is None:
+                continue  # null is no timeout, as if none was given
+            with pytest.raises(RequestError, match="timeout must be a"):
+                await c.ask(command, timeout=bad)
+    assert asked == []
+    # a number beyond any float, or Infinity, is no limit
+    for endless in (10**400, math.inf):
+        assert (await c.ask("flush", timeout=endless))["ok"] is True
+        await c.ask("unmount", timeout=endless)
+    assert [a["timeout"] for a in asked] == [math.inf, math.inf]
+    await c.ask("unmount", timeout=0)
+    assert asked[-1]["timeout"] == 0.0 and isinstance(asked[-1]["timeout"], float)
+
+
+async def test_tiers_are_named_by_ascii_digits_only(composed, autojump_clock):
+    # before (issue 19): "²" is a digit to str.isdigit but not to int(), and 5000 digits
+    # are more than int() converts: both were answered "internal error: ValueError"
+    c = await composed()
+    for raw in ("²", "⑦", "٣", "\uff11", "9" * 5000, "99999999999999999999", "-1", " 1", "1.0",
+                -1, 2, 10**400, 1.0, True, None, ["0"]):
+        for command in ("drain", "undrain"):
+            with pytest.raises(RequestError, match="no tier"):
+                await c.ask(command, tier=raw)
+    assert (await c.ask("undrain", tier="0001"))["tier"]["index"] == 1
+
+
+async def test_flush_refuses_a_progress_that_is_not_a_flag(composed, autojump_clock):
+    # before (issue 19): it was read in the nursery of the wait, so its error came as an
+    # ExceptionGroup, answered "internal error: ExceptionGroup: ..." (and the files
+    # under PATH were handed over for upload first)
+    c = await composed(writeback=WritebackConfig(debounce=3600))
+    await write(c.vfs, "f", b"data")
+    for bad in (None, 1, "yes", []):
+        with pytest.raises(RequestError, match="progress must be true or false"):
+            await c.control.handle({"command": "flush", "progress": bad}, no_progress)
+    assert [up["path"] for up in (await c.ask("queue"))["uploads"]] == ["f"]
+    assert (await c.ask("flush"))["uploaded"] == 1
+
+
 async def test_drain_sends_writes_to_the_next_tier_until_undrained(composed, autojump_clock):
     c = await composed()
     with pytest.raises(RequestError, match="no tier 'nine'"):
@@ -217,6 +274,18 @@ async def test_invalidate_takes_paths_inside_the_mount(composed, autojump_clock)
             await c.ask("invalidate", path=raw)
     with pytest.raises(RequestError, match="recursive must be true or false"):
         await c.ask("invalidate", path="a", recursive="yes")
+
+
+async def test_a_path_that_is_not_utf8_is_refused(composed, autojump_clock):
+    # a name of the store is UTF-8; `ctl invalidate $'\xff'` sends "\udcff" (issue 19:
+    # before, it reached meta.sqlite3 and was answered "internal error:
+    # UnicodeEncodeError ...", with a traceback in the log)
+    c = await composed(meta=True)
+    for raw in ("\udcff", "a/\udcff/b", "/mnt/m/\ud800", "\ud800/../\udcff"):
+        for command in ("invalidate", "flush", "pin", "unpin"):
+            with pytest.raises(RequestError, match="is not valid UTF-8"):
+                await c.ask(command, path=raw)
+    assert (await c.ask("invalidate", path="é/ü", recursive=True))["path"] == "/é/ü"
 
 
 async def test_unknown_commands_list_the_known_ones(composed, autojump_clock):

@@ -139,6 +139,31 @@ def test_unmount_of_something_not_mounted(tmp_path):
     assert "is not mounted" in one_error_line(run("unmount", str(tmp_path)))
 
 
+def test_a_timeout_of_nan_is_a_usage_error(tmp_path):
+    # NaN passes click's FloatRange (it compares false with every bound). Before (issue
+    # 19): `ctl --timeout nan` ended in a traceback (ValueError from socket.settimeout),
+    # `ctl flush --wait nan` and `unmount --timeout nan` sent it to the daemon
+    sock = str(tmp_path / "none.sock")
+    for args in (("ctl", "--socket", sock, "--timeout", "nan", "health"),
+                 ("ctl", "--socket", sock, "flush", "--wait", "NaN"),
+                 ("unmount", str(tmp_path), "--timeout", "nan")):
+        result = run(*args)
+        assert result.returncode == 2, (args, result)
+        assert "is not a number of seconds" in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def test_an_error_quoting_a_line_break_is_still_one_line(tmp_path):
+    # argv may hold any character but NUL. Before (issue 19): `ctl --socket $'a\nb'`
+    # printed "no control socket at a", then "b (is the mount running?)" on a line of
+    # its own (and \x85 or \u2028 split it for a reader of lines too)
+    for name in ("a\nb", "a\rb", "a\x85b", "a\u2028b", "a\x1bb"):
+        result = run("ctl", "--socket", str(tmp_path / name), "health")
+        line = one_error_line(result)
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+        assert "no control socket at" in line and repr(name)[2:-2] in line, line
+
+
 def test_background_mount_returns_when_ready_and_unmount_waits(data, mnt, tmp_path):
     result = run("mount", f"file://{data}", str(mnt), "--cache-dir", str(tmp_path / "c"))
     assert result.returncode == 0, result.stderr

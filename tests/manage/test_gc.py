@@ -15,6 +15,7 @@ from stormount.backends.local import LocalBackend
 from stormount.chain.repair import STAMP
 from stormount.config import parse_tier_url
 from stormount.registry import mounted_fuse
+from stormount.writeback import MARKER, Journal, Upload, read_pending
 from tests.helpers.cli import one_error_line, run
 from tests.helpers.mounts import wait_for
 
@@ -116,6 +117,41 @@ def test_a_crashed_mounts_cache_directory(tmp_path, make_mount):
     assert [p.read_bytes() for p in recovered] == [b"no row names me"]
     m.start()  # and the next mount starts clean
     assert "queued.txt" not in os.listdir(m.path)
+
+
+def test_journal_rows_under_the_reserved_name_are_dropped_their_data_recovered(tmp_path):
+    """Issue 19: rows under `.stormount/` that an earlier version took in can never
+    upload. A mount drops them at its start; `gc --cache-dir` drops them too (whatever
+    their age), with the same code: the row gone, its bytes under recovered/, one line
+    of the output saying where."""
+    store = tmp_path / "store"
+    store.mkdir()
+    cache = tmp_path / "cache"
+    (cache / "staging").mkdir(parents=True)
+    staged = cache / "staging" / "old-inner"
+    staged.write_bytes(b"acknowledged bytes\n")
+    journal = Journal(str(cache / "journal.sqlite3"))
+    journal.put(Upload(path=".stormount/", staging=MARKER, base=None, metadata={}))
+    journal.put(Upload(path=".stormount/inner", staging=str(staged), base=None, metadata={}))
+    journal.close()
+    where = (f"file://{store}", "--cache-dir", str(cache))
+
+    dry = gc(*where)
+    assert kinds(dry) == [("reserved-row", ".stormount/", "recover", False),
+                          ("reserved-row", ".stormount/inner", "recover", False)]
+    assert sorted(row["path"] for row in read_pending(str(cache / "journal.sqlite3"))) == [
+        ".stormount/", ".stormount/inner"]
+    assert staged.exists()
+
+    result = run("gc", *where, "--apply")
+    assert result.returncode == 0, result.stderr
+    assert read_pending(str(cache / "journal.sqlite3")) == []
+    (kept,) = (cache / "recovered").glob("*/.stormount/inner")
+    assert kept.read_bytes() == b"acknowledged bytes\n" and not staged.exists()
+    (line,) = [line for line in result.stdout.splitlines() if ".stormount/inner" in line]
+    assert "reserved-row" in line and f"moved to {kept.relative_to(cache)}" in line, line
+    again = gc(*where)
+    assert [(f["kind"], f["action"]) for f in again["findings"]] == [("recovered", "keep")]
 
 
 def test_bad_age_is_one_line(s3_store):
