@@ -27,7 +27,7 @@ from stormount.vfs.listings import (
     entries_of,
     mark_subdirs,
 )
-from stormount.vfs.names import join, valid_name
+from stormount.vfs.names import join, listable
 from stormount.vfs.nodes import Listing, Node
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class Ahead:
                 page = await self.ns.backend.list(scan.top, "", token)
                 if self.ns.changed_under(scan.top, since):
                     return  # this mount changed the subtree meanwhile: the page may be older
-                derive(scan.top, page.objects, valid_name, self.ns.warn_skip, out)
+                derive(scan.top, page.objects, listable, self.ns.warn_skip, out)
                 token = page.token
                 last = page.objects[-1].key if page.objects else None
                 self._adopt_covered(out, adopted, last, token is None)
@@ -226,7 +226,7 @@ class Ahead:
                 elif (not self.ns.changed_under(node.key, since) and node.listing is None
                         and not node.unlinked):
                     entries, marker = entries_of(node.key, page.objects, page.prefixes,
-                                                 valid_name, self.ns.warn_skip)
+                                                 listable, self.ns.warn_skip)
                     self.ns.adopt(node, entries, marker, trio.current_time())
             except StormountError as e:  # the lookups ask the store themselves
                 log.debug("listing /%s for its lookups: %s", node.path, e)

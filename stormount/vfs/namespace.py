@@ -46,6 +46,7 @@ from stormount.vfs.names import (
     NAME_MAX,
     Negatives,
     join,
+    listable,
     node_holds,
     same_version,
     too_long,
@@ -638,7 +639,7 @@ class Namespace:
             if node.listing is not None:
                 return node.listing
         raced = node.changes != changes  # own changes kept landing: trust nothing absent
-        entries, own_marker = entries_of(node.key, objects, prefixes, valid_name,
+        entries, own_marker = entries_of(node.key, objects, prefixes, listable,
                                          self.warn_skip)
         if raced:
             for name, child in node.children.items():
