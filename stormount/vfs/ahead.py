@@ -119,6 +119,8 @@ class Ahead:
                     return
         except StormountError as e:  # those waiting for it ask the store themselves
             log.debug("flat listing of /%s: %s", scan.top, e)
+        except Exception:  # best effort: never the end of the mount
+            log.exception("flat listing of /%s failed", scan.top)
         finally:
             scan.advance(None, done=True)
             self._scans.remove(scan)
@@ -230,6 +232,8 @@ class Ahead:
                     self.ns.adopt(node, entries, marker, trio.current_time())
             except StormountError as e:  # the lookups ask the store themselves
                 log.debug("listing /%s for its lookups: %s", node.path, e)
+            except Exception:  # best effort: never the end of the mount
+                log.exception("listing /%s for its lookups failed", node.path)
             finally:
                 node.refreshing = False
         self.ns.background.start_soon(glance)

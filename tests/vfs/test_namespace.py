@@ -593,3 +593,24 @@ async def test_names_a_local_directory_holds_in_another_encoding_are_not_shown(
     assert len(skipped) == len(set(skipped))
     assert all(any(key.startswith(b) for b in bad) for key in skipped), skipped
     assert all(any(key.startswith(b) for key in skipped) for b in bad), skipped
+
+
+async def test_an_unexpected_error_in_a_flat_listing_never_stops_the_mount(make, other,
+                                                                           caplog):
+    """The flat listing in the background let only StormountError go: anything else (a
+    UnicodeEncodeError from the metadata cache, as the store fuzz found) ended the
+    daemon's nursery, so the whole mount. It is logged and the walk goes on."""
+    await other.put_bytes("top/a/x", b"x", {})
+    await other.put_bytes("top/b/y", b"y", {})
+    backend, vfs = make(background=True)
+
+    async def broken(prefix, delimiter, token, limit):
+        if delimiter == "":
+            raise RuntimeError("a bug")
+    backend.hooks["list"] = broken
+    with caplog.at_level("ERROR", logger="stormount"):
+        top = await vfs.lookup(ROOT_INO, "top")
+        assert sorted(await listed(vfs, top.ino)) == ["a", "b"]
+        await trio.sleep(0.2)
+        assert await read(vfs, "top/a/x") == b"x"
+    assert any("flat listing of /top/ failed" in r.getMessage() for r in caplog.records)
