@@ -614,3 +614,34 @@ async def test_an_unexpected_error_in_a_flat_listing_never_stops_the_mount(make,
         await trio.sleep(0.2)
         assert await read(vfs, "top/a/x") == b"x"
     assert any("flat listing of /top/ failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_walk_down_a_tree_1100_folders_deep_is_forgotten_whole(tmp_path, nursery,
+                                                                        caplog):
+    """Found by the store fuzz: a local tier can hold a file 1,100 folders deep (2,200
+    bytes of path). Walked down, then forgotten by the kernel, the nodes were dropped by
+    a recursion up the tree: RecursionError at every forget (logged) and every inode of
+    the walk kept for the life of the mount."""
+    data = deep = tmp_path / "data"
+    data.mkdir()
+    for _ in range(1100):  # (os.makedirs would recurse)
+        deep = deep / "a"
+        deep.mkdir()
+    (deep / "f").write_bytes(b"bottom")
+    factory = VfsFactory(tmp_path, nursery)
+    vfs = factory(open_backend(parse_tier_url(f"file://{data}")))
+    try:
+        path = "/".join(["a"] * 1100 + ["f"])
+        walked = []
+        node = vfs.node(ROOT_INO)
+        for name in path.split("/"):
+            node = await vfs.lookup(node.ino, name)
+            walked.append(node)
+        assert await read(vfs, path) == b"bottom"
+        with caplog.at_level("ERROR", logger="stormount"):
+            ops = Operations(vfs, FuseConfig())
+            ops.forget([(n.ino, n.lookups) for n in walked])
+        assert not caplog.records
+        assert len(vfs.inodes) == 1  # the root alone
+    finally:
+        factory.close()
