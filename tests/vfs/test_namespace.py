@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import uuid
 from dataclasses import replace
 
@@ -645,3 +646,5 @@ async def test_a_walk_down_a_tree_1100_folders_deep_is_forgotten_whole(tmp_path,
         assert len(vfs.inodes) == 1  # the root alone
     finally:
         factory.close()
+        # pytest's own cleanup (shutil.rmtree) recurses and would fail on this tree
+        subprocess.run(["rm", "-rf", "--", str(data)], check=True)
