@@ -97,6 +97,15 @@ class PullState:
 
 
 def _local_path(root: str, rel: str) -> str:
+    """Where a key (`rel`, below the folder pulled; a folder's ends in "/") goes in
+    `root`. A key the mount would not show is refused, never written elsewhere: with an
+    empty, '.' or '..' segment (`a//b`, `/abs`, `a/../b` would land on another key's
+    path, or outside), or a NUL."""
+    if any(part in ("", ".", "..") for part in rel.removesuffix("/").split("/")):
+        raise StormountError("not a local path: an empty, '.' or '..' name in the key; "
+                             "skipped")
+    if "\0" in rel:
+        raise StormountError("not a local path: a NUL in the key; skipped")
     path = os.path.normpath(os.path.join(root, rel))
     if not (path + "/").startswith(root.rstrip("/") + "/") or rel.endswith(PARTIAL):
         raise StormountError(f"refusing to write outside {root}: {rel!r}")

@@ -8,11 +8,12 @@ import os
 import signal
 import subprocess
 import urllib.parse
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import run
+from tests.helpers.cli import run, run_in_process
 from tests.helpers.mounts import stormount_cmd, wait_for
 from tests.helpers.proxy import OutageProxy, proxied
 
@@ -191,3 +192,39 @@ def test_pull_key_2000_folders_deep(s3_store, tmp_path, env):
         os.close(fd)
         # pytest's own cleanup (shutil.rmtree) recurses and would fail on this tree
         subprocess.run(["rm", "-rf", "--", str(out)], check=True)
+
+
+def _memory_store(contents: dict[str, bytes], meta: dict[str, dict[str, str]] | None = None
+                  ) -> str:
+    """A memory:// store of this process holding `contents` (for run_in_process)."""
+    import trio
+
+    from stormount.backends import open_backend
+    from stormount.config import parse_tier_url
+
+    url = f"memory://pull-{uuid.uuid4().hex}"
+    backend = open_backend(parse_tier_url(url))
+
+    async def fill() -> None:
+        for key, body in contents.items():
+            await backend.put_bytes(key, body, (meta or {}).get(key, {}))
+    trio.run(fill)
+    return url
+
+
+def test_keys_the_mount_would_not_show_are_skipped_never_written_elsewhere(tmp_path, env):
+    """Found by tests/manage/test_fuzz_store_manage.py: `a//b` and `a/./c` were written
+    to a/b and a/c, and `x/../d` to d (paths of other keys, whose bytes they replaced or
+    that no key has), `/abs` to `abs`. Each is named as failed, with why, and skipped."""
+    url = _memory_store({"a/b": b"the real a/b", "a//b": b"impostor", "a/./c": b"dot",
+                         "x/../d": b"dotdot", "/abs": b"leading slash", "ok": b"fine"})
+    out = tmp_path / "out"
+    result = run_in_process("pull", url, str(out), "--json", "--parallel", "1", env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    failed = {f["path"]: f["error"] for f in summary["failed"]}
+    assert sorted(failed) == ["/abs", "a/./c", "a//b", "x/../d"]
+    assert all("not a local path" in why for why in failed.values())
+    assert summary["downloaded"] == 2 and summary["files"] == 6
+    assert tree_of(out) == {"a/": b"", "a/b": b"the real a/b", "ok": b"fine"}
+    assert "4 of 6 file(s) failed" in result.stderr
