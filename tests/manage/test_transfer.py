@@ -228,3 +228,27 @@ def test_keys_the_mount_would_not_show_are_skipped_never_written_elsewhere(tmp_p
     assert summary["downloaded"] == 2 and summary["files"] == 6
     assert tree_of(out) == {"a/": b"", "a/b": b"the real a/b", "ok": b"fine"}
     assert "4 of 6 file(s) failed" in result.stderr
+
+
+def test_no_key_is_written_through_a_link_another_key_made(tmp_path, env):
+    """Found by tests/manage/test_fuzz_store_manage.py: the link object logs/ln -> ..
+    then the key logs/ln/pwn wrote the file pwn at the top of LOCAL_DIR (the path of
+    another key), since only links leading out of it were refused; a link to a folder
+    outside had the folders of a key below it made there before the refusal; and the
+    clean-up of a refused file unlinked its partial file through the link, outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "report.pdf.stormount-partial").write_bytes(b"someone else's")
+    link = {"mode": str(0o120777)}
+    url = _memory_store({"logs/ln": b"..", "logs/ln/pwn": b"pwned", "ln": bytes(outside),
+                         "ln/x/pwn": b"pwned", "ln/report.pdf": b"r", "pwn": b"real"},
+                        {"logs/ln": link, "ln": link})
+    out = tmp_path / "out"
+    result = run_in_process("pull", url, str(out), "--json", "--parallel", "1", env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    failed = {f["path"]: f["error"] for f in json.loads(result.stdout)["failed"]}
+    assert sorted(failed) == ["ln/report.pdf", "ln/x/pwn", "logs/ln/pwn"]
+    assert all("symbolic link" in why for why in failed.values())
+    assert tree_of(out) == {"ln": f"-> {outside}", "logs/": b"", "logs/ln": "-> ..",
+                            "pwn": b"real"}
+    assert tree_of(outside) == {"report.pdf.stormount-partial": b"someone else's"}
