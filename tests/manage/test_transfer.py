@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import urllib.parse
-import uuid
 from pathlib import Path
 
 import pytest
@@ -194,30 +193,15 @@ def test_pull_key_2000_folders_deep(s3_store, tmp_path, env):
         subprocess.run(["rm", "-rf", "--", str(out)], check=True)
 
 
-def _memory_store(contents: dict[str, bytes], meta: dict[str, dict[str, str]] | None = None
-                  ) -> str:
-    """A memory:// store of this process holding `contents` (for run_in_process)."""
-    import trio
-
-    from stormount.backends import open_backend
-    from stormount.config import parse_tier_url
-
-    url = f"memory://pull-{uuid.uuid4().hex}"
-    backend = open_backend(parse_tier_url(url))
-
-    async def fill() -> None:
-        for key, body in contents.items():
-            await backend.put_bytes(key, body, (meta or {}).get(key, {}))
-    trio.run(fill)
-    return url
-
-
-def test_keys_the_mount_would_not_show_are_skipped_never_written_elsewhere(tmp_path, env):
+def test_keys_the_mount_would_not_show_are_skipped_never_written_elsewhere(memory_store,
+                                                                         tmp_path, env):
     """Found by tests/manage/test_fuzz_store_manage.py: `a//b` and `a/./c` were written
     to a/b and a/c, and `x/../d` to d (paths of other keys, whose bytes they replaced or
     that no key has), `/abs` to `abs`. Each is named as failed, with why, and skipped."""
-    url = _memory_store({"a/b": b"the real a/b", "a//b": b"impostor", "a/./c": b"dot",
-                         "x/../d": b"dotdot", "/abs": b"leading slash", "ok": b"fine"})
+    for key, body in {"a/b": b"the real a/b", "a//b": b"impostor", "a/./c": b"dot",
+                      "x/../d": b"dotdot", "/abs": b"leading slash", "ok": b"fine"}.items():
+        memory_store.put(key, body)
+    url = memory_store.url
     out = tmp_path / "out"
     result = run_in_process("pull", url, str(out), "--json", "--parallel", "1", env=env)
     assert result.exit_code == 1 and "Traceback" not in result.stderr
@@ -230,7 +214,7 @@ def test_keys_the_mount_would_not_show_are_skipped_never_written_elsewhere(tmp_p
     assert "4 of 6 file(s) failed" in result.stderr
 
 
-def test_no_key_is_written_through_a_link_another_key_made(tmp_path, env):
+def test_no_key_is_written_through_a_link_another_key_made(memory_store, tmp_path, env):
     """Found by tests/manage/test_fuzz_store_manage.py: the link object logs/ln -> ..
     then the key logs/ln/pwn wrote the file pwn at the top of LOCAL_DIR (the path of
     another key), since only links leading out of it were refused; a link to a folder
@@ -240,9 +224,10 @@ def test_no_key_is_written_through_a_link_another_key_made(tmp_path, env):
     outside.mkdir()
     (outside / "report.pdf.stormount-partial").write_bytes(b"someone else's")
     link = {"mode": str(0o120777)}
-    url = _memory_store({"logs/ln": b"..", "logs/ln/pwn": b"pwned", "ln": bytes(outside),
-                         "ln/x/pwn": b"pwned", "ln/report.pdf": b"r", "pwn": b"real"},
-                        {"logs/ln": link, "ln": link})
+    for key, body in {"logs/ln": b"..", "logs/ln/pwn": b"pwned", "ln": bytes(outside),
+                      "ln/x/pwn": b"pwned", "ln/report.pdf": b"r", "pwn": b"real"}.items():
+        memory_store.put(key, body, link if key in ("logs/ln", "ln") else None)
+    url = memory_store.url
     out = tmp_path / "out"
     result = run_in_process("pull", url, str(out), "--json", "--parallel", "1", env=env)
     assert result.exit_code == 1 and "Traceback" not in result.stderr
