@@ -648,3 +648,18 @@ async def test_a_walk_down_a_tree_1100_folders_deep_is_forgotten_whole(tmp_path,
         factory.close()
         # pytest's own cleanup (shutil.rmtree) recurses and would fail on this tree
         subprocess.run(["rm", "-rf", "--", str(data)], check=True)
+
+
+async def test_skipped_keys_are_warned_about_once_in_bounded_memory(make, caplog):
+    """A bucket may hold millions of keys no entry can stand for (`a//b`, written by a
+    tool that joins paths carelessly): each is warned about once, and the keys
+    remembered for that were a set that only grew; now the last 4096."""
+    from stormount.vfs.namespace import WARNED_MAX
+
+    _backend, vfs = make()
+    with caplog.at_level("WARNING", logger="stormount"):
+        for n in range(WARNED_MAX + 100):
+            vfs.ns.warn_skip(f"a//{n}", "not a valid file name")
+        vfs.ns.warn_skip(f"a//{WARNED_MAX + 99}", "not a valid file name")  # once only
+    assert len(vfs.ns._warned) == WARNED_MAX
+    assert len(caplog.records) == WARNED_MAX + 100
