@@ -165,7 +165,9 @@ def test_rules_act_on_keys_by_prefix_also_those_the_mount_cannot_show(memory_sto
                        "other/old": old}.items():
         memory_store.put(key, b"x", {"mtime": mtime})
     rules = tmp_path / "rules.toml"
-    rules.write_text('[[lifecycle]]\nprefix = "logs"\nolder_than = "30d"\naction = "delete"\n')
+    rules.write_text('[[lifecycle]]\nprefix = "logs"\nolder_than = "30d"\naction = "delete"\n'
+                     '[[lifecycle]]\nprefix = ".stormount"\nolder_than = "1d"\n'
+                     'action = "delete"\n')
     result = run_in_process("lifecycle", memory_store.url, "--config", str(rules), "--json",
                             "--apply")
     assert result.exit_code == 0, result.stderr

@@ -312,6 +312,7 @@ def check_walk(contents: dict[str, tuple[bytes, dict[str, str]]], flavour: Flavo
     for key in unshown(contents, want):
         assert any(key.startswith(w) for w in warnings.skipped), (key, warnings.skipped)
     assert all(n == 1 for n in warnings.skipped.values()), warnings.skipped
+    assert not [k for k in warnings.skipped if k.startswith(RESERVED)]  # the daemon's own
     assert all(n == 1 for n in warnings.unusable.values()), warnings.unusable
     for key in warnings.unusable:
         assert key in contents or key + "/" in contents, key
