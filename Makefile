@@ -30,12 +30,14 @@ run: install
 test: install
 	$(BIN)/pytest
 
-# The options/config/command-line fuzz (tests/unit/test_fuzz_options.py) with 100 times
-# the examples `make test` runs (FUZZ_SCALE=N to change it).
+# Every fuzz of the suite (tests/**/test_fuzz_*.py: options, config files and command
+# lines; objects in the store through the namespace and the storage commands) with 100
+# times the examples `make test` runs (FUZZ_SCALE=N to change it).
 FUZZ_SCALE ?= 100
+FUZZ_TESTS = $(shell find tests -name 'test_fuzz_*.py' | sort)
 fuzz: install
 	STORMOUNT_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/pytest -p no:cacheprovider --timeout=0 \
-		tests/unit/test_fuzz_options.py
+		$(FUZZ_TESTS)
 
 check: install
 	$(BIN)/ruff check stormount tests

@@ -43,6 +43,24 @@ RESERVED = ".stormount"  # top-level name holding temporary files; never listed
 PROBES = "probe"  # ...and, under it, the chain's health probes (.stormount/probe/...)
 
 
+def _make_dirs(path: str) -> None:
+    """os.makedirs(path, exist_ok=True) in a loop, not a recursion: a key may be
+    thousands of folders deep."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        up = os.path.dirname(path)
+        if up == path:
+            break
+        path = up
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
+
+
 class LocalBackend:
     def __init__(self, tier: TierConfig) -> None:
         self.url = tier.url
@@ -182,7 +200,7 @@ class LocalBackend:
         path = self._path(key)
         if key.endswith("/"):
             with self._install_lock:  # (a prune must not take the directory meanwhile)
-                os.makedirs(path, exist_ok=True)
+                _make_dirs(path)
                 self._write_meta(path, metadata, marker=True)
             return self._info(key, path)
         parent = os.path.dirname(path)
@@ -206,7 +224,7 @@ class LocalBackend:
             with self._install_lock:
                 # under the lock: a delete's prune of the empty parent must not come
                 # between the directory made and the file renamed into it
-                os.makedirs(parent, exist_ok=True)
+                _make_dirs(parent)
                 if if_absent or if_match is not None:
                     try:
                         current: str | None = self._etag(os.stat(path))
@@ -281,27 +299,33 @@ class LocalBackend:
         await self._run(_delete, key=key)
 
     def _entries(self, prefix: str, delimiter: str) -> Iterator[tuple[str, bool]]:
-        """(key, is_common_prefix) under `prefix`, unsorted."""
+        """(key, is_common_prefix) under `prefix`, unsorted. Without a delimiter, the
+        folders below are walked in a loop (a tree may be thousands of folders deep)."""
         dir_part, _, name_part = prefix.rpartition("/")
         base = self._path(dir_part + "/") if dir_part else self.root
         if not os.path.isdir(base):
             return
         if not name_part and dir_part and self._is_marker(base):
             yield dir_part + "/", False
-        with os.scandir(base) as it:
-            for entry in it:
-                if not dir_part and entry.name == RESERVED:
-                    continue
-                if not entry.name.startswith(name_part):
-                    continue
-                key = f"{dir_part}/{entry.name}" if dir_part else entry.name
-                if entry.is_dir(follow_symlinks=False):
-                    if delimiter:
-                        yield key + "/", True
-                    else:
-                        yield from self._entries(key + "/", "")
-                elif entry.is_file(follow_symlinks=False):
-                    yield key, False
+        todo = [(base, dir_part, name_part)]
+        while todo:
+            path, dir_key, start = todo.pop()
+            with os.scandir(path) as it:
+                for entry in it:
+                    if not dir_key and entry.name == RESERVED:
+                        continue
+                    if not entry.name.startswith(start):
+                        continue
+                    key = f"{dir_key}/{entry.name}" if dir_key else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        if delimiter:
+                            yield key + "/", True
+                            continue
+                        if self._is_marker(entry.path):
+                            yield key + "/", False
+                        todo.append((entry.path, key, ""))
+                    elif entry.is_file(follow_symlinks=False):
+                        yield key, False
 
     async def list(self, prefix: str, delimiter: str = "/", token: str | None = None,
                    limit: int = 1000) -> ListPage:

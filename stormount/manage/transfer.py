@@ -97,6 +97,15 @@ class PullState:
 
 
 def _local_path(root: str, rel: str) -> str:
+    """Where a key (`rel`, below the folder pulled; a folder's ends in "/") goes in
+    `root`. A key the mount would not show is refused, never written elsewhere: with an
+    empty, '.' or '..' segment (`a//b`, `/abs`, `a/../b` would land on another key's
+    path, or outside), or a NUL."""
+    if any(part in ("", ".", "..") for part in rel.removesuffix("/").split("/")):
+        raise StormountError("not a local path: an empty, '.' or '..' name in the key; "
+                             "skipped")
+    if "\0" in rel:
+        raise StormountError("not a local path: a NUL in the key; skipped")
     path = os.path.normpath(os.path.join(root, rel))
     if not (path + "/").startswith(root.rstrip("/") + "/") or rel.endswith(PARTIAL):
         raise StormountError(f"refusing to write outside {root}: {rel!r}")
@@ -106,31 +115,44 @@ def _local_path(root: str, rel: str) -> str:
 
 
 def _make_parent(root: str, path: str) -> None:
-    """The folders of `path`, made inside `root` only: a symlink on the way (one a
-    pulled link object made, say) must not lead the write elsewhere."""
-    parent = os.path.dirname(path)
-    _make_dirs(parent)
-    real, top = os.path.realpath(parent), os.path.realpath(root)
-    if real != top and not real.startswith(top.rstrip("/") + "/"):
-        raise StormountError(f"refusing to write {path}: {parent} leads out of {root}")
+    _make_folders(root, os.path.dirname(path))
 
 
-def _make_dirs(path: str) -> None:
-    """os.makedirs(path, exist_ok=True) without recursion: a key thousands of folders
+LINK_ON_THE_WAY = ("a folder on its way is a symbolic link (a link object of the store, "
+                   "say); not written through it")
+
+
+def _make_folders(root: str, folder: str) -> None:
+    """The folders from `root` down to `folder`, made one by one, none of them a symbolic
+    link (one a pulled link object made, say): a write through it would land on another
+    key's path, or outside `root`. A loop, not a recursion: a key thousands of folders
     deep fails as OSError (File name too long), never as RecursionError."""
-    missing = []
-    while not os.path.isdir(path):
-        missing.append(path)
-        up = os.path.dirname(path)
-        if up == path:
-            break
-        path = up
-    for folder in reversed(missing):
+    rel = os.path.relpath(folder, root)
+    current = root
+    for part in [] if rel == "." else rel.split("/"):
+        current = os.path.join(current, part)
         try:
-            os.mkdir(folder)
+            os.mkdir(current)  # (never follows a link it finds there)
         except FileExistsError:
-            if not os.path.isdir(folder):
+            mode = os.lstat(current).st_mode
+            if stat.S_ISLNK(mode):
+                raise StormountError(LINK_ON_THE_WAY) from None
+            if not stat.S_ISDIR(mode):
                 raise
+
+
+def _within(root: str, path: str) -> bool:
+    """Are the folders from `root` to `path` real folders, no symbolic link among them?"""
+    rel = os.path.relpath(os.path.dirname(path), root)
+    current = root
+    for part in [] if rel == "." else rel.split("/"):
+        current = os.path.join(current, part)
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def _reason(e: BaseException) -> str:
@@ -185,9 +207,7 @@ async def pull(store: Store, prefix: str, local_dir: str, *, parallel: int,
         rel = key[len(prefix):]
         if rel:
             try:
-                folder = _local_path(root, rel)
-                _make_parent(root, folder)
-                _make_dirs(folder)
+                _make_folders(root, _local_path(root, rel))
             except Exception as e:  # one folder that cannot be made stops nothing else
                 log.warning("%s: %s", rel, _reason(e))
                 summary.failed.append({"path": rel, "error": _reason(e)})
@@ -234,8 +254,10 @@ async def _fetch(store: Store, tier: Tier, listed: ObjectInfo, rel: str, root: s
         await _fetch_one(store, tier, listed, rel, root, state, meter)
     except Exception as e:
         if not isinstance(e, BackendError):
-            with contextlib.suppress(OSError, ValueError):
-                os.unlink(_local_path(root, rel) + PARTIAL)
+            with contextlib.suppress(OSError, ValueError, StormountError):
+                partial = _local_path(root, rel) + PARTIAL
+                if _within(root, partial):  # never through a link, to elsewhere
+                    os.unlink(partial)
         raise
 
 

@@ -27,7 +27,7 @@ from stormount.vfs.listings import (
     entries_of,
     mark_subdirs,
 )
-from stormount.vfs.names import join, valid_name
+from stormount.vfs.names import join, listable
 from stormount.vfs.nodes import Listing, Node
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class Ahead:
                 page = await self.ns.backend.list(scan.top, "", token)
                 if self.ns.changed_under(scan.top, since):
                     return  # this mount changed the subtree meanwhile: the page may be older
-                derive(scan.top, page.objects, valid_name, self.ns.warn_skip, out)
+                derive(scan.top, page.objects, listable, self.ns.warn_skip, out)
                 token = page.token
                 last = page.objects[-1].key if page.objects else None
                 self._adopt_covered(out, adopted, last, token is None)
@@ -119,6 +119,8 @@ class Ahead:
                     return
         except StormountError as e:  # those waiting for it ask the store themselves
             log.debug("flat listing of /%s: %s", scan.top, e)
+        except Exception:  # best effort: never the end of the mount
+            log.exception("flat listing of /%s failed", scan.top)
         finally:
             scan.advance(None, done=True)
             self._scans.remove(scan)
@@ -226,10 +228,12 @@ class Ahead:
                 elif (not self.ns.changed_under(node.key, since) and node.listing is None
                         and not node.unlinked):
                     entries, marker = entries_of(node.key, page.objects, page.prefixes,
-                                                 valid_name, self.ns.warn_skip)
+                                                 listable, self.ns.warn_skip)
                     self.ns.adopt(node, entries, marker, trio.current_time())
             except StormountError as e:  # the lookups ask the store themselves
                 log.debug("listing /%s for its lookups: %s", node.path, e)
+            except Exception:  # best effort: never the end of the mount
+                log.exception("listing /%s for its lookups failed", node.path)
             finally:
                 node.refreshing = False
         self.ns.background.start_soon(glance)

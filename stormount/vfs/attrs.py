@@ -35,6 +35,7 @@ _SPECIAL_TYPES = (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
 MODE_MAX = 0o177777
 NS_MIN, NS_MAX = -(2**63), 2**63 - 1
 RDEV_MAX = 2**32 - 1
+SECONDS_DIGITS = 11  # a time of 10**12 s or more is out of that range whatever its digits
 # object keys whose unusable metadata was logged, so each is logged once; the oldest
 # are forgotten past this many
 _WARNED_MAX = 4096
@@ -151,7 +152,10 @@ def _seconds_ns(meta: Mapping[str, str], key: str) -> int | None:
         return None
     try:
         # Decimal keeps nanoseconds that a float would round away
-        value = int(Decimal(str(meta[key]).strip()) * 1_000_000_000)
+        seconds = Decimal(str(meta[key]).strip())
+        if seconds and seconds.is_finite() and seconds.adjusted() > SECONDS_DIGITS:
+            return None  # beyond an int64 of ns, and int() of 1e999990 takes half a minute
+        value = int(seconds * 1_000_000_000)
     except (ArithmeticError, ValueError):  # nan, inf (OverflowError), decimal signals
         return None
     return value if NS_MIN <= value <= NS_MAX else None

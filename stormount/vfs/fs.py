@@ -380,6 +380,11 @@ class Vfs:
     async def opendir(self, ino: int) -> int:
         node = self._dir_of(self.node(ino))
         entries = await self.ns.list_dir(node)
+        if node is self.inodes.root and any(name == RESERVED_NAME for name, _ in entries):
+            # another client's object `.stormount`: its lookup says ENOENT, so it is not
+            # listed either
+            self.ns.warn_skip(RESERVED_NAME, "the name is reserved for stormount's own use")
+            entries = [(name, child) for name, child in entries if name != RESERVED_NAME]
         return self.handles.opendir(node, entries)
 
     def readdir(self, fh: int, start: int) -> list[tuple[str, Node, int]]:

@@ -21,6 +21,13 @@ def valid_name(name: str) -> bool:
             and len(name.encode("utf-8", "surrogateescape")) <= NAME_MAX)
 
 
+def listable(name: str) -> bool:
+    """Can a listing show this key segment as an entry? A POSIX name that is valid
+    UTF-8: a lookup of any other finds nothing (no object of S3 or Azure can have it),
+    so a name a local directory holds in another encoding is not shown either."""
+    return utf8(name) and valid_name(name)
+
+
 def utf8(name: str) -> bool:
     try:
         name.encode("utf-8")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import trio
@@ -46,6 +46,7 @@ from stormount.vfs.names import (
     NAME_MAX,
     Negatives,
     join,
+    listable,
     node_holds,
     same_version,
     too_long,
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 KEPT_LISTINGS = 10_000  # listings kept for directories that have no node (by key)
 KEPT_ENTRIES = 1_000_000  # ... and their entries, all together
+WARNED_MAX = 4096  # keys skipped whose warning is remembered
 CHANGE_LOG = 4096  # own changes remembered, for listings in flight to be checked against
 
 
@@ -89,7 +91,9 @@ class Namespace:
         self._moving: list[str] = []  # directory keys (old and new) of moves under way
         self._misses: dict[int, int] = {}  # lookups that asked the store, by directory
         self._start_ns = now_ns()
-        self._warned: set[str] = set()
+        # keys skipped and warned about, so each is warned once; the oldest are
+        # forgotten past WARNED_MAX (a bucket may hold millions of `a//b`)
+        self._warned: OrderedDict[str, None] = OrderedDict()
         # lookups, getattrs and listings answered from the caches, and those that asked
         # the store (for the stats)
         self.hits = 0
@@ -102,7 +106,9 @@ class Namespace:
 
     def warn_skip(self, key: str, why: str) -> None:
         if key not in self._warned:
-            self._warned.add(key)
+            self._warned[key] = None
+            if len(self._warned) > WARNED_MAX:
+                self._warned.popitem(last=False)
             log.warning("skipping object %r: %s", key, why)
 
     def _offline(self, what: str, error: Transient) -> None:
@@ -638,7 +644,7 @@ class Namespace:
             if node.listing is not None:
                 return node.listing
         raced = node.changes != changes  # own changes kept landing: trust nothing absent
-        entries, own_marker = entries_of(node.key, objects, prefixes, valid_name,
+        entries, own_marker = entries_of(node.key, objects, prefixes, listable,
                                          self.warn_skip)
         if raced:
             for name, child in node.children.items():

@@ -172,23 +172,28 @@ class InodeTable:
         self.maybe_drop(node)
 
     def maybe_drop(self, node: Node) -> None:
-        """Forget a node nobody references: no kernel lookups, no open handles."""
-        if node.ino == ROOT_INO or node.lookups > 0 or node.opens > 0:
-            return
-        if node.children:
-            return  # children still name it as their parent
-        if not node.unlinked and (node.marker_queued or (
-                node.staging is not None and node.staging.dirty)):
-            return  # not in the store yet: never drop it
-        self._on_drop(node)
-        self._nodes.pop(node.ino, None)
-        parent = node.parent
-        if parent is not None and parent.children.get(node.name) is node:
-            del parent.children[node.name]
-            self.maybe_drop(parent)
-        if node.staging is not None:
-            node.staging.close()
-            node.staging = None
+        """Forget a node nobody references: no kernel lookups, no open handles; then its
+        parent, if that was all that held it, and so on up (a loop, not a recursion: a
+        key may be thousands of folders deep)."""
+        current: Node | None = node
+        while current is not None:
+            node, current = current, None
+            if node.ino == ROOT_INO or node.lookups > 0 or node.opens > 0:
+                return
+            if node.children:
+                return  # children still name it as their parent
+            if not node.unlinked and (node.marker_queued or (
+                    node.staging is not None and node.staging.dirty)):
+                return  # not in the store yet: never drop it
+            self._on_drop(node)
+            self._nodes.pop(node.ino, None)
+            parent = node.parent
+            if parent is not None and parent.children.get(node.name) is node:
+                del parent.children[node.name]
+                current = parent
+            if node.staging is not None:
+                node.staging.close()
+                node.staging = None
 
     def revive(self, node: Node) -> Node:
         """Take back a node forgotten while nobody referenced it (a directory handle

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers.cli import one_error_line, run
+from tests.helpers.cli import one_error_line, run, run_in_process
 from tests.helpers.mounts import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -150,3 +150,28 @@ def test_lifecycle_errors(s3_store, tmp_path):
     bad.write_text('[[lifecycle]]\nolder_than = "1d"\naction = "move"\n')
     assert "move needs `to`" in one_error_line(
         run("lifecycle", s3_store.url, "--config", str(bad), env=s3_store.env))
+
+
+def test_rules_act_on_keys_by_prefix_also_those_the_mount_cannot_show(memory_store,
+                                                                      tmp_path):
+    """A rule's folder is a key prefix: under `logs/`, the keys a mount cannot show
+    (`logs//x`, `logs/../y`, a name over 255 bytes) are files of it like the others, by
+    the mtime they store; `logs` itself (a file), `.stormount/` and what is too young or
+    carries no usable mtime are left alone (the store fuzz checks the same at random)."""
+    old, young = f"{time.time() - 40 * DAY:.9f}", f"{time.time() - DAY / 2:.9f}"
+    for key, mtime in {"logs//x": old, "logs/../y": old, "logs/" + "z" * 300: old,
+                       "logs/ok": old, "logs/young": young, "logs/nan": "nan",
+                       "logs/huge": "1e999990", "logs": old, ".stormount/logs/p": old,
+                       "other/old": old}.items():
+        memory_store.put(key, b"x", {"mtime": mtime})
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[lifecycle]]\nprefix = "logs"\nolder_than = "30d"\naction = "delete"\n'
+                     '[[lifecycle]]\nprefix = ".stormount"\nolder_than = "1d"\n'
+                     'action = "delete"\n')
+    result = run_in_process("lifecycle", memory_store.url, "--config", str(rules), "--json",
+                            "--apply")
+    assert result.exit_code == 0, result.stderr
+    done = sorted(d["key"] for d in json.loads(result.stdout)["decisions"] if d["done"])
+    assert done == sorted(["logs/" + "z" * 300, "logs//x", "logs/../y", "logs/ok"])
+    assert memory_store.keys() == [".stormount/logs/p", "logs", "logs/huge", "logs/nan",
+                                   "logs/young", "other/old"]

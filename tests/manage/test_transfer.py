@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import run
+from tests.helpers.cli import run, run_in_process
 from tests.helpers.mounts import stormount_cmd, wait_for
 from tests.helpers.proxy import OutageProxy, proxied
 
@@ -191,3 +191,49 @@ def test_pull_key_2000_folders_deep(s3_store, tmp_path, env):
         os.close(fd)
         # pytest's own cleanup (shutil.rmtree) recurses and would fail on this tree
         subprocess.run(["rm", "-rf", "--", str(out)], check=True)
+
+
+def test_keys_the_mount_would_not_show_are_skipped_never_written_elsewhere(memory_store,
+                                                                         tmp_path, env):
+    """Found by tests/manage/test_fuzz_store_manage.py: `a//b` and `a/./c` were written
+    to a/b and a/c, and `x/../d` to d (paths of other keys, whose bytes they replaced or
+    that no key has), `/abs` to `abs`. Each is named as failed, with why, and skipped."""
+    for key, body in {"a/b": b"the real a/b", "a//b": b"impostor", "a/./c": b"dot",
+                      "x/../d": b"dotdot", "/abs": b"leading slash", "ok": b"fine"}.items():
+        memory_store.put(key, body)
+    url = memory_store.url
+    out = tmp_path / "out"
+    result = run_in_process("pull", url, str(out), "--json", "--parallel", "1", env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    summary = json.loads(result.stdout)
+    failed = {f["path"]: f["error"] for f in summary["failed"]}
+    assert sorted(failed) == ["/abs", "a/./c", "a//b", "x/../d"]
+    assert all("not a local path" in why for why in failed.values())
+    assert summary["downloaded"] == 2 and summary["files"] == 6
+    assert tree_of(out) == {"a/": b"", "a/b": b"the real a/b", "ok": b"fine"}
+    assert "4 of 6 file(s) failed" in result.stderr
+
+
+def test_no_key_is_written_through_a_link_another_key_made(memory_store, tmp_path, env):
+    """Found by tests/manage/test_fuzz_store_manage.py: the link object logs/ln -> ..
+    then the key logs/ln/pwn wrote the file pwn at the top of LOCAL_DIR (the path of
+    another key), since only links leading out of it were refused; a link to a folder
+    outside had the folders of a key below it made there before the refusal; and the
+    clean-up of a refused file unlinked its partial file through the link, outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "report.pdf.stormount-partial").write_bytes(b"someone else's")
+    link = {"mode": str(0o120777)}
+    for key, body in {"logs/ln": b"..", "logs/ln/pwn": b"pwned", "ln": bytes(outside),
+                      "ln/x/pwn": b"pwned", "ln/report.pdf": b"r", "pwn": b"real"}.items():
+        memory_store.put(key, body, link if key in ("logs/ln", "ln") else None)
+    url = memory_store.url
+    out = tmp_path / "out"
+    result = run_in_process("pull", url, str(out), "--json", "--parallel", "1", env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    failed = {f["path"]: f["error"] for f in json.loads(result.stdout)["failed"]}
+    assert sorted(failed) == ["ln/report.pdf", "ln/x/pwn", "logs/ln/pwn"]
+    assert all("symbolic link" in why for why in failed.values())
+    assert tree_of(out) == {"ln": f"-> {outside}", "logs/": b"", "logs/ln": "-> ..",
+                            "pwn": b"real"}
+    assert tree_of(outside) == {"report.pdf.stormount-partial": b"someone else's"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 
 import pyfuse3
 import pytest
@@ -138,3 +139,25 @@ def test_unusable_metadata_is_logged_once_per_key_in_bounded_memory(caplog):
     for n in range(attrs._WARNED_MAX + 10):
         attrs_from_object(ObjectInfo(f"k{n}", 0, 1.0, "e", {"uid": "-1"}), FILE, FuseConfig())
     assert len(attrs._warned) == attrs._WARNED_MAX
+
+
+# found by tests/vfs/test_fuzz_store.py: an mtime of "1e999990" (8 characters, within
+# Decimal's exponent range) made int() build a number of a million digits, 27 s of the
+# event loop for every listing and stat of the object, the whole mount stalled meanwhile
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("value", ["1e999990", "1E+999990", "-1e999990", "7e114722",
+                                   "1e12", "99999999999.5"])
+def test_a_time_with_a_huge_exponent_is_refused_at_once(value):
+    started = time.monotonic()
+    a = attrs_from_object(info(mtime=value, ctime=value), FILE, FuseConfig())
+    assert time.monotonic() - started < 0.5
+    assert (a.mtime_ns, a.ctime_ns) == (1_000_500_000_000, 1_000_500_000_000)
+
+
+def test_times_at_the_edges_of_the_range_are_kept():
+    a = attrs_from_object(info(mtime="9223372036.854775807", ctime="0e114722"), FILE,
+                          FuseConfig())
+    assert (a.mtime_ns, a.ctime_ns) == (2**63 - 1, 0)
+    a = attrs_from_object(info(mtime="-9223372036.854775808", ctime="1e-99999"), FILE,
+                          FuseConfig())
+    assert (a.mtime_ns, a.ctime_ns) == (-(2**63), 0)

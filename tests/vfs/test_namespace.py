@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
 import uuid
 from dataclasses import replace
 
@@ -550,3 +551,115 @@ async def test_writes_elsewhere_do_not_throw_a_flat_listing_away(slow, other,
         stop.set()
     lists = [e for e in backend.log[len(before):] if e[0] == "list" and e[1].startswith("t")]
     assert len(lists) <= 3  # the lookup's probe, t's listing, its flat listing
+
+
+async def test_names_a_local_directory_holds_in_another_encoding_are_not_shown(
+        tmp_path, nursery, caplog):
+    """Found by tests/vfs/test_fuzz_store.py: a file named b"bad\\xff" in a local tier
+    was listed, but its lookup said ENOENT (ls showed it, ls -l and cat failed); and a
+    folder of such a name below a directory with subdirectories stopped the mount (the
+    flat listing in the background put the name in the metadata cache: an escaping
+    UnicodeEncodeError). Such names are skipped, each key warned about once."""
+    data = tmp_path / "data"
+    for path, body in ((b"bad\xff", b"x"), (b"dir\xfe/in", b"y"), (b"good", b"g"),
+                       (b"top/sub\xff/x", b"z"), (b"top/ok/y", b"w")):
+        full = bytes(data) + b"/" + path
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(body)
+    meta = MetaStore(str(tmp_path / "meta.sqlite3"))
+    factory = VfsFactory(tmp_path, nursery)
+    vfs = factory(open_backend(parse_tier_url(f"file://{data}")), meta=meta)
+    vfs.background = nursery  # as the daemon: flat listings beside the requests
+    try:
+        with caplog.at_level("WARNING", logger="stormount"):
+            for _ in range(2):
+                assert list(await listed(vfs)) == ["good", "top"]
+                top = await vfs.lookup(ROOT_INO, "top")
+                await trio.sleep(0.2)  # the flat listing of top/ runs meanwhile
+                assert list(await listed(vfs, top.ino)) == ["ok"]
+                assert await read(vfs, "top/ok/y") == b"w"
+                vfs.invalidate("", recursive=True)  # listed and looked up again
+            with pytest.raises(FsError) as e:
+                await vfs.lookup(ROOT_INO, "bad\udcff")
+            assert e.value.errno == errno.ENOENT
+    finally:
+        vfs.background = None
+        factory.close()
+        meta.close()
+    skipped = [r.args[0] for r in caplog.records  # type: ignore[index]
+               if r.msg.startswith("skipping object")]
+    # a listing names `dir\udcfe/`, a flat listing `dir\udcfe/in`: each key once
+    bad = ("bad\udcff", "dir\udcfe/", "top/sub\udcff/")
+    assert len(skipped) == len(set(skipped))
+    assert all(any(key.startswith(b) for b in bad) for key in skipped), skipped
+    assert all(any(key.startswith(b) for key in skipped) for b in bad), skipped
+
+
+async def test_an_unexpected_error_in_a_flat_listing_never_stops_the_mount(make, other,
+                                                                           caplog):
+    """The flat listing in the background let only StormountError go: anything else (a
+    UnicodeEncodeError from the metadata cache, as the store fuzz found) ended the
+    daemon's nursery, so the whole mount. It is logged and the walk goes on."""
+    await other.put_bytes("top/a/x", b"x", {})
+    await other.put_bytes("top/b/y", b"y", {})
+    backend, vfs = make(background=True)
+
+    async def broken(prefix, delimiter, token, limit):
+        if delimiter == "":
+            raise RuntimeError("a bug")
+    backend.hooks["list"] = broken
+    with caplog.at_level("ERROR", logger="stormount"):
+        top = await vfs.lookup(ROOT_INO, "top")
+        assert sorted(await listed(vfs, top.ino)) == ["a", "b"]
+        await trio.sleep(0.2)
+        assert await read(vfs, "top/a/x") == b"x"
+    assert any("flat listing of /top/ failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_walk_down_a_tree_1100_folders_deep_is_forgotten_whole(tmp_path, nursery,
+                                                                        caplog):
+    """Found by the store fuzz: a local tier can hold a file 1,100 folders deep (2,200
+    bytes of path). Walked down, then forgotten by the kernel, the nodes were dropped by
+    a recursion up the tree: RecursionError at every forget (logged) and every inode of
+    the walk kept for the life of the mount."""
+    data = deep = tmp_path / "data"
+    data.mkdir()
+    for _ in range(1100):  # (os.makedirs would recurse)
+        deep = deep / "a"
+        deep.mkdir()
+    (deep / "f").write_bytes(b"bottom")
+    factory = VfsFactory(tmp_path, nursery)
+    vfs = factory(open_backend(parse_tier_url(f"file://{data}")))
+    try:
+        path = "/".join(["a"] * 1100 + ["f"])
+        walked = []
+        node = vfs.node(ROOT_INO)
+        for name in path.split("/"):
+            node = await vfs.lookup(node.ino, name)
+            walked.append(node)
+        assert await read(vfs, path) == b"bottom"
+        with caplog.at_level("ERROR", logger="stormount"):
+            ops = Operations(vfs, FuseConfig())
+            ops.forget([(n.ino, n.lookups) for n in walked])
+        assert not caplog.records
+        assert len(vfs.inodes) == 1  # the root alone
+    finally:
+        factory.close()
+        # pytest's own cleanup (shutil.rmtree) recurses and would fail on this tree
+        subprocess.run(["rm", "-rf", "--", str(data)], check=True)
+
+
+async def test_skipped_keys_are_warned_about_once_in_bounded_memory(make, caplog):
+    """A bucket may hold millions of keys no entry can stand for (`a//b`, written by a
+    tool that joins paths carelessly): each is warned about once, and the keys
+    remembered for that were a set that only grew; now the last 4096."""
+    from stormount.vfs.namespace import WARNED_MAX
+
+    _backend, vfs = make()
+    with caplog.at_level("WARNING", logger="stormount"):
+        for n in range(WARNED_MAX + 100):
+            vfs.ns.warn_skip(f"a//{n}", "not a valid file name")
+        vfs.ns.warn_skip(f"a//{WARNED_MAX + 99}", "not a valid file name")  # once only
+    assert len(vfs.ns._warned) == WARNED_MAX
+    assert len(caplog.records) == WARNED_MAX + 100

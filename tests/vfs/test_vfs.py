@@ -796,6 +796,23 @@ async def test_keys_that_are_not_posix_names_are_skipped(vfs, other):
     assert await read_all(vfs, good.ino) == b"fine"
 
 
+async def test_an_object_named_stormount_at_the_top_is_not_listed(vfs, other, caplog):
+    """Found by tests/vfs/test_fuzz_store.py: another client's object `.stormount` at the
+    top of the bucket was listed, but its lookup said ENOENT (the name is the daemon's
+    own), so `ls -l` and `cp -r` of the mount failed on it. It is not listed, warned
+    about once; deeper the name is an ordinary one."""
+    await put(other, ".stormount", b"foreign")
+    await put(other, "d/.stormount", b"fine")
+    with caplog.at_level("WARNING", logger="stormount"):
+        assert list(await listdir(vfs)) == ["d"]
+        assert list(await listdir(vfs)) == ["d"]
+    assert await fs_errno(vfs.lookup(ROOT_INO, ".stormount")) == errno.ENOENT
+    inner = await resolve(vfs, "d/.stormount")
+    assert await read_all(vfs, inner.ino) == b"fine"
+    warned = [r for r in caplog.records if "reserved" in r.getMessage()]
+    assert len(warned) == 1 and "'.stormount'" in warned[0].getMessage()
+
+
 async def test_directory_wins_over_a_file_of_the_same_name(vfs, other):
     await put(other, "same", b"file")
     await put(other, "same/inner", b"inner")
