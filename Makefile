@@ -31,7 +31,8 @@ test: install
 	$(BIN)/pytest
 
 # Every fuzz of the suite (tests/**/test_fuzz_*.py: options, config files and command
-# lines; objects in the store through the namespace and the storage commands) with 100
+# lines; objects in the store through the namespace and the storage commands; control
+# socket requests and ctl command lines) with 100
 # times the examples `make test` runs (FUZZ_SCALE=N to change it).
 FUZZ_SCALE ?= 100
 FUZZ_TESTS = $(shell find tests -name 'test_fuzz_*.py' | sort)
