@@ -5,6 +5,10 @@ directories that exist only because files are below them vanish with their last 
 as they do in an object store. Object metadata lives in `user.stormount.*` extended
 attributes. Writes go to a temporary file under DIR/.stormount/ and are renamed into
 place, so a reader never sees a half-written object.
+
+Symbolic links someone put in DIR are not followed (as rclone's local backend without
+-L): they are not listed, a key through one is absent, and nothing is read or written
+outside DIR through them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -91,12 +96,25 @@ class LocalBackend:
         err.errno = e.errno or errno.EIO  # ENOSPC, EIO, ... reach the caller as they are
         return err
 
-    def _path(self, key: str) -> str:
+    def _path(self, key: str, *, link_ok: bool = False) -> str:
+        """The key's path in DIR; NotFound if it cannot be one or a folder on its way
+        is a symbolic link (the key itself may be one with `link_ok`: a write replaces
+        the link, never its target)."""
         parts = key.rstrip("/").split("/")
         if key.startswith("/") or any(p in ("", ".", "..") for p in parts) or (
                 parts[0] == RESERVED and parts[1:2] != [PROBES]):
             raise NotFound(f"{self.url}: key {key!r} cannot be stored in a directory",
                            backend=self.url, key=key)
+        at = self.root
+        for n, part in enumerate(parts, 1):
+            at = os.path.join(at, part)
+            try:
+                mode = os.lstat(at).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                break  # the rest is not there (yet): no link on the way
+            if stat.S_ISLNK(mode) and not (link_ok and n == len(parts)):
+                raise NotFound(f"{self.url}: {at} is a symbolic link, which a local tier "
+                               f"does not follow", backend=self.url, key=key)
         return os.path.join(self.root, *parts)
 
     def _read_meta(self, path: str) -> dict[str, str]:
@@ -197,7 +215,7 @@ class LocalBackend:
         """Write a temp file with `fill(fd)`, then rename it over the key's path (if the
         condition holds at that moment: the check and the rename happen under one lock,
         which excludes other writers through this backend, not other processes)."""
-        path = self._path(key)
+        path = self._path(key, link_ok=not key.endswith("/"))
         if key.endswith("/"):
             with self._install_lock:  # (a prune must not take the directory meanwhile)
                 _make_dirs(path)
@@ -226,8 +244,8 @@ class LocalBackend:
                 # between the directory made and the file renamed into it
                 _make_dirs(parent)
                 if if_absent or if_match is not None:
-                    try:
-                        current: str | None = self._etag(os.stat(path))
+                    try:  # (a link someone put there is not our object: never a match)
+                        current: str | None = self._etag(os.lstat(path))
                     except FileNotFoundError:
                         current = None
                     if (if_absent and current is not None) or (
