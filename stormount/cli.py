@@ -696,8 +696,12 @@ def _transfer(verb: str, run_it: Callable[[Any, Any], Any], cfg: MountConfig,
     if summary.failed:
         shown = "; ".join(f"{_short(f['path'])}: {f['error']}" for f in summary.failed[:10])
         more = f" (and {len(summary.failed) - 10} more)" if len(summary.failed) > 10 else ""
+        again = sum(1 for f in summary.failed if f.get("retry", True))
+        hint = ("run the command again to retry them" if again == len(summary.failed) else
+                f"running the command again may bring {again} of them; the others can "
+                "never be files here" if again else "they can never be files here")
         _fail(f"{len(summary.failed)} of {summary.files} file(s) failed: {shown}{more}; "
-              "run the command again to retry them")
+              f"{hint}")
 
 
 @cli.command()

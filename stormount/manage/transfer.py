@@ -30,6 +30,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -54,7 +55,7 @@ class Summary:
     skipped: int = 0  # already there, at the same version
     resumed: int = 0  # partial files continued
     moved_bytes: int = 0  # bytes actually sent or received this run
-    failed: list[dict[str, str]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
 
     def as_dict(self) -> dict[str, object]:
@@ -96,19 +97,23 @@ class PullState:
         self._db.close()
 
 
+class Unpullable(StormountError):
+    """A key that can never be a file in LOCAL_DIR: running the command again won't help."""
+
+
 def _local_path(root: str, rel: str) -> str:
     """Where a key (`rel`, below the folder pulled; a folder's ends in "/") goes in
     `root`. A key the mount would not show is refused, never written elsewhere: with an
     empty, '.' or '..' segment (`a//b`, `/abs`, `a/../b` would land on another key's
     path, or outside), or a NUL."""
     if any(part in ("", ".", "..") for part in rel.removesuffix("/").split("/")):
-        raise StormountError("not a local path: an empty, '.' or '..' name in the key; "
+        raise Unpullable("not a local path: an empty, '.' or '..' name in the key; "
                              "skipped")
     if "\0" in rel:
-        raise StormountError("not a local path: a NUL in the key; skipped")
+        raise Unpullable("not a local path: a NUL in the key; skipped")
     path = os.path.normpath(os.path.join(root, rel))
     if not (path + "/").startswith(root.rstrip("/") + "/") or rel.endswith(PARTIAL):
-        raise StormountError(f"refusing to write outside {root}: {rel!r}")
+        raise Unpullable(f"refusing to write outside {root}: {rel!r}")
     if len(os.fsencode(path)) >= PATH_MAX:  # failed before any of its folders is made
         raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
     return path
@@ -136,7 +141,7 @@ def _make_folders(root: str, folder: str) -> None:
         except FileExistsError:
             mode = os.lstat(current).st_mode
             if stat.S_ISLNK(mode):
-                raise StormountError(LINK_ON_THE_WAY) from None
+                raise Unpullable(LINK_ON_THE_WAY) from None
             if not stat.S_ISDIR(mode):
                 raise
 
@@ -210,7 +215,7 @@ async def pull(store: Store, prefix: str, local_dir: str, *, parallel: int,
                 _make_folders(root, _local_path(root, rel))
             except Exception as e:  # one folder that cannot be made stops nothing else
                 log.warning("%s: %s", rel, _reason(e))
-                summary.failed.append({"path": rel, "error": _reason(e)})
+                summary.failed.append(_failure(rel, e))
     meter = _Meter(summary, progress)
     state = PullState(state_path(root))
     try:
@@ -220,6 +225,12 @@ async def pull(store: Store, prefix: str, local_dir: str, *, parallel: int,
     finally:
         state.close()
     return summary
+
+
+def _failure(rel: str, e: Exception) -> dict[str, Any]:
+    """A failed file for the summary; `retry`: whether running the command again may
+    bring it (false for a key that can never be a local file)."""
+    return {"path": rel, "error": _reason(e), "retry": not isinstance(e, Unpullable)}
 
 
 async def _in_parallel(parallel: int, meter: _Meter,
@@ -238,7 +249,7 @@ async def _in_parallel(parallel: int, meter: _Meter,
                 if not isinstance(e, (StormountError, OSError, UnicodeError)):
                     log.debug("%s failed", rel, exc_info=True)
                 log.warning("%s: %s", rel, why)
-                meter.summary.failed.append({"path": rel, "error": why})
+                meter.summary.failed.append(_failure(rel, e))
             meter.file_done()
 
     async with trio.open_nursery() as nursery:

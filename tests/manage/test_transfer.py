@@ -212,6 +212,10 @@ def test_keys_the_mount_would_not_show_are_skipped_never_written_elsewhere(memor
     assert summary["downloaded"] == 2 and summary["files"] == 6
     assert tree_of(out) == {"a/": b"", "a/b": b"the real a/b", "ok": b"fine"}
     assert "4 of 6 file(s) failed" in result.stderr
+    # nothing to retry: the summary says so, and --json marks each
+    assert "they can never be files here" in result.stderr
+    assert "run the command again" not in result.stderr
+    assert not any(f["retry"] for f in summary["failed"])
 
 
 def test_no_key_is_written_through_a_link_another_key_made(memory_store, tmp_path, env):
