@@ -41,7 +41,7 @@ import pyfuse3
 import pytest
 import trio
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from stormount import cli as cli_module
@@ -55,20 +55,13 @@ from stormount.fuse.ops import Operations
 from stormount.vfs.nodes import ROOT_INO
 from stormount.vfs.pins import Pins
 from tests.helpers.chain import Tiers
+from tests.helpers.fuzz import budget
 from tests.helpers.vfs import GID, UID, VfsFactory, write
 
 pytestmark = pytest.mark.timeout(600)
 
-SCALE = float(os.environ.get("STORMOUNT_FUZZ_SCALE", "1"))
 ANSWER_TIMEOUT = 20.0  # seconds for any answer of the in-process server
 
-
-def budget(examples: int) -> settings:
-    return settings(max_examples=max(1, int(examples * SCALE)), derandomize=True,
-                    deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow,
-                                           HealthCheck.data_too_large])
 
 
 # --- the mount under test: served from its own thread ------------------------------------
@@ -496,6 +489,16 @@ def check_scope(served: Served, before: dict[str, Any]) -> None:
     served.unmounts.clear()
 
 
+def still_serving(served: Served, before: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """After an example: a fresh connection is answered, nothing outside the mount's
+    scope changed, nothing was logged at ERROR."""
+    health_answers(served.socket)
+    served.quiet()
+    served.call(served.reset)
+    check_scope(served, before)
+    assert not errors_logged(caplog), errors_logged(caplog)
+
+
 def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [f"{r.name}: {r.getMessage()}" + (f" ({r.exc_info[1]!r})" if r.exc_info else "")
             for r in caplog.records if r.levelno >= logging.ERROR]
@@ -539,11 +542,7 @@ def test_fuzz_control_requests(fuzz_context: Served, caplog: pytest.LogCaptureFi
                 assert reply is not None and reply["ok"] is True, reply
     finally:
         c.close()
-    health_answers(served.socket)
-    served.quiet()
-    served.call(served.reset)
-    check_scope(served, before)
-    assert not errors_logged(caplog), errors_logged(caplog)
+    still_serving(served, before, caplog)
 
 
 @budget(100)
@@ -568,11 +567,7 @@ def test_fuzz_control_commands_on_one_connection(fuzz_context: Served,
             check_answer(line, c.answer(), served, False)
     finally:
         c.close()
-    health_answers(served.socket)
-    served.quiet()
-    served.call(served.reset)
-    check_scope(served, before)
-    assert not errors_logged(caplog), errors_logged(caplog)
+    still_serving(served, before, caplog)
 
 
 def test_every_command_with_every_hostile_argument(fuzz_context: Served,
@@ -672,11 +667,7 @@ def test_fuzz_ctl_command_lines(fuzz_context: Served, caplog: pytest.LogCaptureF
     env = {"STORMOUNT_RUNTIME_DIR": str(tmp_path_factory.mktemp("runtime")),
            "STORMOUNT_SOCKET": ""}
     check_command_line(argv, *run_main(argv, env))
-    health_answers(served.socket)
-    served.quiet()
-    served.call(served.reset)
-    check_scope(served, before)
-    assert not errors_logged(caplog), errors_logged(caplog)
+    still_serving(served, before, caplog)
 
 
 # --- a few hostile requests with their exact answers (regressions of what the fuzz

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from stormount.registry import mounted_fuse
-from stormount.writeback import MARKER, Journal, Upload
+from tests.helpers.journal import journal_with_reserved_rows
 from tests.helpers.mounts import wait_for
 from tests.stores import FileStore
 
@@ -195,13 +195,7 @@ def test_queued_uploads_under_the_reserved_name_are_dropped_at_start(s3_store, t
     (health degraded, flush failing, every unmount waiting out its timeout). At start
     they are dropped, named in an error line, their data kept under recovered/."""
     cache = tmp_path / "mnt-cache"  # what make_mount gives the mount named "mnt"
-    (cache / "staging").mkdir(parents=True)
-    staged = cache / "staging" / "old-inner"
-    staged.write_bytes(b"x\n")
-    journal = Journal(str(cache / "journal.sqlite3"))
-    journal.put(Upload(path=".stormount/", staging=MARKER, base=None, metadata={}))
-    journal.put(Upload(path=".stormount/inner", staging=str(staged), base=None, metadata={}))
-    journal.close()
+    journal_with_reserved_rows(cache, b"x\n")
     m = make_mount(s3_store.url, env=s3_store.env)
     assert m.pending() == []
     assert m.ctl("flush").returncode == 0

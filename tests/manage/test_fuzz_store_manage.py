@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 import trio
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from stormount.backends import open_backend
@@ -41,16 +41,10 @@ from stormount.chain.health import PROBE_PREFIX, RESERVED
 from stormount.chain.repair import STAMP
 from stormount.config import parse_tier_url
 from tests.helpers.cli import Ran, run_in_process
+from tests.helpers.fuzz import KEY_SHAPES, budget, shaped
 
-SCALE = float(os.environ.get("STORMOUNT_FUZZ_SCALE", "1"))
 DAY = 86400.0
 
-
-def budget(examples: int) -> settings:
-    return settings(max_examples=max(1, int(examples * SCALE)), derandomize=True,
-                    deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 # --- what another client may put --------------------------------------------------------
@@ -74,17 +68,10 @@ bodies = st.one_of(st.binary(max_size=24),
 
 @st.composite
 def keys(draw: st.DrawFn, outside: str) -> str:
-    shape = draw(st.sampled_from(["plain"] * 6 + ["leading", "marker", "double", "deep",
-                                                   "escape", "absolute", "reserved"]))
+    shape = draw(st.sampled_from([*KEY_SHAPES, "deep", "escape", "absolute", "reserved"]))
     parts = draw(st.lists(segments, min_size=1, max_size=4))
-    key = "/".join(parts)
-    if shape == "leading":
-        key = "/" + key
-    elif shape == "marker":
-        key += "/"
-    elif shape == "double":
-        key = key.replace("/", "//", 1) if "/" in key else key + "//x"
-    elif shape == "deep":
+    key = shaped("/".join(parts), shape)
+    if shape == "deep":
         key = "d/" * draw(st.integers(10, 300)) + key
     elif shape == "escape":  # aimed out of LOCAL_DIR
         key = draw(st.sampled_from(["../", "a/../../", "./../", "a/./../../"])) + \

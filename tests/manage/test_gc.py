@@ -15,8 +15,9 @@ from stormount.backends.local import LocalBackend
 from stormount.chain.repair import STAMP
 from stormount.config import parse_tier_url
 from stormount.registry import mounted_fuse
-from stormount.writeback import MARKER, Journal, Upload, read_pending
+from stormount.writeback import Journal, Upload, read_pending
 from tests.helpers.cli import one_error_line, run
+from tests.helpers.journal import journal_with_reserved_rows
 from tests.helpers.mounts import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -127,13 +128,7 @@ def test_journal_rows_under_the_reserved_name_are_dropped_their_data_recovered(t
     store = tmp_path / "store"
     store.mkdir()
     cache = tmp_path / "cache"
-    (cache / "staging").mkdir(parents=True)
-    staged = cache / "staging" / "old-inner"
-    staged.write_bytes(b"acknowledged bytes\n")
-    journal = Journal(str(cache / "journal.sqlite3"))
-    journal.put(Upload(path=".stormount/", staging=MARKER, base=None, metadata={}))
-    journal.put(Upload(path=".stormount/inner", staging=str(staged), base=None, metadata={}))
-    journal.close()
+    staged = journal_with_reserved_rows(cache, b"acknowledged bytes\n")
     where = (f"file://{store}", "--cache-dir", str(cache))
 
     dry = gc(*where)
@@ -175,7 +170,6 @@ def test_uncommitted_azure_blocks_are_found_then_discarded(az_store):
 
 def test_an_upload_a_journal_records_as_resumable_is_kept(s3_store, tmp_path):
     from stormount.backends.resume import Recorded
-    from stormount.writeback import Journal, Upload
 
     cache = tmp_path / "cache"
     (cache / "staging").mkdir(parents=True)

@@ -20,23 +20,14 @@ from typing import Any
 import click
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from stormount import cli as cli_module
 from stormount import config
 from stormount.config import MountConfig, build_config
 from stormount.errors import StormountError
-
-SCALE = float(os.environ.get("STORMOUNT_FUZZ_SCALE", "1"))
-
-
-def budget(examples: int) -> settings:
-    return settings(max_examples=max(1, int(examples * SCALE)), derandomize=True,
-                    deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
-
+from tests.helpers.fuzz import budget
 
 SECTION_KEYS = {
     "cache": sorted(config._CACHE_CONVERT),

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 
 from stormount.backends import Backend, open_backend
@@ -43,17 +43,8 @@ from stormount.vfs.attrs import DIR, FILE, LINK, NS_MAX, NS_MIN, RDEV_MAX
 from stormount.vfs.fs import RESERVED_NAME
 from stormount.vfs.names import utf8, valid_name
 from stormount.vfs.nodes import ROOT_INO, Node
+from tests.helpers.fuzz import KEY_SHAPES, budget, shaped
 from tests.helpers.vfs import S3LikeListings, VfsFactory
-
-SCALE = float(os.environ.get("STORMOUNT_FUZZ_SCALE", "1"))
-
-
-def budget(examples: int) -> settings:
-    return settings(max_examples=max(1, int(examples * SCALE)), derandomize=True,
-                    deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow, HealthCheck.data_too_large])
-
 
 # --- what another client may put --------------------------------------------------------
 
@@ -69,14 +60,7 @@ def keys(draw: st.DrawFn) -> str:
     parts = draw(st.lists(segments, min_size=1, max_size=4))
     if draw(st.integers(0, 9)) == 0:  # deep
         parts = ["d"] * draw(st.integers(5, 40)) + parts
-    key = "/".join(parts)
-    shape = draw(st.sampled_from(["plain"] * 6 + ["leading", "marker", "double"]))
-    if shape == "leading":
-        key = "/" + key
-    elif shape == "marker":
-        key += "/"
-    elif shape == "double":
-        key = key.replace("/", "//", 1) if "/" in key else key + "//x"
+    key = shaped("/".join(parts), draw(st.sampled_from(KEY_SHAPES)))
     return key or "k"
 
 
@@ -262,6 +246,39 @@ def chain_over(backend: Backend, url: str, root: Path) -> Chain:
                  str(root / "spool"), host="fuzzhost")
 
 
+async def walk_twice(backend: Chain, root: Path,
+                     contents: dict[str, tuple[bytes, dict[str, str]]], *,
+                     fuse: FuseConfig | None = None, cache: CacheConfig | None = None,
+                     background: bool = True, restart: Warnings | None = None
+                     ) -> tuple[Walked, Walked]:
+    """Walk a mount over `backend` twice: after dropping every cache, or (with
+    `restart`) in a new mount served from what the first persisted."""
+    fuse = fuse or FuseConfig()
+    meta = MetaStore(str(root / "meta.sqlite3"))
+    try:
+        async with trio.open_nursery() as nursery:
+            factory = VfsFactory(root, nursery)
+            vfs = factory(backend, fuse=fuse, cache=cache, meta=meta)
+            if background:
+                vfs.background = nursery
+            ops = Operations(vfs, fuse)
+            first = await walk(vfs, ops, backend, contents)
+            if restart is not None:  # what the first persisted serves the second
+                restart.restarted()
+                vfs.background = None
+                vfs = factory(backend, fuse=fuse, cache=cache, meta=meta)
+                ops = Operations(vfs, fuse)
+            else:
+                vfs.invalidate("", recursive=True)  # everything asked again
+            second = await walk(vfs, ops, backend, contents)
+            factory.close()
+            backend.pending.journal.close()
+            nursery.cancel_scope.cancel()
+    finally:
+        meta.close()
+    return first, second
+
+
 async def mount_and_walk(contents: dict[str, tuple[bytes, dict[str, str]]],
                          flavour: Flavour, root: Path, warnings: Warnings
                          ) -> tuple[Walked, Walked]:
@@ -275,28 +292,9 @@ async def mount_and_walk(contents: dict[str, tuple[bytes, dict[str, str]]],
         backend = chain_over(inner, url, root)
         fuse = FuseConfig(uid=4242, gid=4343, umask=0o027) if flavour.options else FuseConfig()
         cache = CacheConfig(trust_listings=flavour.trust_listings)
-        meta = MetaStore(str(root / "meta.sqlite3"))
-        try:
-            async with trio.open_nursery() as nursery:
-                factory = VfsFactory(root, nursery)
-                vfs = factory(backend, fuse=fuse, cache=cache, meta=meta)
-                if flavour.background:
-                    vfs.background = nursery
-                ops = Operations(vfs, fuse)
-                first = await walk(vfs, ops, backend, contents)
-                if flavour.restart:  # what the first persisted serves the second
-                    warnings.restarted()
-                    vfs.background = None
-                    vfs = factory(backend, fuse=fuse, cache=cache, meta=meta)
-                    ops = Operations(vfs, fuse)
-                else:
-                    vfs.invalidate("", recursive=True)  # everything asked again
-                second = await walk(vfs, ops, backend, contents)
-                factory.close()
-                backend.pending.journal.close()
-                nursery.cancel_scope.cancel()
-        finally:
-            meta.close()
+        first, second = await walk_twice(backend, root, contents, fuse=fuse, cache=cache,
+                                         background=flavour.background,
+                                         restart=warnings if flavour.restart else None)
         return first, second
     finally:
         _STORES.pop(name, None)
@@ -464,28 +462,13 @@ def local_expected(root: bytes) -> dict[str, str]:
 async def walk_local(root: Path, data: Path) -> tuple[Walked, Walked]:
     backend = chain_over(open_backend(parse_tier_url(f"file://{data}")), f"file://{data}",
                          root)
-    meta = MetaStore(str(root / "meta.sqlite3"))
     store: dict[str, tuple[bytes, dict[str, str]]] = {}
     for dirpath, _, filenames in os.walk(bytes(data)):
         for name in filenames:
             path = os.path.join(dirpath, name)
             with open(path, "rb") as f:
                 store[os.fsdecode(os.path.relpath(path, bytes(data)))] = (f.read(), {})
-    try:
-        async with trio.open_nursery() as nursery:
-            factory = VfsFactory(root, nursery)
-            vfs = factory(backend, meta=meta)
-            vfs.background = nursery
-            ops = Operations(vfs, FuseConfig())
-            first = await walk(vfs, ops, backend, store)
-            vfs.invalidate("", recursive=True)
-            second = await walk(vfs, ops, backend, store)
-            factory.close()
-            backend.pending.journal.close()
-            nursery.cancel_scope.cancel()
-    finally:
-        meta.close()
-    return first, second
+    return await walk_twice(backend, root, store)
 
 
 @budget(60)
