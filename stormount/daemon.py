@@ -41,6 +41,7 @@ from stormount.manage import lifecycle
 from stormount.manage.store import lifecycle_store
 from stormount.stopping import Stopper
 from stormount.vfs.fs import Vfs
+from stormount.vfs.pages import KernelPages
 from stormount.vfs.pins import Pins
 from stormount.vfs.quota import Quotas
 from stormount.writeback import (
@@ -479,6 +480,8 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
             chain.on_tier_up = writeback.retry_now
             vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta,
                       quotas=Quotas(cfg.quotas) if cfg.quotas else None)
+            if vfs.reader is not None:  # blocks fetched go to the kernel's page cache too
+                vfs.pages = KernelPages(pyfuse3.notify_store)
             try:
                 drop_reserved(cfg.cache.dir, journal)
                 recover_held(cfg.cache.dir, journal)
@@ -678,6 +681,8 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
         vfs.background = nursery  # listing refreshes run beside the requests
         if vfs.reader is not None:
             vfs.reader.background = nursery  # and so does read-ahead
+        if vfs.pages is not None:
+            vfs.pages.background = nursery  # and the kernel's pages are given blocks
         nursery.start_soon(when_ready)
         nursery.start_soon(on_signals)
         nursery.start_soon(vfs.writeback.run)
@@ -699,5 +704,7 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
             vfs.background = None  # the nursery closes with this block
             if vfs.reader is not None:
                 vfs.reader.background = None
+            if vfs.pages is not None:
+                vfs.pages.background = None
             nursery.cancel_scope.cancel()
     return pending

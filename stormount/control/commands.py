@@ -48,6 +48,7 @@ class Counters:
     blocks: dict[str, int]
     uploads: dict[str, int]
     repaired: int
+    bytes_to_pages: int = 0  # blocks given to the kernel's page cache
     at: float = field(default_factory=time.time)
 
     def minus(self, base: Counters) -> Counters:
@@ -60,7 +61,7 @@ class Counters:
             tiers=[ops.minus(old) for ops, old in zip(self.tiers, base.tiers, strict=True)],
             metadata=sub(self.metadata, base.metadata), blocks=sub(self.blocks, base.blocks),
             uploads=sub(self.uploads, base.uploads), repaired=self.repaired - base.repaired,
-            at=self.at)
+            bytes_to_pages=self.bytes_to_pages - base.bytes_to_pages, at=self.at)
 
 
 def ratio(hits: int, misses: int) -> float | None:
@@ -110,7 +111,8 @@ class Control:
             blocks={k: blocks.get(k, 0) for k in ("hits", "misses", "evictions", "corrupt")},
             uploads={"uploaded": wb.uploaded, "failures": wb.failures,
                      "conflicts": wb.conflicts, "bytes": wb.bytes_uploaded},
-            repaired=self.chain.repaired)
+            repaired=self.chain.repaired,
+            bytes_to_pages=0 if self.vfs.pages is None else self.vfs.pages.stored_bytes)
 
     def tier_status(self, tier: Tier) -> dict[str, Any]:
         status = tier.status()
@@ -179,7 +181,8 @@ class Control:
             "since": since,
             "seconds": round(c.at - since, 3),
             "fuse": {"ops": _summaries(c.fuse),
-                     "bytes_read": c.bytes_read, "bytes_written": c.bytes_written},
+                     "bytes_read": c.bytes_read, "bytes_written": c.bytes_written,
+                     "bytes_to_page_cache": c.bytes_to_pages},
             "backend": {"tiers": [
                 {"index": t.index, "url": t.url, "role": t.role,
                  "ops": _summaries(ops)}

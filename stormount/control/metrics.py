@@ -72,6 +72,9 @@ def families(control: Control) -> list[Metric]:
     out.extend(_ops("stormount_fuse", "FUSE requests", [], [([], c.fuse)]))
     out.append(CounterMetricFamily("stormount_read_bytes", "bytes read through the mount",
                                    value=c.bytes_read))
+    out.append(CounterMetricFamily("stormount_page_cache_bytes", "bytes fetched from the "
+                                   "store given to the kernel's page cache, which then "
+                                   "serves their reads itself", value=c.bytes_to_pages))
     out.append(CounterMetricFamily("stormount_written_bytes",
                                    "bytes written through the mount", value=c.bytes_written))
     tiers = control.chain.tiers

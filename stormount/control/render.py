@@ -151,7 +151,9 @@ def stats(console: Console, r: dict[str, Any]) -> None:
                   f"({duration(r['seconds'])}){note}")
     fuse = r["fuse"]
     console.print(ops_table("FUSE operations", [([], fuse["ops"])], []))
-    console.print(f"read {size(fuse['bytes_read'])}, written {size(fuse['bytes_written'])}")
+    console.print(f"read {size(fuse['bytes_read'])}, written {size(fuse['bytes_written'])}"
+                  + (f", {size(fuse['bytes_to_page_cache'])} given to the kernel's page cache"
+                     if fuse.get("bytes_to_page_cache") else ""))
     console.print(ops_table("Backend requests", [([str(t["index"]), t["url"]], t["ops"])
                                                  for t in r["backend"]["tiers"]],
                             ["tier", "url"]))

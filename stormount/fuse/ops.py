@@ -256,6 +256,8 @@ class Operations(pyfuse3.Operations):
         access sees the store as it is now. Returns how many known inodes were touched.
         (Used by the control socket.)"""
         nodes = self.vfs.invalidate(path, recursive)
+        for node in nodes:  # no block stored after the kernel's pages are dropped below
+            await self.vfs.settle_pages(node)
         entries = [(node.parent.ino, node.name) for node in nodes if node.parent is not None]
         unknown = self.vfs.nearest(path) if not nodes else None
         if unknown is not None:  # the kernel may remember it as absent
@@ -281,7 +283,8 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         fh = await self.vfs.open(inode, flags)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.vfs.keep_page_cache(self.vfs.node(inode)))
+        keep = await self.vfs.keep_page_cache(self.vfs.node(inode), flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -289,8 +292,8 @@ class Operations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         fh, node = await self.vfs.create(parent_inode, _name(name), mode, flags, ctx.uid,
                                          ctx.gid)
-        return pyfuse3.FileInfo(fh=fh, keep_cache=self.vfs.keep_page_cache(node)), \
-            self._entry(node)
+        keep = await self.vfs.keep_page_cache(node, flags)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep), self._entry(node)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:

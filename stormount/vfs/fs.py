@@ -42,6 +42,7 @@ from stormount.vfs.handles import Handle, Handles
 from stormount.vfs.names import NAME_MAX, join, too_long, utf8, valid_name
 from stormount.vfs.namespace import Namespace
 from stormount.vfs.nodes import Listing, Node
+from stormount.vfs.pages import KernelPages
 from stormount.vfs.quota import Quotas
 from stormount.vfs.reader import Reader
 from stormount.vfs.writer import Writer
@@ -94,6 +95,11 @@ class Vfs:
         # staging copies of files being written, and their hand-over to the queue
         self.writer = Writer(backend, writeback, self.ns, staging_dir, blocks, self._charge)
         self.handles = Handles()
+        # the kernel's page cache, given the blocks fetched (set by the daemon)
+        self.pages: KernelPages | None = None
+        if self.reader is not None:
+            self.reader.on_block = self._fetched
+            self.reader.on_hit = self._hit
         # per directory: the last file opened for reading there, and how many were
         # opened in the order of their names
         self._walks: OrderedDict[int, tuple[str, int]] = OrderedDict()
@@ -269,6 +275,8 @@ class Vfs:
                 raise FsError(errno.EISDIR, f"{node.path} is a directory")
             if node.kind in (LINK, SPECIAL):
                 raise FsError(errno.EINVAL, f"cannot truncate {node.path}: not a file")
+        if size is not None:
+            await self.settle_pages(node)  # no block stored past the new end
         async with node.lock:
             if size is not None:
                 await self.writer.truncate(node, size)
@@ -519,13 +527,40 @@ class Vfs:
 
     # --- files ----------------------------------------------------------------------
 
-    def keep_page_cache(self, node: Node) -> bool:
+    async def keep_page_cache(self, node: Node, flags: int) -> bool:
         """May the kernel keep cached pages of this file from an earlier open? Only if the
-        object is the version they were read from (or written as) here."""
+        object is the version they were read from (or written as) here. (Called as a
+        file is opened: blocks stored in its pages for another version, or before a
+        writer came, never land after.)"""
         keep = node.staging is not None or (
             node.etag is not None and node.etag == node.page_cache_etag)
         node.page_cache_etag = node.etag
+        if not keep or (flags & os.O_ACCMODE) != os.O_RDONLY:
+            await self.settle_pages(node)
         return keep
+
+    async def settle_pages(self, node: Node) -> None:
+        if self.pages is not None:
+            await self.pages.settle(node)
+
+    def _fetched(self, key: str, version: str, index: int, data: bytes, size: int) -> None:
+        """A block came from the store: the kernel's pages of its file may take it."""
+        node = self.ns.at(key) if self.pages is not None else None
+        if node is not None and node.kind == FILE:
+            assert self.pages is not None and self.reader is not None
+            self.pages.offer(node, version, index * self.reader.blocks.block_size, data,
+                             len(data), size)
+
+    def _hit(self, key: str, version: str, index: int, size: int) -> None:
+        """A read was answered from a cached block: the kernel lacks those pages (never
+        had them, or dropped them), so it is given the whole block, read in the worker."""
+        node = self.ns.at(key) if self.pages is not None else None
+        if node is not None and node.kind == FILE:
+            assert self.pages is not None and self.reader is not None
+            blocks = self.reader.blocks
+            bs = blocks.block_size
+            self.pages.offer(node, version, index * bs,
+                             lambda: blocks.read(key, version, index, 0, bs), bs, size)
 
     async def open(self, ino: int, flags: int) -> int:
         node = await self.known(ino)

@@ -91,6 +91,7 @@ class Node:
     modified: float | None = None
     stored: Mapping[str, str] | None = None  # that version's metadata (None: not known)
     page_cache_etag: str | None = None  # version the kernel's cached pages hold
+    page_epoch: int = 0  # pages stored for it before the last change are void (pages.py)
     checked_at: float = -1e18  # trio time the attributes were last confirmed
     # the attributes are what the store says (a HEAD, a listing with metadata, an own
     # write); False: provisional, from a listing without metadata (S3), never shown to

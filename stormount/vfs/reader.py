@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -55,6 +56,10 @@ class Reader:
         self._queued: set[tuple[str, str, int]] = set()  # prefetches waiting for a slot
         self._touched: OrderedDict[tuple[str, str, int], None] = OrderedDict()
         self.background: trio.Nursery | None = None  # set by the daemon; None: no prefetch
+        # told of each whole block fetched: (key, version, index, data, object size)
+        self.on_block: Callable[[str, str, int, bytes, int], None] | None = None
+        # told of each block a read found in the cache: (key, version, index, object size)
+        self.on_hit: Callable[[str, str, int, int], None] | None = None
 
     async def read(self, key: str, version: str, object_size: int, offset: int, size: int,
                    state: ReadState) -> bytes:
@@ -68,6 +73,8 @@ class Reader:
             base = index * bs
             lo, hi = max(offset, base) - base, min(end, base + bs) - base
             data = self.blocks.read(key, version, index, lo, hi - lo)
+            if data is not None and len(data) == hi - lo and self.on_hit is not None:
+                self.on_hit(key, version, index, object_size)
             if data is None or len(data) < hi - lo:
                 if sequential or self._touched_before((key, version, index)):
                     block = await self.fetch_block(key, version, index, object_size)
@@ -110,6 +117,8 @@ class Reader:
             fetch.data = data
             fetch.done.set()  # readers waiting for it go on; the cache write follows
             if len(data) == length:  # shorter: the object changed under us; do not cache
+                if self.on_block is not None:
+                    self.on_block(key, version, index, data, object_size)
                 try:
                     await trio.to_thread.run_sync(self.blocks.put, key, version, index, data)
                 except OSError as e:

@@ -1,0 +1,74 @@
+"""Blocks fetched from the store go to the kernel's page cache of the open file, so the
+kernel answers the following reads itself (issue 20); what it holds is dropped when the
+object's version changes, on `ctl invalidate`, and on a write or truncate through the
+mount: a reader never sees stale bytes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+MiB = 1024 * 1024
+SIZE = 24 * MiB
+
+
+def fuse_stats(m) -> dict:
+    return m.ask("stats")["fuse"]
+
+
+@pytest.mark.parametrize("store", ["s3", "az"], indirect=True)
+def test_blocks_fetched_are_served_by_the_kernel(store, make_mount):
+    data = os.urandom(SIZE)
+    store.put("big.bin", data)
+    m = make_mount(store.url, env=store.env)
+    assert (m.path / "big.bin").read_bytes() == data
+    fuse = fuse_stats(m)
+    assert fuse["bytes_to_page_cache"] > 0
+    # the kernel answered part of the read from the blocks it was given
+    assert fuse["bytes_read"] < SIZE, fuse
+
+
+@pytest.mark.parametrize("store", ["s3", "az"], indirect=True)
+def test_a_new_version_is_read_whole_after_the_old_one_was_in_the_pages(store, make_mount):
+    old = os.urandom(SIZE)
+    new = bytes(b ^ 0x5A for b in old)
+    store.put("big.bin", old)
+    m = make_mount(store.url, env=store.env, args=("-o", "metadata_ttl=0"))
+    path = m.path / "big.bin"
+    assert path.read_bytes() == old
+    store.put("big.bin", new)
+    assert m.ask("invalidate", "big.bin")
+    assert path.read_bytes() == new
+    store.put("big.bin", old)  # and back, seen by the next stat (metadata_ttl=0)
+    os.stat(path)
+    assert path.read_bytes() == old
+
+
+@pytest.mark.parametrize("store", ["s3", "az"], indirect=True)
+def test_writes_and_truncates_through_the_mount_are_read_back(store, make_mount):
+    data = bytearray(os.urandom(SIZE))
+    store.put("big.bin", bytes(data))
+    m = make_mount(store.url, env=store.env)
+    path = m.path / "big.bin"
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(reader, SIZE, 0) == data  # its pages given the blocks
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.pwrite(fd, b"W" * 5000, 9 * MiB + 3)
+            data[9 * MiB + 3:9 * MiB + 5003] = b"W" * 5000
+            os.ftruncate(fd, 10 * MiB)
+            del data[10 * MiB:]
+        finally:
+            os.close(fd)
+        assert os.pread(reader, SIZE, 0) == data
+    finally:
+        os.close(reader)
+    assert path.read_bytes() == data
+    os.truncate(path, 3 * MiB + 1)
+    assert path.read_bytes() == data[:3 * MiB + 1]
+    m.settle()
+    assert store.get("big.bin") == data[:3 * MiB + 1]
