@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import fields, replace
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pyfuse3
 import trio
@@ -41,7 +41,7 @@ from stormount.manage import lifecycle
 from stormount.manage.store import lifecycle_store
 from stormount.stopping import Stopper
 from stormount.vfs.fs import Vfs
-from stormount.vfs.pages import KernelPages
+from stormount.vfs.pages import Bytes, KernelPages
 from stormount.vfs.pins import Pins
 from stormount.vfs.quota import Quotas
 from stormount.writeback import (
@@ -481,7 +481,9 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
             vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta,
                       quotas=Quotas(cfg.quotas) if cfg.quotas else None)
             if vfs.reader is not None:  # blocks fetched go to the kernel's page cache too
-                vfs.pages = KernelPages(pyfuse3.notify_store)
+                # (it takes any buffer, PyObject_GetBuffer, though typed as bytes)
+                vfs.pages = KernelPages(cast(Callable[[int, int, Bytes], None],
+                                             pyfuse3.notify_store))
             try:
                 drop_reserved(cfg.cache.dir, journal)
                 recover_held(cfg.cache.dir, journal)

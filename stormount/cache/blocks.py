@@ -186,7 +186,7 @@ class BlockCache:
         with self._lock:
             return not self._closed and (ident, version, index) in self._entries
 
-    def put(self, ident: str, version: str, index: int, data: bytes) -> None:
+    def put(self, ident: str, version: str, index: int, data: bytes | memoryview) -> None:
         """Store a whole block (the last one of an object may be shorter). Drops other
         versions of `ident`, evicts least-recently-used unpinned blocks to stay within
         max_bytes and above min_free_bytes, or raises OSError(ENOSPC)."""
@@ -542,7 +542,7 @@ def _crc(fd: int, size: int) -> int:
     return crc
 
 
-def _write_file(path: str, data: bytes) -> None:
+def _write_file(path: str, data: bytes | memoryview) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)

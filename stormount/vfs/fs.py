@@ -543,7 +543,8 @@ class Vfs:
         if self.pages is not None:
             await self.pages.settle(node)
 
-    def _fetched(self, key: str, version: str, index: int, data: bytes, size: int) -> None:
+    def _fetched(self, key: str, version: str, index: int, data: bytes | memoryview,
+                 size: int) -> None:
         """A block came from the store: the kernel's pages of its file may take it."""
         node = self.ns.at(key) if self.pages is not None else None
         if node is not None and node.kind == FILE:

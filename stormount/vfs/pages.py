@@ -29,8 +29,9 @@ import trio
 from stormount.vfs.nodes import Node
 
 log = logging.getLogger(__name__)
+Bytes = bytes | memoryview
 
-QUEUED_MAX = 16 * 1024 * 1024  # bytes waiting for the kernel (memory); beyond, not offered
+QUEUED_MAX = 8 * 1024 * 1024  # bytes waiting for the kernel (memory); beyond, not offered
 # a range given again only after this long: a read of it through the daemon since then
 # means the kernel dropped those pages (memory, fadvise, an invalidation) and wants them
 AGAIN_AFTER = 1.0
@@ -38,7 +39,7 @@ RECENT_MAX = 4096
 
 
 class KernelPages:
-    def __init__(self, store: Callable[[int, int, bytes], None]) -> None:
+    def __init__(self, store: Callable[[int, int, Bytes], None]) -> None:
         self._store = store  # (inode, offset, data): blocking, the kernel's notify_store
         self._lock = threading.Lock()  # a store's last check and the store, as one
         self._limiter = trio.CapacityLimiter(1)  # one kernel call at a time
@@ -55,7 +56,7 @@ class KernelPages:
                 and node.writers == 0 and node.opens > 0 and not node.unlinked)
 
     def offer(self, node: Node, version: str, offset: int,
-              data: bytes | Callable[[], bytes | None], length: int, size: int) -> None:
+              data: Bytes | Callable[[], bytes | None], length: int, size: int) -> None:
         """Store `length` bytes of `version` at `offset` (the object has `size` bytes) in
         the node's pages, in the background, if they may hold them. `data` is the bytes,
         or what reads them (from the block cache, in the worker thread)."""
@@ -76,7 +77,7 @@ class KernelPages:
                                    end - offset)
 
     async def _push(self, node: Node, version: str, epoch: int, offset: int,
-                    data: bytes | Callable[[], bytes | None], length: int) -> None:
+                    data: Bytes | Callable[[], bytes | None], length: int) -> None:
         ino = node.ino
         try:
             async with self._limiter:
@@ -95,7 +96,7 @@ class KernelPages:
             self.queued -= length
 
     def _push_now(self, node: Node, version: str, epoch: int, offset: int,
-                  data: bytes | Callable[[], bytes | None], length: int) -> None:
+                  data: Bytes | Callable[[], bytes | None], length: int) -> None:
         if callable(data):
             loaded = data()
             if loaded is None:

@@ -131,3 +131,30 @@ async def test_an_object_replaced_during_reading_is_never_read_torn(setup):
     with pytest.raises(Changed):
         await reader.read("f", v1, len(old), 2 * BS, 4096, ReadState())
     assert not blocks.has("f", v1, 2)  # nothing of the new version under the old name
+
+
+async def test_read_ahead_asks_for_several_blocks_per_request(tmp_path):
+    """Fewer, larger requests (issue 20): read-ahead GETs span `span` bytes, and the
+    blocks they bring are cached one by one."""
+    backend = Metered(open_backend(parse_tier_url(f"memory://rd-{uuid.uuid4().hex}")))
+    blocks = BlockCache(str(tmp_path / "blocks"), block_size=BS, max_bytes=64 * MiB,
+                        min_free_bytes=0)
+    reader = Reader(backend, blocks, min_window=4 * BS, max_window=16 * BS,
+                    prefetch_parallel=2, span=4 * BS)
+    data, version = await put(backend, "seq", 64 * BS)
+    gets = []
+    inner = backend.get_range
+
+    async def counted(key, offset, length, version=None):
+        gets.append(length)
+        return await inner(key, offset, length, version)
+
+    backend.get_range = counted
+    try:
+        async with trio.open_nursery() as nursery:
+            reader.background = nursery
+            assert await sequential(reader, "seq", version, data, chunk=128 * 1024) == data
+    finally:
+        blocks.close()
+    assert max(gets) == 4 * BS
+    assert len(gets) <= 64 // 4 + 4  # about one request per span, not one per block
