@@ -95,11 +95,8 @@ class Vfs:
         # staging copies of files being written, and their hand-over to the queue
         self.writer = Writer(backend, writeback, self.ns, staging_dir, blocks, self._charge)
         self.handles = Handles()
-        # the kernel's page cache, given the blocks fetched (set by the daemon)
+        # the kernel's page cache, given the blocks the reader has (set by the daemon)
         self.pages: KernelPages | None = None
-        if self.reader is not None:
-            self.reader.on_block = self._fetched
-            self.reader.on_hit = self._hit
         # per directory: the last file opened for reading there, and how many were
         # opened in the order of their names
         self._walks: OrderedDict[int, tuple[str, int]] = OrderedDict()
@@ -542,26 +539,6 @@ class Vfs:
     async def settle_pages(self, node: Node) -> None:
         if self.pages is not None:
             await self.pages.settle(node)
-
-    def _fetched(self, key: str, version: str, index: int, data: bytes | memoryview,
-                 size: int) -> None:
-        """A block came from the store: the kernel's pages of its file may take it."""
-        node = self.ns.at(key) if self.pages is not None else None
-        if node is not None and node.kind == FILE:
-            assert self.pages is not None and self.reader is not None
-            self.pages.offer(node, version, index * self.reader.blocks.block_size, data,
-                             len(data), size)
-
-    def _hit(self, key: str, version: str, index: int, size: int) -> None:
-        """A read was answered from a cached block: the kernel lacks those pages (never
-        had them, or dropped them), so it is given the whole block, read in the worker."""
-        node = self.ns.at(key) if self.pages is not None else None
-        if node is not None and node.kind == FILE:
-            assert self.pages is not None and self.reader is not None
-            blocks = self.reader.blocks
-            bs = blocks.block_size
-            self.pages.offer(node, version, index * bs,
-                             lambda: blocks.read(key, version, index, 0, bs), bs, size)
 
     async def open(self, ino: int, flags: int) -> int:
         node = await self.known(ino)

@@ -26,7 +26,9 @@ from collections.abc import Callable
 
 import trio
 
+from stormount.vfs.attrs import FILE
 from stormount.vfs.nodes import Node
+from stormount.vfs.reader import Reader
 
 log = logging.getLogger(__name__)
 Bytes = bytes | memoryview
@@ -39,16 +41,43 @@ RECENT_MAX = 4096
 
 
 class KernelPages:
-    def __init__(self, store: Callable[[int, int, Bytes], None]) -> None:
+    def __init__(self, store: Callable[[int, int, Bytes], None], reader: Reader | None = None,
+                 node_at: Callable[[str], Node | None] = lambda key: None) -> None:
         self._store = store  # (inode, offset, data): blocking, the kernel's notify_store
+        self._node_at = node_at  # the node of an object key, if in memory
+        self._block_size = 0 if reader is None else reader.blocks.block_size
+        self._reader_blocks = None if reader is None else reader.blocks
+        if reader is not None:  # told of the blocks it fetches and the ones it finds
+            reader.on_block = self._fetched
+            reader.on_hit = self._hit
         self._lock = threading.Lock()  # a store's last check and the store, as one
         self._limiter = trio.CapacityLimiter(1)  # one kernel call at a time
         self._busy: dict[int, int] = {}  # inode -> its stores in the worker thread
-        self._recent: OrderedDict[tuple[int, int], float] = OrderedDict()  # (ino, offset)
+        self._recent: OrderedDict[tuple[str, int], float] = OrderedDict()  # (key, offset)
         self.queued = 0  # bytes offered, not yet stored or dropped
         self.stored_bytes = 0
         self.enabled = True  # off when the kernel says it cannot (ENOSYS)
         self.background: trio.Nursery | None = None  # set by the daemon
+
+    def _fetched(self, key: str, version: str, index: int, data: Bytes, size: int) -> None:
+        """A block came from the store: the kernel's pages of its file may take it."""
+        node = self._node_at(key)
+        if node is not None and node.kind == FILE:
+            self.offer(node, version, index * self._block_size, data, len(data), size)
+
+    def _hit(self, key: str, version: str, index: int, size: int) -> None:
+        """A read was answered from a cached block: the kernel lacks those pages (never
+        had them, or dropped them), so it is given the whole block, read in the worker.
+        (On every cache hit: what was given just now is skipped before any lookup.)"""
+        offset = index * self._block_size
+        if not self.enabled or trio.current_time() - self._recent.get(
+                (key, offset), -AGAIN_AFTER) < AGAIN_AFTER:
+            return
+        node = self._node_at(key)
+        if node is not None and node.kind == FILE and self._reader_blocks is not None:
+            blocks, bs = self._reader_blocks, self._block_size
+            self.offer(node, version, offset,
+                       lambda: blocks.read(key, version, index, 0, bs), bs, size)
 
     @staticmethod
     def _may_hold(node: Node, version: str) -> bool:
@@ -65,7 +94,7 @@ class KernelPages:
                 or not self._may_hold(node, version) or self.queued >= QUEUED_MAX):
             return
         now = trio.current_time()
-        where = (node.ino, offset)
+        where = (node.key, offset)
         if now - self._recent.get(where, -AGAIN_AFTER) < AGAIN_AFTER:
             return  # given just now (or under way): those pages are the kernel's
         self._recent[where] = now
