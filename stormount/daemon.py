@@ -419,7 +419,7 @@ def reload_config(old: MountConfig, new: MountConfig, vfs: Vfs, ops: Operations,
     chain.cfg = cfg.chain
     vfs.fuse = ops.fuse = cfg.fuse
     if old.quotas != cfg.quotas:  # counted anew by the caller
-        vfs.quotas = Quotas(cfg.quotas) if cfg.quotas else None
+        vfs.quotas = Quotas(cfg.quotas, vfs.quotas) if cfg.quotas else None
     log.info("SIGHUP: log reopened; configuration re-read: %s%s",
              "changed now: " + ", ".join(now) if now else "nothing changed that applies now",
              "; takes a new mount to change: " + ", ".join(later) if later else "",

@@ -32,10 +32,17 @@ def _inside(path: str, folder: str) -> bool:
 
 
 class Quotas:
-    def __init__(self, limits: Iterable[QuotaConfig]) -> None:
+    def __init__(self, limits: Iterable[QuotaConfig], before: Quotas | None = None) -> None:
+        """`before`: the quotas these replace (a SIGHUP). A folder kept keeps its usage,
+        which does not depend on its limits; a new one counts this mount's changes only
+        until the next recount."""
         self.limits = {q.path: q for q in limits}
-        self.usage = {path: Usage() for path in self.limits}
-        self.counted = False  # usage has been counted from the store at least once
+        kept: dict[str, Usage] = {} if before is None else before.usage
+        self.usage: dict[str, Usage] = {path: Usage(**vars(kept[path])) if path in kept else Usage()
+                      for path in self.limits}
+        # usage has been counted from the store at least once, for every folder
+        self.counted: bool = (before is not None and before.counted
+                              and self.limits.keys() <= kept.keys())
 
     def folders(self, path: str) -> list[str]:
         """The quota folders `path` is in."""

@@ -63,6 +63,23 @@ def test_a_move_counts_only_where_it_crosses_a_limit():
     assert used(q) == {"": (54, 3), "a": (24, 2), "a/b": (4, 1)}
 
 
+def test_new_limits_keep_the_usage_of_the_folders_they_keep():
+    """A SIGHUP that changes limits: the usage of a folder does not depend on them, so
+    df and EDQUOT go on from the count (a fresh Quotas showed 0 used until the
+    recount ended, and let writes past the new limit in meanwhile)."""
+    q = quotas()
+    q.charge("a/b/x", 6)  # this mount's own change since the count
+    new = Quotas([QuotaConfig("", max_bytes=50), QuotaConfig("c", max_files=1)], q)
+    assert used(new) == {"": (60, 3), "c": (0, 0)}
+    assert not new.counted  # c was never counted from the store
+    with pytest.raises(FsError):
+        new.charge("z", 1)  # 60 of 50: over the new limit at once
+    same = Quotas([QuotaConfig("", max_bytes=500), QuotaConfig("a/b", max_bytes=1)], q)
+    assert same.counted and used(same) == {"": (60, 3), "a/b": (10, 1)}
+    same.charge("a/b/x", -10, -1)
+    assert used(q)["a/b"] == (10, 1)  # the old object's counts are not shared
+
+
 def test_quota_config(tmp_path):
     config = tmp_path / "q.toml"
     config.write_text('[[tier]]\nurl = "file:///srv"\n[[quota]]\npath = "/"\n'
