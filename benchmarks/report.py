@@ -27,8 +27,12 @@ class Goal:
     value: float
     text: str
     peer: str = "rclone"
+    parts: tuple[Goal, ...] = ()  # kind "all": met when every part is
 
     def met(self, row: Row) -> bool | None:
+        if self.kind == "all":
+            results = [part.met(row) for part in self.parts]
+            return False if False in results else None if None in results else True
         if self.kind == "works":
             return None if row.stormount is None and row.ok else row.ok
         if row.stormount is None:
@@ -98,6 +102,11 @@ class Row:
         d["peer_ref_ratios"] = {p: self.peer_ref_ratio(p) for p in self.peers}
         d["met"] = self.goal.met(self) if self.goal else None
         return d
+
+
+def all_of(*parts: Goal) -> Goal:
+    """Met when every one of `parts` is (e.g. an absolute figure and a peer ratio)."""
+    return Goal("all", ">=", 0, " and ".join(part.text for part in parts), parts=parts)
 
 
 def ratio_goal(op: str, value: float, what: str, quote: str = "", kind: str = "ratio",

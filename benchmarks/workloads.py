@@ -25,7 +25,7 @@ import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from infra import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, Mount, Session, drop_caches, log
-from report import Goal, Row, ratio_goal
+from report import Goal, Row, all_of, ratio_goal
 
 MiB = 1 << 20
 PROBE = str(Path(__file__).resolve().parent / "probe.py")
@@ -272,54 +272,62 @@ def fio_iops(path: Path, jobs: int, seconds: float) -> float:
 
 
 def random_reads(b: Bench) -> None:
+    """Uncached 4 KiB read latency and fio random reads, at 0 ms and through the 20 ms
+    proxy; the references are ranged GETs over the same path."""
     p, size = b.params, b.params.rand_size
-    lat = b.rows["rand_lat"]
     # distinct 4 KiB blocks, one per 1/LAT_SAMPLES of the object: none shares a page
     stride = size // LAT_SAMPLES
     offsets = [i * stride + random.randrange(stride // 4096) * 4096 for i in range(LAT_SAMPLES)]
-
-    def ref_lat() -> None:
-        ranged_get(b.s3, "rand.bin", 0)  # a warm connection, as the daemon has
-        times = []
-        for off in offsets:
-            t0 = time.perf_counter()
-            ranged_get(b.s3, "rand.bin", off)
-            times.append(time.perf_counter() - t0)
-        lat.reference = statistics.median(times) * 1000
-
-    guarded(lat, "ranged GET", ref_lat)
     kinds = ["stormount"] + (["rclone"] if b.has_rclone else [])
-    for kind in kinds:
-        def mount_lat(kind: str = kind) -> None:
-            mount = b.session.stormount if kind == "stormount" else b.session.rclone
-            with mount(b.port, f"{kind}-lat") as m:
-                probe("stat", m.path / "rand.bin", timeout=p.op_timeout)  # lookup, not timed
-                b.cold()
-                out = probe("pread", m.path / "rand.bin", *offsets, timeout=p.op_timeout)
-                lat.set(kind, statistics.median(out["seconds"]) * 1000)
-            b.track_rss(m)
-        log(f"uncached 4 KiB read latency, {kind}")
-        guarded(lat, kind, mount_lat)
-    lat.note(f"median of {LAT_SAMPLES} reads at distinct offsets, file already looked up")
+    paths = [(0, b.port, b.s3)] + ([(20, b.proxy20, b.s3_20)] if b.proxy20 else [])
+    if b.proxy20 is None:
+        for key in ("rand_lat_20", "rand_1_20", "rand_4_20"):
+            b.rows[key].note("skipped: ../shared/bench/latproxy.py not found")
+    for rtt, port, client in paths:
+        lat = b.rows[f"rand_lat_{rtt}"]
 
-    for jobs in (1, 4):
-        row = b.rows[f"rand_{jobs}"]
+        def ref_lat(client: Any = client, lat: Row = lat) -> None:
+            ranged_get(client, "rand.bin", 0)  # a warm connection, as the daemon has
+            times = []
+            for off in offsets:
+                t0 = time.perf_counter()
+                ranged_get(client, "rand.bin", off)
+                times.append(time.perf_counter() - t0)
+            lat.reference = statistics.median(times) * 1000
 
-        def ref(jobs: int = jobs, row: Row = row) -> None:
-            row.reference = ranged_get_iops(b.s3, size, jobs, p.fio_seconds)
-        guarded(row, "ranged GETs", ref)
-        if not b.has_fio:
-            row.note("skipped: fio is not installed (apt-get install fio failed)")
-            continue
+        guarded(lat, "ranged GET", ref_lat)
         for kind in kinds:
-            def run_fio(kind: str = kind, jobs: int = jobs, row: Row = row) -> None:
+            def mount_lat(kind: str = kind, port: int = port, lat: Row = lat) -> None:
                 mount = b.session.stormount if kind == "stormount" else b.session.rclone
-                with mount(b.port, f"{kind}-fio{jobs}") as m:
+                with mount(port, f"{kind}-lat-{port}") as m:
+                    probe("stat", m.path / "rand.bin", timeout=p.op_timeout)  # lookup, untimed
                     b.cold()
-                    row.set(kind, fio_iops(m.path / "rand.bin", jobs, p.fio_seconds))
+                    out = probe("pread", m.path / "rand.bin", *offsets, timeout=p.op_timeout)
+                    lat.set(kind, statistics.median(out["seconds"]) * 1000)
                 b.track_rss(m)
-            log(f"fio randread {jobs} job(s), {kind}")
-            guarded(row, kind, run_fio)
+            log(f"uncached 4 KiB read latency, {kind}, {rtt} ms")
+            guarded(lat, kind, mount_lat)
+        lat.note(f"median of {LAT_SAMPLES} reads at distinct offsets, file already looked up")
+
+        for jobs in (1, 4):
+            row = b.rows[f"rand_{jobs}_{rtt}"]
+
+            def ref(jobs: int = jobs, row: Row = row, client: Any = client) -> None:
+                row.reference = ranged_get_iops(client, size, jobs, p.fio_seconds)
+            guarded(row, "ranged GETs", ref)
+            if not b.has_fio:
+                row.note("skipped: fio is not installed (apt-get install fio failed)")
+                continue
+            for kind in kinds:
+                def run_fio(kind: str = kind, jobs: int = jobs, row: Row = row,
+                            port: int = port) -> None:
+                    mount = b.session.stormount if kind == "stormount" else b.session.rclone
+                    with mount(port, f"{kind}-fio{jobs}-{port}") as m:
+                        b.cold()
+                        row.set(kind, fio_iops(m.path / "rand.bin", jobs, p.fio_seconds))
+                    b.track_rss(m)
+                log(f"fio randread {jobs} job(s), {kind}, {rtt} ms")
+                guarded(row, kind, run_fio)
 
 
 # -- restart with a warm cache and the store unreachable ----------------------------------
@@ -382,12 +390,21 @@ def read_rows(p: Params) -> dict[str, Row]:
             "boto3 via the same proxy", ratio_goal(">=", 0.8, "direct")),
         Row("seq_warm", f"Sequential read {seq}, warm (2nd read)", "MiB/s",
             "local file, page cache", ratio_goal(">=", 0.5, "local")),
-        Row("rand_1", f"4 KiB random read, fio 1 job, {rnd}", "IOPS",
-            "ranged GETs, 1 thread", Goal("abs", ">=", 46_000, "≥ 46k IOPS (s3fs)")),
-        Row("rand_4", f"4 KiB random read, fio 4 jobs, {rnd}", "IOPS",
-            "ranged GETs, 4 threads", Goal("abs", ">=", 169_000, "≥ 169k IOPS (s3fs)")),
-        Row("rand_lat", "One uncached 4 KiB read", "ms", "one ranged GET"),
     ]
+    for rtt in (0, 20):
+        via = "" if rtt == 0 else ", via the same proxy"
+        rows += [
+            Row(f"rand_1_{rtt}", f"4 KiB random read, fio 1 job, {rnd}, {rtt} ms RTT", "IOPS",
+                f"ranged GETs, 1 thread{via}",
+                all_of(Goal("abs", ">=", 46_000, "≥ 46k IOPS (s3fs)"),
+                       ratio_goal(">=", 1.5, "rclone full", kind="peer"))),
+            Row(f"rand_4_{rtt}", f"4 KiB random read, fio 4 jobs, {rnd}, {rtt} ms RTT",
+                "IOPS", f"ranged GETs, 4 threads{via}",
+                all_of(Goal("abs", ">=", 169_000, "≥ 169k IOPS (s3fs)"),
+                       ratio_goal(">=", 1.5, "rclone full", kind="peer"))),
+            Row(f"rand_lat_{rtt}", f"One uncached 4 KiB read, {rtt} ms RTT", "ms",
+                f"one ranged GET{via}", ratio_goal("<=", 1.1, "one GET")),
+        ]
     return {r.key: r for r in rows}
 
 
