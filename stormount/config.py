@@ -568,6 +568,8 @@ def build_config(
         raise ConfigError("head_parallel must be at least 1")
     if not 64 * 1024 <= cache.block_size <= 64 * MiB:
         raise ConfigError("block_size must be between 64KiB and 64MiB")
+    if cache.read_ahead_max > 1024 * MiB:
+        raise ConfigError("read_ahead_max must be at most 1GiB (0 turns read-ahead off)")
     if writeback.parallel < 1:
         raise ConfigError("writeback parallel must be at least 1")
     if writeback.parallel_large < 1:

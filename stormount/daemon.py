@@ -7,6 +7,7 @@ what is still pending before it exits.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import functools
@@ -253,6 +254,24 @@ def fuse_options(cfg: MountConfig) -> set[str]:
     return options
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def one_heap() -> None:
+    """Make glibc's malloc keep one heap for every thread. With one per thread (up to 8
+    per core), each worker thread that received a GET kept its own freed 4-8 MiB
+    buffers: a 1 GiB sequential read took the daemon's peak RSS up by 97 MiB for 24
+    MiB in flight. With one heap, freed buffers are reused by whichever thread comes
+    next: 74-90 MiB peak for the whole daemon, at the same CPU per byte (2.0-3.3 s/GiB;
+    unmapping every large buffer instead cost 4.3-4.8 s/GiB in page faults)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc: its allocator, its policy
+        return
+    if not mallopt(M_ARENA_MAX, 1):
+        log.debug("mallopt(M_ARENA_MAX) refused: each thread keeps its own heap")
+
+
 def tune_read_ahead(mountpoint: str) -> None:
     """Raise the kernel's read-ahead for this mount (128 KiB -> 1 MiB) where permitted."""
     dev = os.stat(mountpoint).st_dev
@@ -447,6 +466,7 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None,
     """Mount and serve until unmounted or signalled; the exit status. `load` builds the
     configuration anew, for SIGHUP."""
     check_mountpoint(cfg)
+    one_heap()
     # one receiver from here to the exit: a signal at any moment of the start is seen
     # (and acted on once the mount serves), never the default action that kills
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:

@@ -14,7 +14,7 @@ for a slot fetches that span itself, not its one block.
 
 Memory stays bounded whatever the file size: a block lives in memory only between its
 GET and its write to the cache (the blocks of one GET are views of its bytes), and at
-most `prefetch_parallel` read-ahead GETs run at once (3 x 8 MiB).
+most IN_FLIGHT bytes of read-ahead GETs run at once (3 x 8 MiB; one 64 MiB block).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ MiB = 1024 * 1024
 Bytes = bytes | memoryview  # a block, or a block's view of a larger GET
 TOUCHED_MAX = 4096  # blocks remembered as read once at random
 SPAN = 8 * MiB  # bytes a read-ahead GET asks for (whole blocks, at least one)
+IN_FLIGHT = 24 * MiB  # read-ahead bytes in flight at most (whatever the block size)
 
 
 @dataclass(eq=False)
@@ -55,14 +56,17 @@ class _Fetch:
 
 class Reader:
     def __init__(self, backend: Backend, blocks: BlockCache, *, min_window: int = 4 * MiB,
-                 max_window: int = 64 * MiB, prefetch_parallel: int = 3,
+                 max_window: int = 64 * MiB, prefetch_parallel: int | None = None,
                  span: int = SPAN) -> None:
         self.backend = backend
         self.blocks = blocks
         self.min_window = min_window
         self.max_window = max_window
-        self._prefetch_limiter = trio.CapacityLimiter(prefetch_parallel)
         self._per_get = max(1, span // blocks.block_size)  # blocks per read-ahead GET
+        # GETs of read-ahead at once: IN_FLIGHT bytes (3 spans of 8 MiB; one GET of a
+        # 64 MiB block), so memory does not grow with the block size or the window
+        parallel = prefetch_parallel or max(1, IN_FLIGHT // (self._per_get * blocks.block_size))
+        self._prefetch_limiter = trio.CapacityLimiter(parallel)
         self._inflight: dict[tuple[str, str, int], _Fetch] = {}
         self._queued: set[tuple[str, str, int]] = set()  # prefetches waiting for a slot
         self._touched: OrderedDict[tuple[str, str, int], None] = OrderedDict()

@@ -150,6 +150,17 @@ def test_negative_seconds_are_refused():
             build_config("memory://x", "/tmp/mnt", options=(f"{key}=-1",))
 
 
+def test_cache_sizes_have_bounds():
+    """The read-ahead window queues a task per span: past 1 GiB it would queue
+    thousands per read for nothing (memory in flight is bounded apart from it)."""
+    assert build_config("memory://x", "/tmp/mnt",
+                        options=("read_ahead_max=1GiB",)).cache.read_ahead_max == 1024**3
+    for option, message in (("read_ahead_max=2GiB", "read_ahead_max must be at most 1GiB"),
+                            ("block_size=128MiB", "block_size must be between")):
+        with pytest.raises(ConfigError, match=message):
+            build_config("memory://x", "/tmp/mnt", options=(option,))
+
+
 # issue 19, finding 6: a config file that is not UTF-8 printed a 34-line
 # UnicodeDecodeError traceback
 @pytest.mark.parametrize("body", [b"\xff\xfe[fuse]\n", b'[[tier]]\nurl = "memory://\xe9"\n',

@@ -158,3 +158,21 @@ async def test_read_ahead_asks_for_several_blocks_per_request(tmp_path):
         blocks.close()
     assert max(gets) == 4 * BS
     assert len(gets) <= 64 // 4 + 4  # about one request per span, not one per block
+
+
+async def test_read_ahead_bytes_in_flight_do_not_grow_with_the_block_size(tmp_path):
+    """Memory in flight is bounded in bytes (issue 20): 24 MiB of read-ahead GETs at
+    once, so with 16 MiB blocks (one per GET) a single read-ahead GET runs at a time,
+    besides the block the reader itself waits for."""
+    backend = Metered(open_backend(parse_tier_url(f"memory://rd-{uuid.uuid4().hex}")))
+    blocks = BlockCache(str(tmp_path / "blocks"), block_size=16 * MiB, max_bytes=1024 * MiB,
+                        min_free_bytes=0)
+    reader = Reader(backend, blocks, max_window=256 * MiB)
+    data, version = await put(backend, "big", 128 * MiB)
+    try:
+        async with trio.open_nursery() as nursery:
+            reader.background = nursery
+            assert await sequential(reader, "big", version, data, chunk=1 * MiB) == data
+    finally:
+        blocks.close()
+    assert backend.peak_in_flight <= 2
