@@ -128,7 +128,7 @@ class Pins:
         size, bs = node.attrs.size, self.blocks.block_size
         for index in range(-(-size // bs)):
             if not self.blocks.has(node.key, etag, index):
-                await reader.fetch_block(node.key, etag, index, size)
+                await reader.fetch_block(node.key, etag, index, size, offer=False)
                 if not self.blocks.has(node.key, etag, index):
                     raise StormountError(f"/{node.path}: the block cache has no room to keep "
                                          "it (raise [cache] max_size, or unpin something)")

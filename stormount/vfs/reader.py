@@ -88,11 +88,15 @@ class Reader:
             base = index * bs
             lo, hi = max(offset, base) - base, min(end, base + bs) - base
             data: Bytes | None = self.blocks.read(key, version, index, lo, hi - lo)
-            if data is not None and len(data) == hi - lo and self.on_hit is not None:
+            # a sequential stream is served by the kernel's own read-ahead: giving it
+            # blocks as well copied its bytes twice (1.8-2.4 against 2.7-4.7 CPU s/GiB)
+            if (data is not None and len(data) == hi - lo and self.on_hit is not None
+                    and not sequential):
                 self.on_hit(key, version, index, object_size)
             if data is None or len(data) < hi - lo:
                 if sequential or self._touched_before((key, version, index)):
-                    block = await self.fetch_block(key, version, index, object_size)
+                    block = await self.fetch_block(key, version, index, object_size,
+                                                   offer=not sequential)
                     data = block[lo:hi]
                 else:
                     data = await self.backend.get_range(key, base + lo, hi - lo, version)
@@ -113,9 +117,11 @@ class Reader:
             self._touched.popitem(last=False)
         return False
 
-    async def fetch_block(self, key: str, version: str, index: int, object_size: int) -> Bytes:
+    async def fetch_block(self, key: str, version: str, index: int, object_size: int, *,
+                          offer: bool = True) -> Bytes:
         """One whole block from the store, shared by every reader that wants it at once,
-        then written to the cache (a failed write only means "not cached")."""
+        then written to the cache (a failed write only means "not cached"); `offer`: to
+        `on_block` as well (not for a sequential stream)."""
         ident = (key, version, index)
         while (pending := self._inflight.get(ident)) is not None:
             await pending.done.wait()
@@ -130,10 +136,10 @@ class Reader:
                     and (key, version, index + count) not in self._inflight \
                     and not self.blocks.has(key, version, index + count):
                 count += 1
-        return (await self._fetch_blocks(key, version, index, count, object_size))[0]
+        return (await self._fetch_blocks(key, version, index, count, object_size, offer))[0]
 
     async def _fetch_blocks(self, key: str, version: str, first: int, count: int,
-                            object_size: int) -> list[Bytes]:
+                            object_size: int, offer: bool) -> list[Bytes]:
         """Blocks first..first+count-1 (none in flight) in one GET; each is given to
         the readers waiting for it at once, then written to the cache."""
         bs = self.blocks.block_size
@@ -157,7 +163,7 @@ class Reader:
                 index = first + n
                 if len(piece) != min(bs, object_size - index * bs):
                     break  # shorter: the object changed under us; do not cache
-                if self.on_block is not None:
+                if offer and self.on_block is not None:
                     self.on_block(key, version, index, piece, object_size)
                 try:
                     await trio.to_thread.run_sync(self.blocks.put, key, version, index, piece)
@@ -206,7 +212,8 @@ class Reader:
                     while count < len(todo) and todo[count] == todo[0] + count:
                         count += 1
                     left = todo[count:]
-                    await self._fetch_blocks(key, version, todo[0], count, object_size)
+                    await self._fetch_blocks(key, version, todo[0], count, object_size,
+                                             offer=False)  # read-ahead: a stream
         except Exception as e:  # a prefetch is a guess: the reader will retry and see it
             log.debug("prefetch of blocks %s of %s failed: %s", indexes, key, e)
         finally:

@@ -84,3 +84,17 @@ def test_writes_and_truncates_through_the_mount_are_read_back(store, make_mount)
     assert path.read_bytes() == data[:3 * MiB + 1]
     m.settle()
     assert store.get("big.bin") == data[:3 * MiB + 1]
+
+
+@pytest.mark.parametrize("store", ["s3"], indirect=True)
+def test_a_sequential_stream_is_left_to_the_kernels_read_ahead(store, make_mount):
+    """The kernel reads a stream ahead itself and keeps what it read: giving it the
+    stream's blocks as well copied every byte twice (a 512 MiB cold read: 2.7-4.7 CPU
+    s/GiB and 242-420 MiB/s, against 1.8-2.4 s/GiB and 443-588 MiB/s without)."""
+    data = os.urandom(SIZE)
+    store.put("big.bin", data)
+    m = make_mount(store.url, env=store.env)
+    assert (m.path / "big.bin").read_bytes() == data
+    stats = fuse_stats(m)
+    assert stats["bytes_read"] >= SIZE
+    assert stats["bytes_to_page_cache"] < SIZE // 2
