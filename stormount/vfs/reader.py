@@ -36,6 +36,9 @@ MiB = 1024 * 1024
 Bytes = bytes | memoryview  # a block, or a block's view of a larger GET
 TOUCHED_MAX = 4096  # blocks remembered as read once at random
 SPAN = 8 * MiB  # bytes a read-ahead GET asks for (whole blocks, at least one)
+# the kernel's read-ahead sends several reads of a stream at once (1 MiB each), and they
+# reach us in any order: a read this close to where the stream's last one ended goes on
+STREAM_SLACK = 4 * MiB
 IN_FLIGHT = 24 * MiB  # read-ahead bytes in flight at most (whatever the block size)
 
 
@@ -82,7 +85,10 @@ class Reader:
         if end <= offset:
             return b""
         bs = self.blocks.block_size
-        sequential = offset == state.next_offset
+        # a stream goes on where the last read ended; once it is one (a window open),
+        # its reads may come in a different order
+        sequential = offset == state.next_offset or (
+            state.window > 0 and abs(offset - state.next_offset) <= STREAM_SLACK)
         parts: list[Bytes] = []
         for index in range(offset // bs, (end - 1) // bs + 1):
             base = index * bs
@@ -105,7 +111,7 @@ class Reader:
                     # the file to the kernel; the caller must look the file up again
                     raise FsError(errno.ESTALE, f"{key} changed while being read")
             parts.append(data)
-        self._read_ahead(key, version, object_size, offset, end, state)
+        self._read_ahead(key, version, object_size, end, state, sequential)
         return b"".join(parts)
 
     def _touched_before(self, ident: tuple[str, str, int]) -> bool:
@@ -175,13 +181,14 @@ class Reader:
                 del self._inflight[(key, version, index)]
                 fetch.done.set()
 
-    def _read_ahead(self, key: str, version: str, object_size: int, offset: int, end: int,
-                    state: ReadState) -> None:
-        if offset == state.next_offset:
+    def _read_ahead(self, key: str, version: str, object_size: int, end: int,
+                    state: ReadState, sequential: bool) -> None:
+        if sequential:
             state.window = min(max(2 * state.window, self.min_window), self.max_window)
+            state.next_offset = max(state.next_offset, end)  # (a late read of the stream)
         else:
             state.window = 0  # random access: fetch only what is asked for
-        state.next_offset = end
+            state.next_offset = end
         if not state.window or self.background is None:
             return
         bs, per_get = self.blocks.block_size, self._per_get

@@ -95,6 +95,5 @@ def test_a_sequential_stream_is_left_to_the_kernels_read_ahead(store, make_mount
     store.put("big.bin", data)
     m = make_mount(store.url, env=store.env)
     assert (m.path / "big.bin").read_bytes() == data
-    stats = fuse_stats(m)
-    assert stats["bytes_read"] >= SIZE
-    assert stats["bytes_to_page_cache"] < SIZE // 2
+    # (the kernel's reads of a stream arrive in any order, as they do under load)
+    assert fuse_stats(m)["bytes_to_page_cache"] < SIZE // 4
