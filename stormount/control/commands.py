@@ -10,7 +10,6 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -19,6 +18,7 @@ from stormount import __version__
 from stormount.cache.blocks import BlockCache
 from stormount.chain import Chain, Tier
 from stormount.config import MountConfig
+from stormount.control.figures import Counters, Snapshot
 from stormount.control.server import Progress, Reply, RequestError
 from stormount.errors import FsError
 from stormount.fuse.ops import Operations
@@ -33,35 +33,6 @@ COMMANDS = ("health", "stats", "invalidate", "flush", "queue", "tiers", "drain",
             "metrics", "pin", "unpin", "pins", "unmount")
 # how the mount is asked to end (stormount.stopping): lazy, force, timeout, progress
 Unmount = Callable[..., Awaitable[Reply]]
-
-
-@dataclass
-class Counters:
-    """Every counter of the mount at one moment; `stats` shows the difference from the
-    last reset, `metrics` the totals."""
-
-    fuse: Ops
-    bytes_read: int
-    bytes_written: int
-    tiers: list[Ops]
-    metadata: dict[str, int]
-    blocks: dict[str, int]
-    uploads: dict[str, int]
-    repaired: int
-    bytes_to_pages: int = 0  # blocks given to the kernel's page cache
-    at: float = field(default_factory=time.time)
-
-    def minus(self, base: Counters) -> Counters:
-        def sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-            return {k: v - b.get(k, 0) for k, v in a.items()}
-
-        return Counters(
-            fuse=self.fuse.minus(base.fuse), bytes_read=self.bytes_read - base.bytes_read,
-            bytes_written=self.bytes_written - base.bytes_written,
-            tiers=[ops.minus(old) for ops, old in zip(self.tiers, base.tiers, strict=True)],
-            metadata=sub(self.metadata, base.metadata), blocks=sub(self.blocks, base.blocks),
-            uploads=sub(self.uploads, base.uploads), repaired=self.repaired - base.repaired,
-            bytes_to_pages=self.bytes_to_pages - base.bytes_to_pages, at=self.at)
 
 
 def ratio(hits: int, misses: int) -> float | None:
@@ -154,6 +125,14 @@ class Control:
                 "uptime": round(time.time() - self.started, 3), "tiers": tiers,
                 "writeback": queue, "repair": self.chain.pending.counts(),
                 "quotas": [] if self.vfs.quotas is None else self.vfs.quotas.report()}
+
+    def snapshot(self) -> Snapshot:
+        """The figures `metrics` exposes: totals since the start."""
+        blocks = self.blocks
+        return Snapshot(counters=self.counters(), health=self.health(),
+                        inodes=len(self.vfs.inodes),
+                        block_bytes=None if blocks is None else blocks.stats()["bytes"],
+                        block_max_bytes=None if blocks is None else blocks.max_bytes)
 
     # --- commands ---------------------------------------------------------------------
 
@@ -272,7 +251,7 @@ class Control:
         from stormount.control.metrics import exposition  # prometheus_client: on demand
 
         return {"content_type": "text/plain; version=0.0.4; charset=utf-8",
-                "text": exposition(self)}
+                "text": exposition(self.snapshot())}
 
     # --- arguments --------------------------------------------------------------------
 
