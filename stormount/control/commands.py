@@ -18,7 +18,7 @@ from stormount import __version__
 from stormount.cache.blocks import BlockCache
 from stormount.chain import Chain, Tier
 from stormount.config import MountConfig
-from stormount.control.figures import Counters, Snapshot
+from stormount.control.figures import Counters, Health, Snapshot, TierState, WritebackQueue
 from stormount.control.server import Progress, Reply, RequestError
 from stormount.errors import FsError
 from stormount.fuse.ops import Operations
@@ -85,12 +85,11 @@ class Control:
             repaired=self.chain.repaired,
             bytes_to_pages=0 if self.vfs.pages is None else self.vfs.pages.stored_bytes)
 
-    def tier_status(self, tier: Tier) -> dict[str, Any]:
-        status = tier.status()
+    def tier_status(self, tier: Tier) -> TierState:
         state = "drained" if tier.drained else "up" if tier.healthy else "down"
-        return {"state": state, **status}
+        return {"state": state, **tier.status()}
 
-    def queue_state(self) -> dict[str, Any]:
+    def queue_state(self) -> WritebackQueue:
         pending = self.vfs.writeback.pending()
         failing = [up for up in pending if up.state == FAILING]
         return {
@@ -103,7 +102,7 @@ class Control:
                 "path": failing[0].path, "error": failing[0].last_error},
         }
 
-    def health(self) -> Reply:
+    def health(self) -> Health:
         tiers = [self.tier_status(t) for t in self.chain.tiers]
         reasons = []
         for t in self.chain.tiers:
@@ -112,8 +111,7 @@ class Control:
             elif not t.healthy:
                 reasons.append(f"tier {t.index} ({t.url}) is down: {t.last_error}")
         queue = self.queue_state()
-        if queue["failing"]:
-            first = queue["first_failure"]
+        if (first := queue["first_failure"]) is not None:
             reasons.append(f"{queue['failing']} upload(s) failing, e.g. {first['path']}: "
                            f"{first['error']}")
         if not any(t.healthy for t in self.chain.tiers):
@@ -137,7 +135,7 @@ class Control:
     # --- commands ---------------------------------------------------------------------
 
     async def _health(self, request: dict[str, Any], progress: Progress) -> Reply:
-        return self.health()
+        return {**self.health()}
 
     async def _stats(self, request: dict[str, Any], progress: Progress) -> Reply:
         reset = _flag(request, "reset")

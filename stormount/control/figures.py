@@ -1,12 +1,15 @@
 """The mount's figures as data: commands.py reads them from the daemon's parts, the
-control socket sends them as JSON, metrics.py turns a Snapshot into Prometheus families."""
+control socket sends them as JSON, metrics.py turns a Snapshot into Prometheus families.
+The TypedDicts are the JSON of docs/CONTROL.md, key for key: a change here is a change
+of the protocol."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
+from stormount.chain.tier import TierStatus
 from stormount.stats import Ops
 
 
@@ -39,13 +42,48 @@ class Counters:
             bytes_to_pages=self.bytes_to_pages - base.bytes_to_pages, at=self.at)
 
 
+class TierState(TierStatus):
+    """A tier in `health`, `tiers`, `drain` and `undrain`."""
+
+    state: str  # up, down or drained
+
+
+class FirstFailure(TypedDict):
+    path: str
+    error: str | None
+
+
+class WritebackQueue(TypedDict):
+    pending: int
+    uploading: int
+    open: int  # waiting for their writers' last close
+    failing: int
+    oldest_queued_at: float | None
+    first_failure: FirstFailure | None
+
+
+class Health(TypedDict):
+    """The `health` reply, without "ok"."""
+
+    state: str  # ok, degraded or down
+    reasons: list[str]
+    mountpoint: str
+    pid: int
+    version: str
+    uptime: float
+    tiers: list[TierState]
+    writeback: WritebackQueue
+    repair: dict[str, int]  # repair tasks pending, by kind
+    quotas: list[dict[str, object]]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What `metrics` exposes, read at one moment on the event loop's thread: a copy,
     so the families can be built on any thread."""
 
     counters: Counters  # totals since the start: Prometheus's counters stay monotonic
-    health: dict[str, Any]  # the `health` reply
+    health: Health
     inodes: int
     block_bytes: int | None  # None: the mount has no block cache
     block_max_bytes: int | None
