@@ -557,7 +557,7 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                 if cfg.metrics_listen is not None:
                     from stormount.control.metrics import MetricsServer  # only when asked
 
-                    metrics = MetricsServer(control, cfg.metrics_listen)
+                    metrics = MetricsServer(control.snapshot, cfg.metrics_listen)
                 try:
                     pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
                 except RuntimeError as e:

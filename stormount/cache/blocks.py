@@ -1,8 +1,8 @@
 """Disk-backed cache of object data in fixed-size blocks, least-recently-used by bytes.
 
 A block is keyed by (ident, version, index): `ident` is the object's key and `version`
-a provider-independent version string (DESIGN.md §5), so a new version never sees the
-bytes of an old one. Layout of the cache directory:
+the object's version as the chain reports it (docs/ARCHITECTURE.md, "Design choices"),
+so a new version never sees the bytes of an old one. Layout of the cache directory:
 
     lock                          flock: one process per cache directory
     index.sqlite3                 table blocks: ident, version, idx -> name, size, crc32, used

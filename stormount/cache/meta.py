@@ -5,7 +5,7 @@ the store is unreachable.
 
 Times stored here are wall-clock seconds (they must mean something after a restart);
 callers turn them into ages. One connection, used from the event-loop thread only;
-WAL with synchronous=NORMAL, as measured in DESIGN.md §5.
+WAL with synchronous=NORMAL (measured: docs/ARCHITECTURE.md, "Design choices").
 """
 
 from __future__ import annotations

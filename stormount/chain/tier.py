@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import trio
 
@@ -179,6 +179,30 @@ class Metered:
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class TierStatus(TypedDict):
+    """A tier as `stormount ctl` shows it (docs/CONTROL.md)."""
+
+    index: int
+    url: str
+    role: str  # primary, mirror or spill-over
+    healthy: bool
+    drained: bool
+    breaker: str  # closed, open or half-open
+    consecutive_failures: int
+    opened: int
+    retry_in: float | None
+    requests: int
+    failures: int
+    in_flight: int
+    last_answer_ago: float | None
+    last_error: str | None
+    last_error_at: float | None
+    probe_ok: bool | None
+    probe_at: float | None
+    probe_latency: float | None
+    recent_latency: dict[str, float | None]
 
 
 class Tier:
@@ -449,7 +473,7 @@ class Tier:
         answered = -math.inf if self.last_answer is None else self.last_answer
         return max(min(starts), answered) + self.cfg.stall_timeout
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> TierStatus:
         retry_at = self.breaker.retry_at
         return {
             "index": self.index, "url": self.url, "role": self.role,

@@ -10,7 +10,6 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -19,6 +18,7 @@ from stormount import __version__
 from stormount.cache.blocks import BlockCache
 from stormount.chain import Chain, Tier
 from stormount.config import MountConfig
+from stormount.control.figures import Counters, Health, Snapshot, TierState, WritebackQueue
 from stormount.control.server import Progress, Reply, RequestError
 from stormount.errors import FsError
 from stormount.fuse.ops import Operations
@@ -33,35 +33,6 @@ COMMANDS = ("health", "stats", "invalidate", "flush", "queue", "tiers", "drain",
             "metrics", "pin", "unpin", "pins", "unmount")
 # how the mount is asked to end (stormount.stopping): lazy, force, timeout, progress
 Unmount = Callable[..., Awaitable[Reply]]
-
-
-@dataclass
-class Counters:
-    """Every counter of the mount at one moment; `stats` shows the difference from the
-    last reset, `metrics` the totals."""
-
-    fuse: Ops
-    bytes_read: int
-    bytes_written: int
-    tiers: list[Ops]
-    metadata: dict[str, int]
-    blocks: dict[str, int]
-    uploads: dict[str, int]
-    repaired: int
-    bytes_to_pages: int = 0  # blocks given to the kernel's page cache
-    at: float = field(default_factory=time.time)
-
-    def minus(self, base: Counters) -> Counters:
-        def sub(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
-            return {k: v - b.get(k, 0) for k, v in a.items()}
-
-        return Counters(
-            fuse=self.fuse.minus(base.fuse), bytes_read=self.bytes_read - base.bytes_read,
-            bytes_written=self.bytes_written - base.bytes_written,
-            tiers=[ops.minus(old) for ops, old in zip(self.tiers, base.tiers, strict=True)],
-            metadata=sub(self.metadata, base.metadata), blocks=sub(self.blocks, base.blocks),
-            uploads=sub(self.uploads, base.uploads), repaired=self.repaired - base.repaired,
-            bytes_to_pages=self.bytes_to_pages - base.bytes_to_pages, at=self.at)
 
 
 def ratio(hits: int, misses: int) -> float | None:
@@ -114,12 +85,11 @@ class Control:
             repaired=self.chain.repaired,
             bytes_to_pages=0 if self.vfs.pages is None else self.vfs.pages.stored_bytes)
 
-    def tier_status(self, tier: Tier) -> dict[str, Any]:
-        status = tier.status()
+    def tier_status(self, tier: Tier) -> TierState:
         state = "drained" if tier.drained else "up" if tier.healthy else "down"
-        return {"state": state, **status}
+        return {"state": state, **tier.status()}
 
-    def queue_state(self) -> dict[str, Any]:
+    def queue_state(self) -> WritebackQueue:
         pending = self.vfs.writeback.pending()
         failing = [up for up in pending if up.state == FAILING]
         return {
@@ -132,7 +102,7 @@ class Control:
                 "path": failing[0].path, "error": failing[0].last_error},
         }
 
-    def health(self) -> Reply:
+    def health(self) -> Health:
         tiers = [self.tier_status(t) for t in self.chain.tiers]
         reasons = []
         for t in self.chain.tiers:
@@ -141,8 +111,7 @@ class Control:
             elif not t.healthy:
                 reasons.append(f"tier {t.index} ({t.url}) is down: {t.last_error}")
         queue = self.queue_state()
-        if queue["failing"]:
-            first = queue["first_failure"]
+        if (first := queue["first_failure"]) is not None:
             reasons.append(f"{queue['failing']} upload(s) failing, e.g. {first['path']}: "
                            f"{first['error']}")
         if not any(t.healthy for t in self.chain.tiers):
@@ -155,10 +124,18 @@ class Control:
                 "writeback": queue, "repair": self.chain.pending.counts(),
                 "quotas": [] if self.vfs.quotas is None else self.vfs.quotas.report()}
 
+    def snapshot(self) -> Snapshot:
+        """The figures `metrics` exposes: totals since the start."""
+        blocks = self.blocks
+        return Snapshot(counters=self.counters(), health=self.health(),
+                        inodes=len(self.vfs.inodes),
+                        block_bytes=None if blocks is None else blocks.stats()["bytes"],
+                        block_max_bytes=None if blocks is None else blocks.max_bytes)
+
     # --- commands ---------------------------------------------------------------------
 
     async def _health(self, request: dict[str, Any], progress: Progress) -> Reply:
-        return self.health()
+        return {**self.health()}
 
     async def _stats(self, request: dict[str, Any], progress: Progress) -> Reply:
         reset = _flag(request, "reset")
@@ -272,7 +249,7 @@ class Control:
         from stormount.control.metrics import exposition  # prometheus_client: on demand
 
         return {"content_type": "text/plain; version=0.0.4; charset=utf-8",
-                "text": exposition(self)}
+                "text": exposition(self.snapshot())}
 
     # --- arguments --------------------------------------------------------------------
 

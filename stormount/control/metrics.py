@@ -2,14 +2,16 @@
 `metrics` command, and for the optional HTTP endpoint (`metrics_listen`).
 
 The same counters as `stats`, but as totals since the start: `stats --reset` does not
-touch them, so Prometheus's counters stay monotonic.
+touch them, so Prometheus's counters stay monotonic. The families are built from a
+Snapshot (figures.py), which the caller reads on the event loop's thread: this module
+knows nothing of the commands.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
@@ -21,11 +23,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from stormount.control.figures import Snapshot
 from stormount.errors import StartupError
 from stormount.stats import Histogram, Ops
-
-if TYPE_CHECKING:
-    from stormount.control.commands import Control
 
 log = logging.getLogger(__name__)
 STATES = ("ok", "degraded", "down")
@@ -59,10 +59,10 @@ def _ops(prefix: str, what: str, label_names: list[str], rows: list[tuple[list[s
         yield again
 
 
-def families(control: Control) -> list[Metric]:
-    """Every metric family, built on the event loop's thread."""
-    c = control.counters()
-    health = control.health()
+def families(snapshot: Snapshot) -> list[Metric]:
+    """Every metric family of one snapshot."""
+    c = snapshot.counters
+    health = snapshot.health
     out: list[Metric] = []
     state = GaugeMetricFamily("stormount_health", "1 for the mount's current state "
                               "(ok, degraded, down)", labels=["state"])
@@ -77,9 +77,9 @@ def families(control: Control) -> list[Metric]:
                                    "serves their reads itself", value=c.bytes_to_pages))
     out.append(CounterMetricFamily("stormount_written_bytes",
                                    "bytes written through the mount", value=c.bytes_written))
-    tiers = control.chain.tiers
+    tiers = health["tiers"]
     out.extend(_ops("stormount_backend", "backend requests", ["tier"],
-                    [([str(t.index)], ops) for t, ops in zip(tiers, c.tiers, strict=True)],
+                    [([str(t["index"])], ops) for t, ops in zip(tiers, c.tiers, strict=True)],
                     retries=True))
     info = GaugeMetricFamily("stormount_tier_info", "the tiers of the chain",
                              labels=["tier", "url", "role"])
@@ -94,14 +94,14 @@ def families(control: Control) -> list[Metric]:
     inflight = GaugeMetricFamily("stormount_tier_requests_in_flight", "requests in flight",
                                  labels=["tier"])
     for t in tiers:
-        label = str(t.index)
-        info.add_metric([label, t.url, t.role], 1.0)
-        up.add_metric([label], 1.0 if t.healthy else 0.0)
-        drained.add_metric([label], 1.0 if t.drained else 0.0)
+        label = str(t["index"])
+        info.add_metric([label, t["url"], t["role"]], 1.0)
+        up.add_metric([label], 1.0 if t["healthy"] else 0.0)
+        drained.add_metric([label], 1.0 if t["drained"] else 0.0)
         for name in ("closed", "open", "half-open"):
-            breaker.add_metric([label, name], 1.0 if str(t.breaker.state) == name else 0.0)
-        opened.add_metric([label], t.breaker.opened)
-        inflight.add_metric([label], len(t.inflight))
+            breaker.add_metric([label, name], 1.0 if t["breaker"] == name else 0.0)
+        opened.add_metric([label], t["opened"])
+        inflight.add_metric([label], t["in_flight"])
     out += [info, up, drained, breaker, opened, inflight]
     for cache, counts in (("metadata", c.metadata), ("block", c.blocks)):
         for what in ("hits", "misses"):
@@ -110,15 +110,13 @@ def families(control: Control) -> list[Metric]:
     out.append(CounterMetricFamily("stormount_block_cache_evictions",
                                    "blocks evicted from the block cache",
                                    value=c.blocks["evictions"]))
-    blocks = control.blocks
-    if blocks is not None:
-        now = blocks.stats()
+    if snapshot.block_bytes is not None:
         out.append(GaugeMetricFamily("stormount_block_cache_bytes", "bytes in the block "
-                                     "cache", value=now["bytes"]))
+                                     "cache", value=snapshot.block_bytes))
         out.append(GaugeMetricFamily("stormount_block_cache_max_bytes", "cap of the block "
-                                     "cache", value=blocks.max_bytes))
+                                     "cache", value=snapshot.block_max_bytes))
     out.append(GaugeMetricFamily("stormount_inodes", "inodes the mount holds in memory",
-                                 value=len(control.vfs.inodes)))
+                                 value=snapshot.inodes))
     queue = health["writeback"]
     depth = GaugeMetricFamily("stormount_writeback_queue", "files waiting for their upload",
                               labels=["state"])
@@ -145,38 +143,41 @@ def families(control: Control) -> list[Metric]:
 
 
 class _Collector(Collector):
-    def __init__(self, control: Control, token: trio.lowlevel.TrioToken | None) -> None:
-        self.control = control
+    def __init__(self, snapshot: Callable[[], Snapshot],
+                 token: trio.lowlevel.TrioToken | None) -> None:
+        self.snapshot = snapshot
         self.token = token
 
     def collect(self) -> Iterator[Metric]:
         if self.token is None:
-            return iter(families(self.control))
+            return iter(families(self.snapshot()))
         # a scrape on the HTTP server's thread: the figures are read on the loop's
-        return iter(trio.from_thread.run_sync(families, self.control, trio_token=self.token))
+        return iter(families(trio.from_thread.run_sync(self.snapshot, trio_token=self.token)))
 
 
-def _registry(control: Control, token: trio.lowlevel.TrioToken | None) -> CollectorRegistry:
+def _registry(snapshot: Callable[[], Snapshot],
+              token: trio.lowlevel.TrioToken | None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(control, token))
+    registry.register(_Collector(snapshot, token))
     return registry
 
 
-def exposition(control: Control) -> str:
-    return generate_latest(_registry(control, None)).decode()
+def exposition(snapshot: Snapshot) -> str:
+    return generate_latest(_registry(lambda: snapshot, None)).decode()
 
 
 class MetricsServer:
     """`/metrics` over HTTP on `host:port`, served by prometheus-client's thread."""
 
-    def __init__(self, control: Control, listen: str) -> None:
+    def __init__(self, snapshot: Callable[[], Snapshot], listen: str) -> None:
+        """`snapshot` reads the figures; it is called on the event loop's thread."""
         host, _, port = listen.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
         try:
             self._server: Any
             self._server, self._thread = start_http_server(
                 int(port), addr=host,
-                registry=_registry(control, trio.lowlevel.current_trio_token()))
+                registry=_registry(snapshot, trio.lowlevel.current_trio_token()))
         except OSError as e:
             raise StartupError(f"cannot serve metrics on {listen}: {e.strerror}") from None
         self.address = f"{host}:{self._server.server_port}"

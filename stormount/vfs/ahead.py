@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
+from stormount.backends.base import Backend, ObjectInfo
+from stormount.cache.meta import MetaStore
+from stormount.config import CacheConfig
 from stormount.errors import StormountError
 from stormount.vfs.attrs import DIR
 from stormount.vfs.listings import (
@@ -30,9 +33,6 @@ from stormount.vfs.listings import (
 from stormount.vfs.names import join, listable
 from stormount.vfs.nodes import Listing, Node
 
-if TYPE_CHECKING:
-    from stormount.vfs.namespace import Namespace
-
 log = logging.getLogger(__name__)
 
 SCAN_PAGES = 10  # a flat listing of a subtree gives up after this many pages
@@ -40,8 +40,33 @@ SCAN_WAIT = 10.0  # seconds a lookup waits for a flat listing under way to reach
 SCANNED_MAX = 10_000  # subtrees remembered as listed whole
 
 
+class Fed(Protocol):
+    """What Ahead uses of the namespace it feeds (a Namespace, which imports this
+    module: typed structurally so the import runs one way)."""
+
+    backend: Backend
+    cache: CacheConfig
+    meta: MetaStore | None
+    background: trio.Nursery | None
+
+    @property
+    def seq(self) -> int: ...
+    def changed_under(self, top: str, since: int) -> bool: ...
+    def warn_skip(self, key: str, why: str) -> None: ...
+    def implied_dir(self, key: str) -> ObjectInfo: ...
+    def at(self, path: str) -> Node | None: ...
+    def load_listing(self, node: Node) -> Listing | None: ...
+    def keep_listing(self, key: str, listing: Listing) -> None: ...
+    def adopt(self, node: Node, entries: Entries, marker: ObjectInfo | None,
+              at: float) -> Listing: ...
+    def own_marker(self, node: Node, marker: ObjectInfo | None, at: float) -> None: ...
+    def child_from_object(self, parent: Node, name: str, kind: str, info: ObjectInfo,
+                          complete: bool, at: float | None = None) -> Node: ...
+    async def lookup(self, parent: Node, name: str) -> Node | None: ...
+
+
 class Ahead:
-    def __init__(self, ns: Namespace) -> None:
+    def __init__(self, ns: Fed) -> None:
         self.ns = ns  # whose listings and nodes it feeds
         self._heads = trio.Semaphore(ns.cache.head_parallel)  # background HEADs at once
         self._scans: list[Scan] = []

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig, MountConfig, WritebackConfig
 from stormount.control.commands import Control
+from stormount.control.figures import FirstFailure, Health, TierState, WritebackQueue
 from stormount.control.server import RequestError
 from stormount.errors import Permanent, Transient
 from stormount.fuse.ops import Operations
@@ -108,6 +109,19 @@ async def test_failing_uploads_make_the_mount_degraded(composed, autojump_clock)
     queue = await c.ask("queue")
     assert queue["uploads"][0]["state"] == "failing"
     assert "AccessDenied" in queue["uploads"][0]["last_error"]
+
+
+async def test_the_health_reply_is_its_typed_shape_key_for_key(composed, autojump_clock):
+    c = await composed(writeback=WritebackConfig(debounce=0, retries=1))
+    c.tiers.faulty[0].fail("put_file", Permanent("AccessDenied: no writes here"))
+    await write(c.vfs, "f", b"data")
+    await c.ask("flush")
+    health = await c.ask("health")
+    assert set(health) == {"ok", *Health.__required_keys__}
+    assert set(health["writeback"]) == WritebackQueue.__required_keys__
+    assert set(health["writeback"]["first_failure"]) == FirstFailure.__required_keys__
+    for t in [*health["tiers"], (await c.ask("drain", tier=1))["tier"]]:
+        assert set(t) == TierState.__required_keys__
 
 
 async def test_stats_count_operations_and_reset_to_zero(composed, autojump_clock):
