@@ -255,8 +255,10 @@ class AzureBackend:
                 return NotFound(msg, backend=self.url, key=rel)
             return Permanent(msg, backend=self.url, key=rel)
         if isinstance(e, ClientAuthenticationError):
-            return PermissionDenied(f"Azure {op} {where}: authentication failed: {e}",
-                                    backend=self.url, key=rel)
+            # DefaultAzureCredential's message lists every source it tried, ~20 lines
+            log.debug("%s: Azure authentication failed: %s", self.url, e)
+            return PermissionDenied(f"Azure {op} {where}: authentication failed: "
+                                    f"{_first_line(e)}", backend=self.url, key=rel)
         if isinstance(e, ServiceRequestError):
             return Transient(f"Azure {op} {where}: cannot reach {self.account_url}: "
                              f"{_first_line(e)}", backend=self.url, key=rel)
