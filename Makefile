@@ -1,29 +1,45 @@
 # stormount: `make run` mounts the embedded default at ./mnt; `make test` runs the suite.
-# Both install what is missing first (apt: fuse3 libfuse3-dev pkg-config; npm: azurite;
-# a .venv with the package and its test extras).
+# Both install what is missing first: `run` the apt packages a mount needs (fuse3
+# libfuse3-dev pkg-config gcc) and a .venv with the package; the rest also the test tools
+# (npm: azurite; the package's test extras).
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# one stamp per install: `run` needs the package alone, the rest its test extras too;
+# a test install serves `run` as well, so it leaves both stamps
+RUN_STAMP  := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 RUNDIR := $(CURDIR)/.run
 
-.PHONY: install system-deps run test check fuzz bench clean install-systemd
+.PHONY: install install-run system-deps runtime-deps run test check fuzz bench clean install-systemd
 
-install: system-deps $(STAMP)
+install: system-deps $(TEST_STAMP)
+
+# what a mount needs: FUSE and what builds pyfuse3, not Azurite or the test tools
+install-run: runtime-deps $(RUN_STAMP)
 
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-$(STAMP): pyproject.toml
+runtime-deps:
+	@bash scripts/install-system-deps.sh --runtime
+
+$(RUN_STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	@touch $(RUN_STAMP)
+
+$(TEST_STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	@touch $(STAMP)
+	@touch $(TEST_STAMP) $(RUN_STAMP)
 
 # A local-directory tier in .run/data with its cache in .run/cache, mounted at ./mnt in
 # the foreground; Ctrl-C uploads what is pending and unmounts.
-run: install
+run: install-run
 	@mkdir -p $(RUNDIR)/data $(RUNDIR)/cache mnt
 	$(BIN)/stormount mount file://$(RUNDIR)/data mnt --cache-dir $(RUNDIR)/cache --foreground
 

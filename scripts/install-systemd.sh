@@ -41,7 +41,8 @@ else  # a fresh install, or an upgrade to this checkout's version
     cp -r pyproject.toml README.md stormount "$src/"
     find "$src" -name __pycache__ -prune -exec rm -rf {} +
     rm -rf "$src"/stormount.egg-info
-    "$venv/bin/pip" install --quiet --upgrade "$src"
+    # [azure]: azure-identity, so that a managed identity works on an Azure VM
+    "$venv/bin/pip" install --quiet --upgrade "$src[azure]"
 fi
 venv=$(cd "$venv" && pwd)
 

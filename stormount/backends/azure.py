@@ -2,10 +2,7 @@
 trio worker thread behind one CapacityLimiter (the connection pool is at least as large).
 
 Keys given to and returned from this backend are relative to the tier's prefix.
-Credentials, first match wins: the tier's connection_string; the tier's account_url
-with its account_key or sas_token (else AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN);
-AZURE_STORAGE_CONNECTION_STRING; AZURE_STORAGE_ACCOUNT_URL (or AZURE_STORAGE_ACCOUNT)
-with a key or SAS token from the environment.
+Credentials: see choose_auth (and docs/CONFIGURATION.md, "Azure credentials").
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -149,6 +147,7 @@ class AzureBackend:
         self._tier = tier
         self._limiter = trio.CapacityLimiter(tier.max_connections)
         self._sas: str | None = None  # a SAS credential also authorises copy sources
+        self._owned_credential: Any = None  # one we made, with connections to close
         self._service = self._make_service(tier)
         self._container = self._service.get_container_client(tier.container)
         self.account_url: str = self._service.url.split("?")[0].rstrip("/")
@@ -179,42 +178,22 @@ class AzureBackend:
         }
 
     def _make_service(self, tier: TierConfig) -> BlobServiceClient:
-        env = os.environ
+        auth = choose_auth(tier, os.environ)
         kwargs = self._client_kwargs(tier)
         try:
-            if tier.connection_string:
-                return BlobServiceClient.from_connection_string(tier.connection_string, **kwargs)
-            if not tier.account_url and env.get("AZURE_STORAGE_CONNECTION_STRING"):
-                return BlobServiceClient.from_connection_string(
-                    env["AZURE_STORAGE_CONNECTION_STRING"], **kwargs)
-            account_url = tier.account_url or env.get("AZURE_STORAGE_ACCOUNT_URL")
-            if not account_url and env.get("AZURE_STORAGE_ACCOUNT"):
-                account_url = f"https://{env['AZURE_STORAGE_ACCOUNT']}.blob.core.windows.net"
-            if not account_url:
-                raise ConfigError(
-                    f"{tier.url}: no Azure credentials: set AZURE_STORAGE_CONNECTION_STRING, "
-                    "or give connection_string, or account_url with account_key or sas_token "
-                    "(or AZURE_STORAGE_ACCOUNT_URL with AZURE_STORAGE_KEY / "
-                    "AZURE_STORAGE_SAS_TOKEN)")
-            key = tier.account_key or env.get("AZURE_STORAGE_KEY")
-            sas = tier.sas_token or env.get("AZURE_STORAGE_SAS_TOKEN")
-            credential: Any
-            if tier.account_key or (key and not tier.sas_token):
-                name = _account_name(account_url)
-                if not name:
-                    raise ConfigError(f"{tier.url}: cannot tell the storage account name "
-                                      f"from {account_url}")
-                credential = AzureNamedKeyCredential(name, str(key))
-            elif sas:
-                self._sas = sas.lstrip("?")
-                credential = AzureSasCredential(self._sas)
-            elif "sig=" in account_url:
-                credential = None  # a SAS token in the URL itself
-            else:
-                raise ConfigError(
-                    f"{tier.url}: account_url {account_url} needs account_key or sas_token "
-                    "(or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)")
-            return BlobServiceClient(account_url, credential=credential, **kwargs)
+            if auth.connection_string is not None:
+                return BlobServiceClient.from_connection_string(auth.connection_string,
+                                                                **kwargs)
+            assert auth.account_url is not None
+            credential: Any = None  # "url_sas": the SAS is in the URL itself
+            if auth.kind == "shared_key":
+                credential = AzureNamedKeyCredential(auth.account_name, str(auth.key))
+            elif auth.kind == "sas":
+                self._sas = auth.sas
+                credential = AzureSasCredential(str(auth.sas))
+            elif auth.kind == "entra_id":
+                credential = self._owned_credential = default_credential(self.url)
+            return BlobServiceClient(auth.account_url, credential=credential, **kwargs)
         except ConfigError:
             raise
         except (ValueError, TypeError, AzureError) as e:
@@ -276,8 +255,10 @@ class AzureBackend:
                 return NotFound(msg, backend=self.url, key=rel)
             return Permanent(msg, backend=self.url, key=rel)
         if isinstance(e, ClientAuthenticationError):
-            return PermissionDenied(f"Azure {op} {where}: authentication failed: {e}",
-                                    backend=self.url, key=rel)
+            # DefaultAzureCredential's message lists every source it tried, ~20 lines
+            log.debug("%s: Azure authentication failed: %s", self.url, e)
+            return PermissionDenied(f"Azure {op} {where}: authentication failed: "
+                                    f"{_first_line(e)}", backend=self.url, key=rel)
         if isinstance(e, ServiceRequestError):
             return Transient(f"Azure {op} {where}: cannot reach {self.account_url}: "
                              f"{_first_line(e)}", backend=self.url, key=rel)
@@ -622,9 +603,87 @@ class AzureBackend:
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
         self._service.close()
+        if self._owned_credential is not None:
+            self._owned_credential.close()
 
 
 _SECRET_OPTIONS = ("account_key", "sas_token", "connection_string")
+
+
+@dataclass(frozen=True)
+class AzureAuth:
+    """How a tier authenticates, as choose_auth decided it (no SDK object yet)."""
+
+    # "connection_string", "shared_key", "sas", "url_sas" (a SAS inside account_url) or
+    # "entra_id" (azure.identity.DefaultAzureCredential)
+    kind: str
+    source: str  # where it came from: a tier option or an environment variable
+    account_url: str | None = None
+    connection_string: str | None = None
+    account_name: str = ""  # for a shared key
+    key: str | None = None
+    sas: str | None = None
+
+
+def choose_auth(tier: TierConfig, env: Mapping[str, str]) -> AzureAuth:
+    """The credential of an az:// tier, first match wins: the tier's connection_string;
+    AZURE_STORAGE_CONNECTION_STRING unless the tier gives account_url; else an account
+    URL (account_url, AZURE_STORAGE_ACCOUNT_URL, AZURE_STORAGE_ACCOUNT) with a shared key
+    (account_key, else AZURE_STORAGE_KEY unless the tier gives sas_token), else a SAS
+    token (sas_token, AZURE_STORAGE_SAS_TOKEN), else a SAS inside the URL, else Entra ID
+    (DefaultAzureCredential: AZURE_CLIENT_ID/..., workload or managed identity, az login)."""
+    if tier.connection_string:
+        return AzureAuth("connection_string", "connection_string",
+                         connection_string=tier.connection_string)
+    if not tier.account_url and env.get("AZURE_STORAGE_CONNECTION_STRING"):
+        return AzureAuth("connection_string", "AZURE_STORAGE_CONNECTION_STRING",
+                         connection_string=env["AZURE_STORAGE_CONNECTION_STRING"])
+    account_url = tier.account_url or env.get("AZURE_STORAGE_ACCOUNT_URL")
+    if not account_url and env.get("AZURE_STORAGE_ACCOUNT"):
+        account_url = f"https://{env['AZURE_STORAGE_ACCOUNT']}.blob.core.windows.net"
+    if not account_url:
+        raise ConfigError(
+            f"{_redact_url(tier.url)}: no Azure credentials: set "
+            "AZURE_STORAGE_CONNECTION_STRING, or give connection_string, or an account "
+            "(account_url, AZURE_STORAGE_ACCOUNT_URL or AZURE_STORAGE_ACCOUNT) with "
+            "account_key or sas_token (or AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN), or "
+            "with Entra ID credentials (AZURE_CLIENT_ID..., a managed identity, az login)")
+    if tier.account_key or (env.get("AZURE_STORAGE_KEY") and not tier.sas_token):
+        name = _account_name(account_url)
+        if not name:
+            raise ConfigError(f"{_redact_url(tier.url)}: cannot tell the storage account "
+                              f"name from {account_url}")
+        if tier.account_key:
+            return AzureAuth("shared_key", "account_key", account_url, account_name=name,
+                             key=tier.account_key)
+        return AzureAuth("shared_key", "AZURE_STORAGE_KEY", account_url, account_name=name,
+                         key=env["AZURE_STORAGE_KEY"])
+    if tier.sas_token:
+        return AzureAuth("sas", "sas_token", account_url, sas=tier.sas_token.lstrip("?"))
+    if env.get("AZURE_STORAGE_SAS_TOKEN"):
+        return AzureAuth("sas", "AZURE_STORAGE_SAS_TOKEN", account_url,
+                         sas=env["AZURE_STORAGE_SAS_TOKEN"].lstrip("?"))
+    if "sig=" in account_url:
+        return AzureAuth("url_sas", "account_url", account_url)
+    if urllib.parse.urlsplit(account_url).scheme.lower() != "https":
+        # the SDK refuses bearer tokens over http, and only when the first request fails
+        raise ConfigError(f"{_redact_url(tier.url)}: {account_url} is not https, so Entra ID "
+                          "credentials cannot be used: give account_key or sas_token (or "
+                          "AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)")
+    return AzureAuth("entra_id", "DefaultAzureCredential", account_url)
+
+
+def default_credential(where: str) -> Any:
+    """azure-identity's DefaultAzureCredential, imported only by the mounts that use it."""
+    try:
+        from azure.identity import DefaultAzureCredential
+    except ImportError:
+        raise ConfigError(
+            f"{where}: no account key, SAS token or connection string, and azure-identity "
+            "(for Entra ID: service principal, managed identity) is not installed: pip "
+            "install 'stormount[azure]', or give account_key or sas_token (or "
+            "AZURE_STORAGE_KEY / AZURE_STORAGE_SAS_TOKEN)") from None
+    return DefaultAzureCredential()
 
 
 def _block_id(prefix: str, number: int) -> str:
