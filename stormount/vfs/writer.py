@@ -5,7 +5,7 @@ at start and at unmount.
 A file is written in a local staging file (`CACHE_DIR/staging/`), a whole copy of it,
 downloaded first when an existing file is changed. Its content is handed to the queue
 held while a writer may still change it (a close of one of its descriptors), final on
-the release of its last writable descriptor or on fsync (see writeback.py).
+the release of its last writable descriptor or on fsync (see stormount/writeback/).
 """
 
 from __future__ import annotations
