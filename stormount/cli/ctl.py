@@ -53,16 +53,21 @@ def ctl(ctx: click.Context, socket_path: str | None, mountpoint: str | None, as_
 
 
 def _ask(ctx: click.Context, request: dict[str, Any], as_json: bool, *,
-         timeout: float | None = None, progress: Callable[[dict[str, Any]], None] | None = None
+         timeout: float | None = None, describe: Callable[[dict[str, Any]], str] | None = None
          ) -> dict[str, Any]:
-    """Send a request to the mount; print its answer; exit non-zero on an error."""
+    """Send a request to the mount; print its answer; exit non-zero on an error.
+    `describe` gives the waiting line of a progress report (none with JSON)."""
     target: CtlTarget = ctx.obj
     as_json = as_json or target.json
     path = client.find_socket(target.socket, target.mountpoint)
-    if progress is not None and as_json:
-        progress = lambda event: None  # noqa: E731 - still asked for: lines keep coming
-    reply = client.request(path, request, timeout=timeout or target.timeout,
-                           on_progress=progress)
+
+    def on_progress(event: dict[str, Any]) -> None:  # with JSON too: the reports keep coming
+        if describe is not None and not as_json:
+            waiting.line(describe(event))
+
+    with WaitLine() as waiting:  # ended before the answer is printed
+        reply = client.request(path, request, timeout=timeout or target.timeout,
+                               on_progress=None if describe is None else on_progress)
     if as_json:
         click.echo(json.dumps(reply, indent=2, sort_keys=True))
         if not reply.get("ok"):
@@ -112,15 +117,11 @@ def ctl_invalidate(ctx: click.Context, path: str, recursive: bool, as_json: bool
 @click.pass_context
 def ctl_flush(ctx: click.Context, path: str, wait: float | None, as_json: bool) -> None:
     """Upload what is pending (under PATH) now, and wait."""
-    progress = WaitLine(sys.stderr.isatty())
     request: dict[str, Any] = {"command": "flush", "path": path}
     if wait is not None:
         request["timeout"] = wait
-    try:
-        _ask(ctx, request, as_json, progress=lambda event: progress.line(
-            f"{event['remaining']} of {event['total']} upload(s) to go ..."))
-    finally:
-        progress.done()
+    _ask(ctx, request, as_json,
+         describe=lambda event: f"{event['remaining']} of {event['total']} upload(s) to go ...")
 
 
 def _plain_command(name: str, doc: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import time
 from typing import Any, NoReturn
 
@@ -99,16 +98,13 @@ def _in_use(mp: str, found: holders.Scan | None = None) -> NoReturn:
 
 def _ask_daemon(mp: str, socket_path: str, timeout: float, *, lazy: bool = False,
                 force: bool = False) -> dict[str, Any]:
-    progress = WaitLine(sys.stderr.isatty())
-    try:
+    with WaitLine() as waiting:
         reply = client.request(
             socket_path, {"command": "unmount", "lazy": lazy, "force": force,
                           "timeout": timeout},
             timeout=min(ANSWER_TIMEOUT, timeout + ANSWER_SLACK),
-            on_progress=lambda event: progress.show(
+            on_progress=lambda event: waiting.show(
                 lambda: f"waiting for {event.get('pending', 0)} upload(s) to finish ..."))
-    finally:
-        progress.done()
     if not reply.get("ok") and not reply.get("busy"):
         fail(f"cannot unmount {mp}: {reply.get('error') or 'the daemon refused'}")
     return reply
@@ -143,15 +139,12 @@ def _detach(mp: str, record: registry.MountRecord, timeout: float, cut: bool) ->
     journal = os.path.join(record.cache_dir, "journal.sqlite3")
     users = holders.describe(found) if found else ""
     deadline = time.monotonic() + timeout
-    progress = WaitLine(sys.stderr.isatty())
-    try:
+    with WaitLine() as waiting:
         while time.monotonic() < deadline and registry.alive(record.pid):
-            progress.show(lambda: "detached; waiting for " + (f"{users} and " if users else "")
-                          + f"{len(read_pending(journal))} upload(s) (Ctrl-C stops waiting; "
-                          "the daemon goes on) ...")
+            waiting.show(lambda: "detached; waiting for " + (f"{users} and " if users else "")
+                         + f"{len(read_pending(journal))} upload(s) (Ctrl-C stops waiting; "
+                         "the daemon goes on) ...")
             time.sleep(0.05)
-    finally:
-        progress.done()
     if not registry.alive(record.pid):
         _report_queued(mp, record, timeout=None)
         return
@@ -170,14 +163,11 @@ def _await_exit(mp: str, record: registry.MountRecord, deadline: float,
     """Until the daemon has uploaded its queue and left; at the deadline a signal makes
     it stop waiting (the queue stays journaled), and what is left is listed."""
     journal = os.path.join(record.cache_dir, "journal.sqlite3")
-    progress = WaitLine(sys.stderr.isatty())
-    try:
+    with WaitLine() as waiting:
         while time.monotonic() < deadline and not _gone(mp, record.pid):
-            progress.show(lambda: f"waiting for {len(read_pending(journal))} upload(s) to "
-                          "finish ...")
+            waiting.show(lambda: f"waiting for {len(read_pending(journal))} upload(s) to "
+                         "finish ...")
             time.sleep(0.05)
-    finally:
-        progress.done()
     if not _gone(mp, record.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(record.pid, signal.SIGTERM)
