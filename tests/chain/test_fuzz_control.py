@@ -47,6 +47,7 @@ from hypothesis import strategies as st
 from stormount import cli as cli_module
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
+from stormount.cli.ctl import ctl as ctl_command
 from stormount.config import CacheConfig, MountConfig
 from stormount.control import commands
 from stormount.control.commands import Control
@@ -605,7 +606,7 @@ def test_every_command_with_every_hostile_argument(fuzz_context: Served,
 
 # --- `stormount ctl` ----------------------------------------------------------------------
 
-CTL_COMMANDS = sorted(cli_module.ctl.commands)
+CTL_COMMANDS = sorted(ctl_command.commands)
 CTL_OPTIONS = ["--json", "--timeout", "--socket", "-m", "--mountpoint", "-r", "--recursive",
                "--reset", "--wait", "--help", "-h", "--", "-", "--bogus"]
 CTL_VALUES = ["0", "1", "-1", "0.001", "1e9", "86401", "nan", "inf", "-inf", "", " ", "..",

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from stormount import cli as cli_module
 from stormount import config
+from stormount.cli import mount as mount_module
 from stormount.config import MountConfig, build_config
 from stormount.errors import StormountError
 from tests.helpers.fuzz import budget
@@ -187,8 +188,8 @@ def no_real_mounts(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     def refuse(*args: object, **kwargs: object) -> None:
         raise _WouldMount
 
-    monkeypatch.setattr(cli_module, "_mount_foreground", refuse)
-    monkeypatch.setattr(cli_module, "_mount_background", refuse)
+    monkeypatch.setattr(mount_module, "_mount_foreground", refuse)
+    monkeypatch.setattr(mount_module, "_mount_background", refuse)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     return tmp_path
