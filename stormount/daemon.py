@@ -503,7 +503,7 @@ async def _run(cfg: MountConfig, on_ready: Callable[[], None],
             if vfs.reader is not None:  # blocks fetched go to the kernel's page cache too
                 # (it takes any buffer, PyObject_GetBuffer, though typed as bytes)
                 vfs.pages = KernelPages(cast(Callable[[int, int, Bytes], None],
-                                             pyfuse3.notify_store), vfs.reader, vfs.ns.at)
+                                             pyfuse3.notify_store), vfs.reader, vfs.inodes.at)
             try:
                 drop_reserved(cfg.cache.dir, journal)
                 recover_held(cfg.cache.dir, journal)

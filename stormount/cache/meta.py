@@ -155,6 +155,24 @@ class MetaStore:
     def forget_object(self, key: str) -> None:
         self._db.execute("DELETE FROM objects WHERE key = ?", (key,))
 
+    def forget_path(self, path: str, recursive: bool) -> None:
+        """What is kept of a path ("" the root): its object and marker rows, the listing
+        that names it, and its own listing, or (recursive, or the root) everything
+        below it."""
+        self.forget_object(path)
+        self.forget_object(path + "/")
+        if path:
+            self.forget_listing(path.rpartition("/")[0] + "/" if "/" in path else "")
+        if recursive or not path:
+            self.forget_prefix(path + "/" if path else "")
+        else:
+            self.forget_listing(path + "/")
+
+    def removed(self, key: str) -> None:
+        """An entry removed here (a directory with what was below it)."""
+        self.forget_prefix(key + "/")
+        self.forget_object(key)
+
     @_best_effort
     def forget_prefix(self, prefix: str) -> None:
         """Everything at or below a path: invalidation of a subtree. A key range, so the

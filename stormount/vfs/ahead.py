@@ -31,7 +31,7 @@ from stormount.vfs.listings import (
     mark_subdirs,
 )
 from stormount.vfs.names import join, listable
-from stormount.vfs.nodes import Listing, Node
+from stormount.vfs.nodes import InodeTable, Listing, Node
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class Fed(Protocol):
     backend: Backend
     cache: CacheConfig
     meta: MetaStore | None
+    inodes: InodeTable
     background: trio.Nursery | None
 
     @property
@@ -54,7 +55,6 @@ class Fed(Protocol):
     def changed_under(self, top: str, since: int) -> bool: ...
     def warn_skip(self, key: str, why: str) -> None: ...
     def implied_dir(self, key: str) -> ObjectInfo: ...
-    def at(self, path: str) -> Node | None: ...
     def load_listing(self, node: Node) -> Listing | None: ...
     def keep_listing(self, key: str, listing: Listing) -> None: ...
     def adopt(self, node: Node, entries: Entries, marker: ObjectInfo | None,
@@ -161,7 +161,7 @@ class Ahead:
             adopted.add(key)
             derived = out[key]
             mark_subdirs(key, derived, out, self.ns.implied_dir)
-            node = self.ns.at(key.rstrip("/"))
+            node = self.ns.inodes.at(key.rstrip("/"))
             if node is None or node.kind != DIR or node.unlinked:
                 self.ns.keep_listing(key, Listing(entries=derived.entries, at=now))
                 persist.append((key, derived.entries))

@@ -218,7 +218,7 @@ class Vfs(Core):
         return nodes
 
     def nearest(self, path: str) -> tuple[Node, str] | None:
-        return self.ns.nearest(path)
+        return self.inodes.nearest(path)
 
     def restore(self) -> list[Upload]:
         """Put the files an earlier run left queued back in the tree (listed, readable,

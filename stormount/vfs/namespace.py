@@ -123,27 +123,6 @@ class Namespace:
         mapping, not None: that is known), so it shows the mount's defaults."""
         return ObjectInfo(key=key, size=0, mtime=self._start_ns / 1e9, etag="", metadata={})
 
-    def at(self, path: str) -> Node | None:
-        """The node at a path, if it is in memory."""
-        node: Node | None = self.inodes.root
-        for name in path.split("/") if path else []:
-            if node is None:
-                return None
-            node = node.children.get(name)
-        return node
-
-    def nearest(self, path: str) -> tuple[Node, str] | None:
-        """For a path whose node is not in memory: the deepest directory on it that is,
-        and the next name (the kernel may hold a "no such file" entry for it)."""
-        parts = [p for p in path.strip("/").split("/") if p]
-        node = self.inodes.root
-        for name in parts:
-            child = node.children.get(name)
-            if child is None:
-                return node, name
-            node = child
-        return None
-
     def set_version(self, node: Node, info: ObjectInfo) -> None:
         """The node now stands for this version of its object."""
         node.etag = info.etag
@@ -352,10 +331,8 @@ class Namespace:
         if self.meta is None:
             return
         self.meta.forget_listing(parent.key)
-        key = join(parent, name)
         if kind is None:
-            self.meta.forget_prefix(key + "/")
-            self.meta.forget_object(key)
+            self.meta.removed(join(parent, name))
         elif info is not None:
             self.remember(kind, info)
 
@@ -763,13 +740,8 @@ class Namespace:
         """Persisted HEAD results of the listed objects whose nodes are not complete."""
         if self.meta is None or self.cache.trust_listings:
             return {}
-        keys = []
-        for name, (_, listed) in listing.entries.items():
-            if listed is None or listed.metadata is not None:
-                continue
-            known = node.children.get(name)
-            if known is None or not known.complete:
-                keys.append(listed.key)
+        keys = listing.without_metadata(lambda name: (
+            (known := node.children.get(name)) is None or not known.complete))
         return (self.meta.objects(keys) or {}) if keys else {}
 
     # --- the kernel lets go, and invalidation ---------------------------------------
@@ -799,15 +771,7 @@ class Namespace:
             if node is None:
                 parent.listing = None  # it may not know the name yet: listed anew
         if self.meta is not None:
-            self.meta.forget_object(path)
-            self.meta.forget_object(path + "/")
-            if path:
-                self.meta.forget_listing(path.rpartition("/")[0] + "/"
-                                         if "/" in path else "")
-            if recursive or not path:
-                self.meta.forget_prefix(path + "/" if path else "")
-            else:
-                self.meta.forget_listing(path + "/")
+            self.meta.forget_path(path, recursive)
         affected: list[Node] = []
         todo = [node] if node is not None else []
         while todo:

@@ -71,6 +71,12 @@ class Listing:
             if old[0] == DIR:
                 self.subdirs -= 1
 
+    def without_metadata(self, wanted: Callable[[str], bool]) -> list[str]:
+        """Keys of the listed objects that came without their metadata (S3 listings
+        carry none), of the names `wanted` says."""
+        return [listed.key for name, (_, listed) in self.entries.items()
+                if listed is not None and listed.metadata is None and wanted(name)]
+
     def after(self, name: str, count: int) -> list[str]:
         """Up to `count` names that sort after `name`."""
         if self._sorted is None:
@@ -203,6 +209,27 @@ class InodeTable:
         self._nodes[node.ino] = node
         node.parent.children[node.name] = node
         return node
+
+    def at(self, path: str) -> Node | None:
+        """The node at a path, if it is in memory."""
+        node: Node | None = self.root
+        for name in path.split("/") if path else []:
+            if node is None:
+                return None
+            node = node.children.get(name)
+        return node
+
+    def nearest(self, path: str) -> tuple[Node, str] | None:
+        """For a path whose node is not in memory: the deepest directory on it that is,
+        and the next name (the kernel may hold a "no such file" entry for it)."""
+        parts = [p for p in path.strip("/").split("/") if p]
+        node = self.root
+        for name in parts:
+            child = node.children.get(name)
+            if child is None:
+                return node, name
+            node = child
+        return None
 
     def all(self) -> list[Node]:
         return list(self._nodes.values())

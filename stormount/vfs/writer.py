@@ -253,7 +253,7 @@ class Writer:
 
     def uploaded(self, path: str, info: ObjectInfo, done: bool) -> None:
         """The write-back queue stored a file (`done`: nothing newer is queued)."""
-        node = self.ns.at(path.rstrip("/"))
+        node = self.ns.inodes.at(path.rstrip("/"))
         if node is None:
             return
         if node.kind == DIR:
@@ -290,7 +290,7 @@ class Writer:
         """Someone else changed the object while our version waited: ours went to
         `conflict` (beside it), and the file as this mount has it, open descriptors
         included, lives on under that name; the old name shows the store's version."""
-        node = self.ns.at(path)
+        node = self.ns.inodes.at(path)
         if node is None or node.parent is None or node.kind == DIR:
             return
         parent = node.parent
