@@ -36,6 +36,29 @@ cli.add_command(manage.gc)
 cli.add_command(manage.lifecycle)
 
 
+def name_environment(group: click.Group, prefix: str = "STORMOUNT") -> None:
+    """Every long option may also come from the environment, named after the option as
+    typed: STORMOUNT_<COMMAND>_<OPTION>, e.g. STORMOUNT_MOUNT_CACHE_DIR,
+    STORMOUNT_CTL_JSON=1 (click's auto_envvar_prefix would name them after our
+    parameters: ..._AS_JSON, ..._CONFIG_FILE). The command line wins; an option that
+    names its own variable (ctl --socket: STORMOUNT_SOCKET) keeps it; of two flags
+    that set one value (--apply/--dry-run), the first takes the variable."""
+    for name, command in group.commands.items():
+        where = f"{prefix}_{name}".upper().replace("-", "_")
+        taken: set[str | None] = set()
+        for param in command.params:
+            long = [opt for opt in param.opts if opt.startswith("--")]
+            if isinstance(param, click.Option) and param.envvar is None and long \
+                    and param.name not in taken:
+                param.envvar = f"{where}_{long[0][2:]}".upper().replace("-", "_")
+            taken.add(param.name)
+        if isinstance(command, click.Group):
+            name_environment(command, where)
+
+
+name_environment(cli)
+
+
 def main() -> None:
     try:
         cli.main(standalone_mode=False)

@@ -26,6 +26,21 @@ def usage(*args, env=None):
     return json.loads(result.stdout)
 
 
+def test_options_may_come_from_the_environment(data):
+    """STORMOUNT_<COMMAND>_<OPTION>, named as the option is typed: --json and --depth."""
+    (data / "a").mkdir()
+    (data / "a" / "f.txt").write_bytes(b"x" * 10)
+    result = run("usage", f"file://{data}",
+                 env={"STORMOUNT_USAGE_JSON": "1", "STORMOUNT_USAGE_DEPTH": "0"})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["depth"] == 0 and report["folders"] == []
+    # the command line wins over the environment
+    result = run("usage", f"file://{data}", "--depth", "1",
+                 env={"STORMOUNT_USAGE_JSON": "1", "STORMOUNT_USAGE_DEPTH": "0"})
+    assert json.loads(result.stdout)["depth"] == 1
+
+
 def rows(report):
     return {row["path"]: (row["files"], row["bytes"]) for row in report["folders"]}
 
