@@ -11,6 +11,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import shutil
@@ -32,6 +33,7 @@ from stormount.chain import Chain, Tier
 from stormount.chain.chain import spool_dir
 from stormount.chain.health import RESERVED
 from stormount.chain.repair import RepairJournal
+from stormount.chain.retry import backoff
 from stormount.chain.tier import redact
 from stormount.config import MountConfig
 from stormount.control.commands import Control
@@ -324,8 +326,8 @@ async def _unreachable(tier: Tier) -> str | None:
 
 async def wait_for_tiers(tiers: list[Tier]) -> None:
     """Until every tier answers (on_unreachable = "wait")."""
-    delay, said = 1.0, ""
-    while True:
+    said = ""
+    for attempt in itertools.count(1):
         missing = {tier.index: why for tier in tiers
                    if (why := await _unreachable(tier)) is not None}
         if not missing:
@@ -338,8 +340,7 @@ async def wait_for_tiers(tiers: list[Tier]) -> None:
                         "wait): %s", text, extra={"event": "waiting_for_tier"})
             said = text
         notify.notify(STATUS=f"waiting for unreachable tier(s): {text}")
-        await trio.sleep(delay)
-        delay = min(delay * 2, 30.0)
+        await trio.sleep(backoff(attempt, 1.0, 30.0))  # 1, 2, 4 ... 30 s, as documented
 
 
 async def check_tiers(cfg: MountConfig, chain: Chain, *, warm_cache: bool) -> None:

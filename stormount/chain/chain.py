@@ -48,7 +48,7 @@ from stormount.chain.repair import (
     new_task,
     transfer,
 )
-from stormount.chain.retry import AllDown, retrying
+from stormount.chain.retry import AllDown, backoff, retrying
 from stormount.chain.tier import Kind, Tier, reserved_error, unavailable
 from stormount.config import ChainConfig
 from stormount.errors import BackendError, Changed, NotFound, StartupError, Transient
@@ -610,7 +610,8 @@ class Chain:
             if blocked is not None and unavailable(e):
                 self._park(task)
             else:
-                delay = min(self.cfg.retry_delay * 2 ** task.attempts, FAILING_DELAY)
+                # 2, 4, 8 ... times retry_delay after the 1st, 2nd, 3rd failure, up to a minute
+                delay = backoff(task.attempts + 1, self.cfg.retry_delay, FAILING_DELAY)
                 nursery.start_soon(self._later, task.ident, delay)
         finally:
             limiter.release_on_behalf_of(task)

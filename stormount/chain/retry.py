@@ -1,7 +1,10 @@
-"""The one retry policy of the chain: exponential backoff with jitter and a cap, for
-transient failures only, on trio's clock."""
+"""The one backoff policy: `retrying`, tenacity's retries within a request (the chain's,
+transient failures only, on trio's clock), and `backoff`, the delay of the persistent
+queues (uploads, repairs) and of the start-up wait for a tier."""
 
 from __future__ import annotations
+
+import random
 
 import tenacity
 import trio
@@ -30,3 +33,16 @@ def retrying(cfg: ChainConfig) -> tenacity.AsyncRetrying:
         retry=tenacity.retry_if_exception(_retryable),
         reraise=True,
     )
+
+
+def backoff(attempt: int, first: float, cap: float, *, jitter: float = 0.0,
+            rng: random.Random | None = None) -> float:
+    """Delay before retry number `attempt` (1-based): first, 2*first, 4*first ... capped
+    at `cap`, then up to `jitter` (a fraction: 0.2 is 20%) more, so that many failures do
+    not retry in step. One draw of `rng` (default: the module's) when there is jitter."""
+    # the exponent is bounded: a queue that keeps failing counts attempts without end,
+    # and 2.0 ** 1024 overflows
+    base = min(first * 2.0 ** min(attempt - 1, 64), cap)
+    if not jitter:
+        return base
+    return base * (1 + jitter * (rng or random).random())

@@ -55,9 +55,9 @@ from stormount.writeback.upload import (
     Upload,
     staged_size,
 )
-from stormount.writeback.uploader import HOT_MAX, HOT_PATHS, LARGE, backoff
+from stormount.writeback.uploader import HOT_MAX, HOT_PATHS, LARGE
 
 __all__ = ["CLOSED", "FAILING", "FINAL", "HOT_MAX", "HOT_PATHS", "LARGE", "MARKER", "OPEN",
-           "QUEUED", "UPLOADING", "WRITING", "Journal", "Upload", "Writeback", "backoff",
+           "QUEUED", "UPLOADING", "WRITING", "Journal", "Upload", "Writeback",
            "read_multiparts", "read_pending", "recover_reserved", "recovered_dir",
            "reserved", "reserved_rows", "staged_size"]

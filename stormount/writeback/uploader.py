@@ -22,6 +22,7 @@ import trio
 from stormount.backends.base import Backend, ObjectInfo, Progress
 from stormount.backends.resume import Part, Recorded, Resume
 from stormount.chain.chain import conflict_name
+from stormount.chain.retry import backoff
 from stormount.config import WritebackConfig
 from stormount.errors import BackendError, Changed, NotFound, Transient
 from stormount.stats import Rate, human_size
@@ -35,16 +36,7 @@ log = logging.getLogger("stormount.writeback")  # the package's name, as before 
 LARGE = 8 * 1024 * 1024
 HOT_MAX = 30.0  # the longest wait of a file closed again and again (seconds)
 HOT_PATHS = 4096  # files whose last upload is remembered for that
-
-
-def backoff(attempt: int, cfg: WritebackConfig, rng: random.Random) -> float:
-    """Delay before retry number `attempt` (1-based): 1, 2, 4, 8 ... s, capped, with up
-    to 20% jitter so many failed uploads do not retry in step."""
-    if attempt > cfg.retries:
-        base = cfg.failing_retry_delay
-    else:
-        base = min(cfg.retry_delay * 2 ** (attempt - 1), cfg.retry_max_delay)
-    return base * (1 + 0.2 * rng.random())
+JITTER = 0.2  # up to 20% more on each retry delay (docs: [writeback] retry_delay)
 
 
 class Uploader:
@@ -320,10 +312,13 @@ class Uploader:
                           extra={"event": "upload_failing", "key": up.path,
                                  "error": up.last_error})
             up.state = FAILING
-            delay = backoff(self.cfg.retries + 1, self.cfg, self._rng)
+            # a flat delay, jittered like the others
+            delay = backoff(1, self.cfg.failing_retry_delay, self.cfg.failing_retry_delay,
+                            jitter=JITTER, rng=self._rng)
         else:
             up.state = QUEUED
-            delay = backoff(up.attempts, self.cfg, self._rng)
+            delay = backoff(up.attempts, self.cfg.retry_delay, self.cfg.retry_max_delay,
+                            jitter=JITTER, rng=self._rng)
             log.info("upload of %s failed (attempt %d), retrying in %.1f s: %s",
                      up.path, up.attempts, delay, up.last_error,
                      extra={"event": "upload_retry", "key": up.path, "error": up.last_error})
