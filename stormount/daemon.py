@@ -7,6 +7,7 @@ what is still pending before it exits.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -476,133 +477,138 @@ async def run(cfg: MountConfig, on_ready: Callable[[], None] = lambda: None,
 
 async def _run(cfg: MountConfig, on_ready: Callable[[], None],
                load: Callable[[], MountConfig] | None, signals: AsyncIterator[int]) -> int:
-    lock_fd, staging = prepare_cache(cfg)
-    backends: list[ObjectStore] = []
-    try:
+    # each part is closed by the stack, in the reverse order of its opening, however
+    # the start or the serving ends
+    async with contextlib.AsyncExitStack() as stack:
+        lock_fd, staging = prepare_cache(cfg)
+        stack.callback(os.close, lock_fd)
+        backends: list[ObjectStore] = []
+        stack.push_async_callback(_close_backends, backends)
         for tier_cfg in cfg.tiers:
             backends.append(open_backend(tier_cfg))
+        journal, repair, meta, blocks = _open_caches(cfg, stack)
+        tiers = [Tier(i, backend, tier_cfg)
+                 for i, (backend, tier_cfg) in enumerate(zip(backends, cfg.tiers, strict=True))]
+        chain = Chain(tiers, repair, cfg.chain, spool_dir(cfg.cache.dir))
+        writeback = Writeback(chain, journal, cfg.writeback)
+        chain.on_tier_up = writeback.retry_now
+        vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta,
+                  quotas=Quotas(cfg.quotas) if cfg.quotas else None)
+        if vfs.reader is not None:  # blocks fetched go to the kernel's page cache too
+            # (it takes any buffer, PyObject_GetBuffer, though typed as bytes)
+            vfs.pages = KernelPages(cast(Callable[[int, int, Bytes], None],
+                                         pyfuse3.notify_store), vfs.reader, vfs.inodes.at)
         try:
-            journal = Journal(os.path.join(cfg.cache.dir, "journal.sqlite3"))
-            repair = RepairJournal(os.path.join(cfg.cache.dir, "repair.sqlite3"))
-            meta = MetaStore(os.path.join(cfg.cache.dir, "meta.sqlite3"))
-            blocks = BlockCache(os.path.join(cfg.cache.dir, "blocks"),
-                                block_size=cfg.cache.block_size, max_bytes=cfg.cache.max_size,
-                                min_free_bytes=cfg.cache.min_free)
-            spool = spool_dir(cfg.cache.dir)
-            shutil.rmtree(spool, ignore_errors=True)  # copies between tiers cut short
-            tighten_cache_files(cfg.cache.dir)  # the databases just made, and their -wal
-        except (OSError, sqlite3.Error) as e:
-            raise StartupError(f"cannot open the caches in {cfg.cache.dir}: {e}") from None
+            drop_reserved(cfg.cache.dir, journal)
+            recover_held(cfg.cache.dir, journal)
+            restored = vfs.restore()
+            keep_unqueued(cfg.cache.dir, staging, {up.staging for up in restored})
+        except OSError as e:
+            raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e}") from None
+        warm = not meta.is_empty() or bool(restored)
+        if not await until_signalled(lambda: check_tiers(cfg, chain, warm_cache=warm),
+                                     signals):
+            return 0
+        # before the first write can be refused; a bucket too big to count in time is
+        # counted on in the background (until then nothing is refused)
+        with trio.move_on_after(QUOTA_FIRST_COUNT):
+            await _recount_quotas(vfs)
+        ops = Operations(vfs, cfg.fuse)
+        in_force = cfg
+
+        async def reload() -> None:
+            nonlocal in_force
+            try:
+                new = in_force if load is None else await trio.to_thread.run_sync(load)
+            except StormountError as e:
+                log.error("SIGHUP: configuration not re-read, nothing changed: %s", e)
+                return
+            except Exception as e:  # a reload must never end the mount
+                log.exception("SIGHUP: configuration not re-read, nothing changed: %r", e)
+                return
+            before = in_force
+            try:
+                in_force = reload_config(in_force, new, vfs, ops, chain, blocks)
+            except Exception as e:
+                log.exception("SIGHUP: the new configuration was applied only in part; "
+                              "restart the mount to apply all of it: %r", e)
+            if before.quotas != in_force.quotas:
+                with trio.move_on_after(QUOTA_FIRST_COUNT):
+                    await _recount_quotas(vfs)
+
+        pins = None if vfs.reader is None else Pins(vfs, blocks, cfg.cache.listing_ttl)
+        pid = os.getpid()
+
+        def ready_status() -> str:
+            return (f"mounted {redact(cfg.tiers[0].url)} at {cfg.mountpoint}; control "
+                    f"socket {server.path}")
+
+        stopper = Stopper(cfg.mountpoint, vfs, status=ready_status)
+        control = Control(cfg, vfs, ops, chain, pins=pins, unmount=stopper.request)
+        server = ControlServer(socket_path(cfg), control.handle)
+        stack.callback(server.close)
+        if cfg.metrics_listen is not None:
+            from stormount.control.metrics import MetricsServer  # only when asked
+
+            metrics = MetricsServer(control.snapshot, cfg.metrics_listen)
+            stack.push_async_callback(_shielded, trio.to_thread.run_sync, metrics.close)
         try:
-            tiers = [Tier(i, backend, tier_cfg)
-                     for i, (backend, tier_cfg) in enumerate(zip(backends, cfg.tiers, strict=True))]
-            chain = Chain(tiers, repair, cfg.chain, spool)
-            writeback = Writeback(chain, journal, cfg.writeback)
-            chain.on_tier_up = writeback.retry_now
-            vfs = Vfs(chain, cfg.fuse, cfg.cache, staging, writeback, blocks, meta,
-                      quotas=Quotas(cfg.quotas) if cfg.quotas else None)
-            if vfs.reader is not None:  # blocks fetched go to the kernel's page cache too
-                # (it takes any buffer, PyObject_GetBuffer, though typed as bytes)
-                vfs.pages = KernelPages(cast(Callable[[int, int, Bytes], None],
-                                             pyfuse3.notify_store), vfs.reader, vfs.inodes.at)
-            try:
-                drop_reserved(cfg.cache.dir, journal)
-                recover_held(cfg.cache.dir, journal)
-                restored = vfs.restore()
-                keep_unqueued(cfg.cache.dir, staging, {up.staging for up in restored})
-            except OSError as e:
-                raise StartupError(f"cannot use cache directory {cfg.cache.dir}: {e}") from None
-            warm = not meta.is_empty() or bool(restored)
-            if not await until_signalled(lambda: check_tiers(cfg, chain, warm_cache=warm),
-                                         signals):
-                return 0
-            # before the first write can be refused; a bucket too big to count in time is
-            # counted on in the background (until then nothing is refused)
-            with trio.move_on_after(QUOTA_FIRST_COUNT):
-                await _recount_quotas(vfs)
-            ops = Operations(vfs, cfg.fuse)
-            in_force = cfg
+            pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
+        except RuntimeError as e:
+            raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
+        # once detached, the mountpoint may hold someone else's mount (and record) by now
+        stack.callback(registry.unregister, cfg.mountpoint, pid)
+        stack.callback(lambda: pyfuse3.close(unmount=stopper.attached))
+        tasks = []
+        if pins is not None:
+            tasks.append(pins.run)
+        if cfg.lifecycle and cfg.lifecycle_interval > 0:
+            tasks.append(functools.partial(_lifecycle_every, cfg, backends, vfs, ops))
+        pending = await _serve(cfg, vfs, chain, server, stopper, on_ready, reload, signals,
+                               tasks)
+        owed = chain.pending.counts()
+        if any(owed.values()):
+            log.info("tier repairs still queued, resumed at the next mount: %s",
+                     ", ".join(f"{n} {what}" for what, n in owed.items() if n))
+    if pending:
+        log.error("unmounted with %d file(s) not uploaded yet; they stay queued in %s "
+                  "and upload at the next mount: %s", len(pending), cfg.cache.dir,
+                  ", ".join(pending[:20]) + (" ..." if len(pending) > 20 else ""))
+        return 1
+    log.info("unmounted %s", cfg.mountpoint)
+    return 0
 
-            async def reload() -> None:
-                nonlocal in_force
-                try:
-                    new = in_force if load is None else await trio.to_thread.run_sync(load)
-                except StormountError as e:
-                    log.error("SIGHUP: configuration not re-read, nothing changed: %s", e)
-                    return
-                except Exception as e:  # a reload must never end the mount
-                    log.exception("SIGHUP: configuration not re-read, nothing changed: %r", e)
-                    return
-                before = in_force
-                try:
-                    in_force = reload_config(in_force, new, vfs, ops, chain, blocks)
-                except Exception as e:
-                    log.exception("SIGHUP: the new configuration was applied only in part; "
-                                  "restart the mount to apply all of it: %r", e)
-                if before.quotas != in_force.quotas:
-                    with trio.move_on_after(QUOTA_FIRST_COUNT):
-                        await _recount_quotas(vfs)
 
-            pins = None if vfs.reader is None else Pins(vfs, blocks, cfg.cache.listing_ttl)
-            pid = os.getpid()
+def _open_caches(cfg: MountConfig, stack: contextlib.AsyncExitStack
+                 ) -> tuple[Journal, RepairJournal, MetaStore, BlockCache]:
+    """The journals and caches of the cache directory, each closed by the stack."""
+    try:
+        journal = Journal(os.path.join(cfg.cache.dir, "journal.sqlite3"))
+        stack.callback(journal.close)
+        repair = RepairJournal(os.path.join(cfg.cache.dir, "repair.sqlite3"))
+        stack.callback(repair.close)
+        meta = MetaStore(os.path.join(cfg.cache.dir, "meta.sqlite3"))
+        stack.callback(meta.close)
+        blocks = BlockCache(os.path.join(cfg.cache.dir, "blocks"),
+                            block_size=cfg.cache.block_size, max_bytes=cfg.cache.max_size,
+                            min_free_bytes=cfg.cache.min_free)
+        stack.callback(blocks.close)
+        shutil.rmtree(spool_dir(cfg.cache.dir), ignore_errors=True)  # copies cut short
+        tighten_cache_files(cfg.cache.dir)  # the databases just made, and their -wal
+    except (OSError, sqlite3.Error) as e:
+        raise StartupError(f"cannot open the caches in {cfg.cache.dir}: {e}") from None
+    return journal, repair, meta, blocks
 
-            def ready_status() -> str:
-                return (f"mounted {redact(cfg.tiers[0].url)} at {cfg.mountpoint}; control "
-                        f"socket {server.path}")
 
-            stopper = Stopper(cfg.mountpoint, vfs, status=ready_status)
-            control = Control(cfg, vfs, ops, chain, pins=pins, unmount=stopper.request)
-            server = ControlServer(socket_path(cfg), control.handle)
-            metrics = None
-            try:
-                if cfg.metrics_listen is not None:
-                    from stormount.control.metrics import MetricsServer  # only when asked
+async def _shielded(fn: Callable[..., Awaitable[object]], *args: object) -> None:
+    with trio.CancelScope(shield=True):
+        await fn(*args)
 
-                    metrics = MetricsServer(control.snapshot, cfg.metrics_listen)
-                try:
-                    pyfuse3.init(ops, cfg.mountpoint, fuse_options(cfg))
-                except RuntimeError as e:
-                    raise StartupError(f"cannot mount at {cfg.mountpoint}: {e}") from None
-                try:
-                    tasks = []
-                    if pins is not None:
-                        tasks.append(pins.run)
-                    if cfg.lifecycle and cfg.lifecycle_interval > 0:
-                        tasks.append(functools.partial(
-                            _lifecycle_every, cfg, backends, vfs, ops))
-                    pending = await _serve(cfg, vfs, chain, server, stopper, on_ready, reload,
-                                           signals, tasks)
-                finally:
-                    # once detached, the mountpoint may hold someone else's mount (and
-                    # record) by now
-                    pyfuse3.close(unmount=stopper.attached)
-                    registry.unregister(cfg.mountpoint, pid)
-            finally:
-                server.close()
-                if metrics is not None:
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(metrics.close)
-            owed = chain.pending.counts()
-            if any(owed.values()):
-                log.info("tier repairs still queued, resumed at the next mount: %s",
-                         ", ".join(f"{n} {what}" for what, n in owed.items() if n))
-        finally:
-            blocks.close()
-            meta.close()
-            repair.close()
-            journal.close()
-        if pending:
-            log.error("unmounted with %d file(s) not uploaded yet; they stay queued in %s "
-                      "and upload at the next mount: %s", len(pending), cfg.cache.dir,
-                      ", ".join(pending[:20]) + (" ..." if len(pending) > 20 else ""))
-            return 1
-        log.info("unmounted %s", cfg.mountpoint)
-        return 0
-    finally:
-        with trio.CancelScope(shield=True):
-            for backend in backends:
-                await backend.aclose()
-        os.close(lock_fd)
+
+async def _close_backends(backends: list[ObjectStore]) -> None:
+    with trio.CancelScope(shield=True):  # (also when the start is cancelled)
+        for backend in backends:
+            await backend.aclose()
 
 
 QUOTA_FIRST_COUNT = 60.0  # seconds the start waits for the first count of quota usage
