@@ -433,14 +433,10 @@ def reload_config(old: MountConfig, new: MountConfig, vfs: Vfs, ops: Operations,
     except OSError as e:  # the log stays where it was
         log.error("SIGHUP: cannot open log file %s: %s", cfg.log_file, e.strerror)
         cfg = replace(cfg, log_file=old.log_file)
-    vfs.cache = cfg.cache
-    blocks.max_bytes, blocks.min_free_bytes = cfg.cache.max_size, cfg.cache.min_free
-    vfs.writeback.reconfigure(cfg.writeback)
-    vfs.fsync_upload = cfg.writeback.fsync == "upload"
-    chain.cfg = cfg.chain
-    vfs.fuse = ops.fuse = cfg.fuse
-    if old.quotas != cfg.quotas:  # counted anew by the caller
-        vfs.quotas = Quotas(cfg.quotas, vfs.quotas) if cfg.quotas else None
+    vfs.reconfigure(cfg.fuse, cfg.cache, cfg.writeback, cfg.quotas)  # quotas: recounted
+    ops.reconfigure(cfg.fuse)
+    blocks.reconfigure(cfg.cache.max_size, cfg.cache.min_free)
+    chain.reconfigure(cfg.chain)
     log.info("SIGHUP: log reopened; configuration re-read: %s%s",
              "changed now: " + ", ".join(now) if now else "nothing changed that applies now",
              "; takes a new mount to change: " + ", ".join(later) if later else "",

@@ -182,6 +182,10 @@ class BlockCache:
         self._finish(gone, write_index=False)
         return None
 
+    def reconfigure(self, max_bytes: int, min_free_bytes: int) -> None:
+        """New limits (SIGHUP): a smaller cache evicts at the next block stored."""
+        self.max_bytes, self.min_free_bytes = max_bytes, min_free_bytes
+
     def has(self, ident: str, version: str, index: int) -> bool:
         with self._lock:
             return not self._closed and (ident, version, index) in self._entries

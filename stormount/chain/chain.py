@@ -311,6 +311,10 @@ class Chain:
                 nursery.start_soon(self.health.watch, tier)
             nursery.start_soon(self._repair_worker)
 
+    def reconfigure(self, cfg: ChainConfig) -> None:
+        """New retry, timeout and repair settings (SIGHUP): for the requests that follow."""
+        self.cfg = cfg
+
     def queue(self) -> builtins.list[dict[str, object]]:
         """The repair tasks, oldest first, as the control socket shows them."""
         parked = {ident: index for index, idents in self._parked.items() for ident in idents}

@@ -90,6 +90,10 @@ class Operations(pyfuse3.Operations):
         self.bytes_read = 0
         self.bytes_written = 0
 
+    def reconfigure(self, fuse: FuseConfig) -> None:
+        """New kernel timeouts and attribute options (SIGHUP), here and in the vfs."""
+        self.fuse = fuse
+
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
         a = shown(node.attrs, self.fuse)
         e = pyfuse3.EntryAttributes()

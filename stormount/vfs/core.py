@@ -15,7 +15,7 @@ from stormount.backends.base import Backend
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.chain.health import RESERVED
-from stormount.config import CacheConfig, FuseConfig
+from stormount.config import CacheConfig, FuseConfig, QuotaConfig, WritebackConfig
 from stormount.errors import FsError, Transient
 from stormount.vfs.attrs import DIR, now_ns
 from stormount.vfs.handles import Handle, Handles
@@ -57,6 +57,16 @@ class Core:
         self.handles = Handles()
         # the kernel's page cache, given the blocks the reader has (set by the daemon)
         self.pages: KernelPages | None = None
+
+    def reconfigure(self, fuse: FuseConfig, cache: CacheConfig, writeback: WritebackConfig,
+                    quotas: tuple[QuotaConfig, ...]) -> None:
+        """The live parts of a new configuration (SIGHUP). Quotas that change are counted
+        anew by the caller; a folder that keeps its quota keeps its count meanwhile."""
+        self.fuse, self.cache = fuse, cache
+        self.writeback.reconfigure(writeback)
+        self.fsync_upload = writeback.fsync == "upload"
+        if quotas != (() if self.quotas is None else tuple(self.quotas.limits.values())):
+            self.quotas = Quotas(quotas, self.quotas) if quotas else None
 
     # the configuration in force (SIGHUP changes the live parts), shared with the namespace
     @property
