@@ -703,11 +703,7 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
                     stopper.signalled(signal.Signals(signum).name)
 
         stopper.serve_in(nursery)
-        vfs.background = nursery  # listing refreshes run beside the requests
-        if vfs.reader is not None:
-            vfs.reader.background = nursery  # and so does read-ahead
-        if vfs.pages is not None:
-            vfs.pages.background = nursery  # and the kernel's pages are given blocks
+        vfs.background = nursery  # refreshes, read-ahead, pages run beside the requests
         nursery.start_soon(when_ready)
         nursery.start_soon(on_signals)
         nursery.start_soon(vfs.writeback.run)
@@ -727,9 +723,5 @@ async def _serve(cfg: MountConfig, vfs: Vfs, chain: Chain, server: ControlServer
             pending = await stopper.finish()
         finally:
             vfs.background = None  # the nursery closes with this block
-            if vfs.reader is not None:
-                vfs.reader.background = None
-            if vfs.pages is not None:
-                vfs.pages.background = None
             nursery.cancel_scope.cancel()
     return pending

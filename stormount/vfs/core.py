@@ -87,13 +87,18 @@ class Core:
 
     @property
     def background(self) -> trio.Nursery | None:
-        """Set by the daemon: stale listings are then served at once and refreshed, and
-        listed entries completed, beside the requests."""
+        """Set by the daemon while it serves (None after): stale listings are then
+        served at once and refreshed, listed entries completed, blocks read ahead and
+        given to the kernel's pages, beside the requests."""
         return self.ns.background
 
     @background.setter
     def background(self, nursery: trio.Nursery | None) -> None:
         self.ns.background = nursery
+        if self.reader is not None:
+            self.reader.background = nursery
+        if self.pages is not None:
+            self.pages.background = nursery
 
     @property
     def metadata_hits(self) -> int:
