@@ -29,7 +29,6 @@ its file is still queued, and its next attempt continues it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import time
@@ -40,6 +39,7 @@ from stormount import config
 from stormount.backends.base import ObjectInfo, Unfinished
 from stormount.chain.health import PROBE_PREFIX
 from stormount.chain.repair import STAMP
+from stormount.durable import lock
 from stormount.errors import BackendError, NotFound, StormountError
 from stormount.manage.store import Store, Tier, in_batches, objects
 from stormount.writeback import (
@@ -283,16 +283,11 @@ class _unused:
 
     def __enter__(self) -> None:
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = lock(self.path, StormountError(
+                f"cache directory {os.path.dirname(self.path)} is in use by a running "
+                "mount: its leftovers are checked with the mount stopped"))
         except OSError as e:
             raise StormountError(f"cannot use {self.path}: {e.strerror}") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise StormountError(f"cache directory {os.path.dirname(self.path)} is in use "
-                                 "by a running mount: its leftovers are checked with the "
-                                 "mount stopped") from None
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
