@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import functools
 import itertools
 import logging
@@ -26,7 +25,7 @@ from typing import TypeVar, cast
 import pyfuse3
 import trio
 
-from stormount import logs, notify, registry, unmounting
+from stormount import durable, logs, notify, registry, unmounting
 from stormount.backends import Backend, ObjectStore, open_backend
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
@@ -163,15 +162,10 @@ def prepare_cache(cfg: MountConfig) -> tuple[int, str]:
     cache = cfg.cache.dir
     private_cache_dir(cache)
     try:
-        lock_fd = os.open(os.path.join(cache, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        lock_fd = durable.lock(os.path.join(cache, "lock"), StartupError(
+            f"cache directory {cache} is in use by another running mount"))
     except OSError as e:
         raise StartupError(f"cannot use cache directory {cache}: {e.strerror}") from None
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise StartupError(f"cache directory {cache} is in use by another running mount") \
-            from None
     staging = os.path.join(cache, "staging")
     try:
         os.makedirs(staging, mode=0o700, exist_ok=True)

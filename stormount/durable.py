@@ -1,11 +1,27 @@
 """The sqlite journals behind acknowledged work (the upload queue, the repair queue):
-every change is one transaction committed before the call returns."""
+every change is one transaction committed before the call returns; and the lock files
+that keep a second process off a directory holding them."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import os
 import sqlite3
+
+
+def lock(path: str, busy: Exception) -> int:
+    """Open `path` (made if missing, private) and take its exclusive flock without
+    waiting; the returned fd holds it until closed. Raises `busy` when another process
+    holds it, OSError when the file cannot be opened."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise busy from None
+    return fd
 
 
 class SqliteJournal:

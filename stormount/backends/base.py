@@ -13,7 +13,7 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol, TypeVar
 
@@ -205,20 +205,32 @@ class ObjectStore(Backend, Protocol):
         """Free what an unfinished upload holds; one gone already is not an error."""
 
 
+async def list_pages(
+    backend: Backend, prefix: str, delimiter: str = "", *,
+    call: Callable[[Callable[[], Awaitable[ListPage]]], Awaitable[ListPage]] | None = None,
+) -> AsyncIterator[ListPage]:
+    """The pages of the listing of `prefix`, each asked for only when the one before is
+    done with; `call` makes each request (to retry it), else it is made once."""
+    token: str | None = None
+    while True:
+        ask = functools.partial(backend.list, prefix, delimiter, token)
+        page = await (ask() if call is None else call(ask))
+        yield page
+        token = page.token
+        if token is None:
+            return
+
+
 async def list_all(
     backend: Backend, prefix: str, delimiter: str = "/"
 ) -> tuple[list[ObjectInfo], list[str]]:
     """Every object and common prefix under `prefix`, following pagination."""
     objects: list[ObjectInfo] = []
     prefixes: list[str] = []
-    token: str | None = None
-    while True:
-        page = await backend.list(prefix, delimiter, token)
+    async for page in list_pages(backend, prefix, delimiter):
         objects.extend(page.objects)
         prefixes.extend(page.prefixes)
-        token = page.token
-        if token is None:
-            return objects, prefixes
+    return objects, prefixes
 
 
 async def run_blocking(limiter: trio.CapacityLimiter, fn: Callable[..., T], *args: object,

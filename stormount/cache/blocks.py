@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -41,6 +40,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from stormount.durable import lock
 from stormount.errors import StartupError
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,9 @@ class BlockCache:
         os.makedirs(self._tmp, exist_ok=True)
         for sub in _SUBDIRS:  # 256 directories: none grows huge
             os.makedirs(os.path.join(self._data, sub), exist_ok=True)
-        self._lockfd = os.open(os.path.join(directory, "lock"),
-                               os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            # two daemons on one directory would delete each other's blocks as orphans
-            fcntl.flock(self._lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lockfd)
-            raise StartupError(f"block cache {directory} is in use by another process") from None
+        # two daemons on one directory would delete each other's blocks as orphans
+        self._lockfd = lock(os.path.join(directory, "lock"), StartupError(
+            f"block cache {directory} is in use by another process"))
         try:
             self._db: sqlite3.Connection | None = self._open_db()
             self._load()

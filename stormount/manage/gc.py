@@ -29,7 +29,6 @@ its file is still queued, and its next attempt continues it.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sqlite3
 import time
@@ -40,12 +39,14 @@ from stormount import config
 from stormount.backends.base import ObjectInfo, Unfinished
 from stormount.chain.health import PROBE_PREFIX
 from stormount.chain.repair import STAMP
+from stormount.durable import lock
 from stormount.errors import BackendError, NotFound, StormountError
 from stormount.manage.store import Store, Tier, in_batches, objects
 from stormount.writeback import (
     MARKER,
     Journal,
     read_multiparts,
+    read_staged,
     recover_reserved,
     recovered_dir,
     reserved,
@@ -197,7 +198,10 @@ def scan_cache(cache_dir: str, older_than: float, apply: bool) -> list[Finding]:
     now = time.time()
     findings: list[Finding] = []
     with _unused(cache_dir):
-        rows = _journal_rows(journal)
+        try:
+            rows = read_staged(journal)
+        except sqlite3.Error as e:
+            raise _unreadable(journal, e) from None
         named = {os.path.realpath(path) for _, path, _ in rows if path != MARKER}
         for key, path, queued_at in rows:
             if reserved(key):  # never uploaded, however young
@@ -230,7 +234,11 @@ def _open_journal(path: str) -> Journal:
     try:
         return Journal(path)
     except sqlite3.Error as e:
-        raise StormountError(f"cannot read the journal {path}: {e}") from None
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path: str, e: sqlite3.Error) -> StormountError:
+    return StormountError(f"cannot read the journal {path}: {e}")
 
 
 def _recover_reserved(findings: list[Finding], cache_dir: str, path: str,
@@ -264,10 +272,9 @@ def _apply_cache(findings: list[Finding], journal: str, recovered: str) -> None:
                 os.rename(finding.what, os.path.join(recovered, os.path.basename(finding.what)))
                 finding.done = True
             elif finding.action == DROP:
-                db = sqlite3.connect(journal)
+                db = Journal(journal)
                 try:
-                    with db:
-                        db.execute("DELETE FROM pending WHERE path = ?", (finding.what,))
+                    db.drop_pending(finding.what)
                 finally:
                     db.close()
                 finding.done = True
@@ -283,33 +290,14 @@ class _unused:
 
     def __enter__(self) -> None:
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self.fd = lock(self.path, StormountError(
+                f"cache directory {os.path.dirname(self.path)} is in use by a running "
+                "mount: its leftovers are checked with the mount stopped"))
         except OSError as e:
             raise StormountError(f"cannot use {self.path}: {e.strerror}") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise StormountError(f"cache directory {os.path.dirname(self.path)} is in use "
-                                 "by a running mount: its leftovers are checked with the "
-                                 "mount stopped") from None
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
-
-
-def _journal_rows(path: str) -> list[tuple[str, str, float]]:
-    """(key, staging file, queued_at) of each row of a journal."""
-    if not os.path.exists(path):
-        return []
-    db = sqlite3.connect(path, timeout=5)
-    try:
-        return [(str(k), str(s), float(q)) for k, s, q in
-                db.execute("SELECT path, staging, queued_at FROM pending")]
-    except sqlite3.Error as e:
-        raise StormountError(f"cannot read the journal {path}: {e}") from None
-    finally:
-        db.close()
 
 
 def _bytes_in(path: str) -> int:

@@ -11,7 +11,7 @@ from typing import TypeVar
 import trio
 
 from stormount.backends import open_backend
-from stormount.backends.base import ObjectInfo, ObjectStore
+from stormount.backends.base import ObjectInfo, ObjectStore, list_pages
 from stormount.chain.health import RESERVED
 from stormount.chain.retry import retrying
 from stormount.chain.tier import redact
@@ -98,16 +98,11 @@ async def objects(store: Store, tier: Tier, prefix: str, *,
     """Every object under `prefix` on one tier, in key order, page by page (a flat
     listing: no delimiter), each page retried; directory markers included, the chain's
     own objects only with `reserved_too`."""
-    token: str | None = None
-    while True:
-        page = await store.call(
-            "list", lambda: tier.backend.list(prefix, "", token))  # noqa: B023 - awaited here
+    async for page in list_pages(tier.backend, prefix,
+                                 call=lambda ask: store.call("list", ask)):
         for info in page.objects:
             if reserved_too or not reserved(info.key):
                 yield info
-        token = page.token
-        if token is None:
-            return
 
 
 HEADS_AT_ONCE = 16  # per-object requests of a scan (HEADs) in flight at once

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import trio
 
-from stormount.backends.base import Backend, ObjectInfo
+from stormount.backends.base import Backend, ObjectInfo, list_pages
 from stormount.cache.meta import MetaStore
 from stormount.config import CacheConfig
 from stormount.errors import StormountError
@@ -117,25 +117,24 @@ class Ahead:
     async def _run(self, scan: Scan) -> None:
         out: dict[str, Derived] = {}
         adopted: set[str] = set()
-        token: str | None = None
+        listing = list_pages(self.ns.backend, scan.top)
         try:
             for _ in range(SCAN_PAGES):
                 since, started = self.ns.seq, trio.current_time()
-                page = await self.ns.backend.list(scan.top, "", token)
+                page = await anext(listing)
                 if self.ns.changed_under(scan.top, since):
                     return  # this mount changed the subtree meanwhile: the page may be older
                 derive(scan.top, page.objects, listable, self.ns.warn_skip, out)
-                token = page.token
+                done = page.token is None
                 last = page.objects[-1].key if page.objects else None
-                self._adopt_covered(out, adopted, last, token is None)
-                scan.advance(last, complete=token is None)
-                if token is None:
+                self._adopt_covered(out, adopted, last, done)
+                scan.advance(last, complete=done)
+                if done:
                     self._scanned.pop(scan.top, None)
                     self._scanned[scan.top] = trio.current_time()
                     while len(self._scanned) > SCANNED_MAX:
                         del self._scanned[next(iter(self._scanned))]
-                if token is None or not any("/" in info.key[len(scan.top):]
-                                            for info in page.objects):
+                if done or not any("/" in info.key[len(scan.top):] for info in page.objects):
                     return  # all of it, or a flat directory: nothing more to derive
                 # on only while what it gives is used (a walk); a page's time to see
                 with trio.move_on_after(max(1.0, trio.current_time() - started)):

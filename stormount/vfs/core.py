@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from stormount.backends.base import Backend
+from stormount.backends.base import Backend, list_pages
 from stormount.cache.blocks import BlockCache
 from stormount.cache.meta import MetaStore
 from stormount.chain.health import RESERVED
@@ -236,15 +236,10 @@ class Core:
         local = {node.key: node.attrs.size for node in nodes
                  if node.kind != DIR and node.staging is not None and not node.unlinked}
         for prefix in prefixes:
-            token: str | None = None
-            while True:
-                page = await self.backend.list(prefix, "", token)
+            async for page in list_pages(self.backend, prefix):
                 for info in page.objects:
                     if not info.key.endswith("/") and info.key not in local:
                         yield info.key, info.size
-                token = page.token
-                if token is None:
-                    break
         for item in local.items():
             yield item
 

@@ -37,6 +37,7 @@ from stormount.writeback.journal import (
     Journal,
     read_multiparts,
     read_pending,
+    read_staged,
     recover_reserved,
     recovered_dir,
     reserved,
@@ -59,5 +60,5 @@ from stormount.writeback.uploader import HOT_MAX, HOT_PATHS, LARGE
 
 __all__ = ["CLOSED", "FAILING", "FINAL", "HOT_MAX", "HOT_PATHS", "LARGE", "MARKER", "OPEN",
            "QUEUED", "UPLOADING", "WRITING", "Journal", "Upload", "Writeback",
-           "read_multiparts", "read_pending", "recover_reserved", "recovered_dir",
+           "read_multiparts", "read_pending", "read_staged", "recover_reserved", "recovered_dir",
            "reserved", "reserved_rows", "staged_size"]

@@ -4,10 +4,12 @@ that can never be uploaded."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
 
 from stormount.backends.resume import Part, Recorded
 from stormount.chain.health import RESERVED
@@ -109,6 +111,11 @@ class Journal(SqliteJournal):
              up.attempts, up.last_error, up.state, up.queued_at, up.held,
              None if up.delta is None else up.delta.dumps())))
 
+    def drop_pending(self, path: str) -> None:
+        """The row alone (`gc --cache-dir --apply`, its staging file gone): an upload it
+        recorded stays recorded."""
+        self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)))
+
     def remove(self, path: str) -> None:
         self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)), *_dropping(path))
 
@@ -170,32 +177,48 @@ def recover_reserved(journal: Journal, up: Upload, keep: str) -> str | None:
     return dest
 
 
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[sqlite3.Connection | None]:
+    """The journal opened read-only, as another process reads it (a running daemon's,
+    or one gc checks): never created nor changed; None when there is none."""
+    if not os.path.exists(path):
+        yield None
+        return
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
 def read_multiparts(path: str) -> list[Recorded]:
     """The resumable uploads a journal records (for `stormount gc`, which must not take
     them for orphans), read-only; none from a journal older than them."""
-    if not os.path.exists(path):
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return list(_multiparts(db).values())
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
+    with _reading(path) as db:
+        try:
+            return [] if db is None else list(_multiparts(db).values())
+        except sqlite3.OperationalError:
+            return []
+
+
+def read_staged(path: str) -> list[tuple[str, str, float]]:
+    """(path, staging file, queued_at) of each row, read-only (for `gc --cache-dir`);
+    sqlite3.Error when the journal cannot be read."""
+    with _reading(path) as db:
+        return [] if db is None else [
+            (str(k), str(s), float(q))
+            for k, s, q in db.execute("SELECT path, staging, queued_at FROM pending")]
 
 
 def read_pending(path: str) -> list[dict[str, object]]:
     """The queue as another process (the CLI waiting for an unmount) sees it."""
-    if not os.path.exists(path):
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        rows = db.execute("SELECT path, state, attempts, last_error, held FROM pending"
-                          " ORDER BY queued_at").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        db.close()
+    with _reading(path) as db:
+        try:
+            rows = [] if db is None else db.execute(
+                "SELECT path, state, attempts, last_error, held FROM pending"
+                " ORDER BY queued_at").fetchall()
+        except sqlite3.OperationalError:
+            return []
     # (a CLOSED row may have been released since: only the running daemon knows)
     return [{"path": p, "state": OPEN if h == WRITING and s != UPLOADING else s,
              "attempts": a, "last_error": e} for p, s, a, e, h in rows]
