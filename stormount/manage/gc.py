@@ -274,7 +274,7 @@ def _apply_cache(findings: list[Finding], journal: str, recovered: str) -> None:
             elif finding.action == DROP:
                 db = Journal(journal)
                 try:
-                    db.drop_pending(finding.what)
+                    db.remove(finding.what)  # its recorded upload can never resume
                 finally:
                     db.close()
                 finding.done = True

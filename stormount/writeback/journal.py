@@ -111,12 +111,9 @@ class Journal(SqliteJournal):
              up.attempts, up.last_error, up.state, up.queued_at, up.held,
              None if up.delta is None else up.delta.dumps())))
 
-    def drop_pending(self, path: str) -> None:
-        """The row alone (`gc --cache-dir --apply`, its staging file gone): an upload it
-        recorded stays recorded."""
-        self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)))
-
     def remove(self, path: str) -> None:
+        """The row and the multipart upload it recorded: once no row names it, nothing
+        resumes that upload, and `gc` may abort it in the store."""
         self._write(False, ("DELETE FROM pending WHERE path = ?", (path,)), *_dropping(path))
 
     def rename(self, old: str, new: str, base: str | None) -> None:

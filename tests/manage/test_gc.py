@@ -188,3 +188,28 @@ def test_an_upload_a_journal_records_as_resumable_is_kept(s3_store, tmp_path):
         ("resumable-upload", f"big.iso (upload {ours['UploadId']})", "keep", False),
         ("unfinished-upload", f"old.iso (upload {orphan['UploadId']})", "remove", True)]
     assert s3_store.multipart_uploads() == ["big.iso"]
+
+
+def test_a_dropped_rows_recorded_upload_is_removed_with_it(s3_store, tmp_path):
+    """A row whose staging file is gone is dropped with the multipart upload it recorded:
+    nothing can resume that upload any more, so it is an unfinished upload like another
+    (it was kept as resumable for ever, and its parts billed)."""
+    from stormount.backends.resume import Recorded
+
+    cache = tmp_path / "cache"
+    (cache / "staging").mkdir(parents=True)
+    journal = Journal(str(cache / "journal.sqlite3"))
+    ours = s3_store.client.create_multipart_upload(Bucket=s3_store.bucket, Key="big.iso")
+    journal.put(Upload("big.iso", str(cache / "staging" / "stage-gone"), None, {}))
+    journal.begin_multipart("big.iso", Recorded(s3_store.url, "big.iso", ours["UploadId"],
+                                                5 << 20, "sig"))
+    journal.close()
+    applied = gc(s3_store.url, "--older-than", "0", "--apply", "--cache-dir", str(cache),
+                 env=s3_store.env)
+    assert ("lost-staging", "big.iso", "drop", True) in kinds(applied)
+    # the next run finds the upload no row records any more, and removes it
+    again = gc(s3_store.url, "--older-than", "0", "--apply", "--cache-dir", str(cache),
+               env=s3_store.env)
+    assert kinds(again) == [
+        ("unfinished-upload", f"big.iso (upload {ours['UploadId']})", "remove", True)]
+    assert s3_store.multipart_uploads() == []
