@@ -35,7 +35,7 @@ import trio
 
 from stormount.backends.base import ListPage, ObjectInfo, Progress
 from stormount.backends.resume import Recorded, Resume
-from stormount.chain.health import RESERVED, Health
+from stormount.chain.health import Health, reserved
 from stormount.chain.repair import (
     ABSENT,
     COPY,
@@ -67,8 +67,18 @@ def conflict_name(path: str, host: str, when: float, n: int = 0) -> str:
     return f"{path}.conflict-{host}-{stamp}" + (f"-{n}" if n else "")
 
 
-def _reserved(key: str) -> bool:
-    return key.startswith(RESERVED)
+async def put_aside(key: str, host: str, put: Callable[[str], Awaitable[T]]
+                    ) -> tuple[T, str]:
+    """Store a version beside `key` under the first free conflict name: `put(name)`
+    writes it if nothing is there, and raises Changed if something is."""
+    when = time.time()
+    for n in range(100):
+        name = conflict_name(key, host, when, n)
+        try:
+            return await put(name), name
+        except Changed:
+            continue
+    raise Changed(f"no free conflict name for {key}", key=key)
 
 
 def _up(info: ObjectInfo) -> ObjectInfo:
@@ -171,13 +181,13 @@ class Chain:
                         self.tiers[index].url, e)
 
     async def head(self, key: str) -> ObjectInfo:
-        if _reserved(key):
+        if reserved(key):
             raise NotFound(f"{key}: reserved", key=key)
         return _up(await self._read(key, "head", Kind.LIST, lambda t: t.backend.head(key)))
 
     async def get_range(self, key: str, offset: int, length: int,
                         version: str | None = None) -> bytes:
-        if _reserved(key):
+        if reserved(key):
             raise NotFound(f"{key}: reserved", key=key)
 
         async def fetch(tier: Tier) -> bytes:
@@ -225,7 +235,7 @@ class Chain:
         return await self._store(key, send, None, False)
 
     async def delete(self, key: str) -> None:
-        if _reserved(key):
+        if reserved(key):
             raise reserved_error(key)
         async with self._locks.hold(key):
             before = self.pending.get(key, 0)
@@ -248,7 +258,7 @@ class Chain:
 
     async def list(self, prefix: str, delimiter: str = "/", token: str | None = None,
                    limit: int = 1000) -> ListPage:
-        if _reserved(prefix):
+        if reserved(prefix):
             return ListPage()
         after: str | None = None
         inner: str | None = None
@@ -281,7 +291,7 @@ class Chain:
 
     async def copy(self, src: str, dst: str,
                    metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        if _reserved(dst):
+        if reserved(dst):
             raise reserved_error(dst)
         async with self._locks.hold(src, dst):
             sources = self._holders(src)
@@ -341,7 +351,7 @@ class Chain:
     async def _store(self, key: str,
                      send: Callable[[Tier, str | None, bool], Awaitable[ObjectInfo]],
                      if_match: str | None, if_absent: bool) -> ObjectInfo:
-        if _reserved(key):
+        if reserved(key):
             raise reserved_error(key)
         async with self._locks.hold(key):
             before = self.pending.get(key, 0)
@@ -518,8 +528,8 @@ class Chain:
         if page.token is not None and last is not None:
             # a page that ends with a prefix covers every key under it
             upto = last + "\U0010ffff" if last in page.prefixes else last
-        objects = {o.key: _up(o) for o in page.objects if not _reserved(o.key)}
-        prefixes = {p for p in page.prefixes if not _reserved(p)}
+        objects = {o.key: _up(o) for o in page.objects if not reserved(o.key)}
+        prefixes = {p for p in page.prefixes if not reserved(p)}
         for key in self.pending.between(prefix, after, upto):
             task = self.pending.get(key, 0)
             if task is None and index > 0:
@@ -688,19 +698,13 @@ class Chain:
         raise Changed(f"{task.key} changed on the primary", key=task.key)
 
     async def _copy_aside(self, task: Task, src: Tier) -> str:
-        when = time.time()
-        for n in range(100):
-            name = conflict_name(task.key, self.host, when, n)
-            try:
-                await transfer(src, self.primary, task.key, self.spool, dst_key=name,
-                               if_absent=True, verify=True)
-            except Changed:
-                continue
-            log.warning("%s changed on the primary while it was down; kept its version, "
-                        "and the version written meanwhile as %s", task.key, name,
-                        extra={"event": "conflict", "key": task.key, "conflict": name})
-            return name
-        raise Changed(f"no free conflict name for {task.key}", key=task.key)
+        _, name = await put_aside(task.key, self.host, lambda name: transfer(
+            src, self.primary, task.key, self.spool, dst_key=name, if_absent=True,
+            verify=True))
+        log.warning("%s changed on the primary while it was down; kept its version, "
+                    "and the version written meanwhile as %s", task.key, name,
+                    extra={"event": "conflict", "key": task.key, "conflict": name})
+        return name
 
 
 def _parse_cond(cond: str | None) -> tuple[str | None, bool]:

@@ -31,6 +31,12 @@ RESERVED = ".stormount/"
 PROBE_PREFIX = RESERVED + "probe/"
 
 
+def reserved(key: str) -> bool:
+    """Under the top-level `.stormount/`: the chain's own objects (health probes, a local
+    tier's staging), which no command lists, counts or copies and no upload may store."""
+    return key.startswith(RESERVED)
+
+
 class Health:
     """The tiers' health, for the daemon and the control socket."""
 

@@ -37,7 +37,7 @@ from functools import partial
 
 from stormount import config
 from stormount.backends.base import ObjectInfo, Unfinished
-from stormount.chain.health import PROBE_PREFIX
+from stormount.chain.health import PROBE_PREFIX, reserved
 from stormount.chain.repair import STAMP
 from stormount.durable import lock
 from stormount.errors import BackendError, NotFound, StormountError
@@ -49,7 +49,6 @@ from stormount.writeback import (
     read_staged,
     recover_reserved,
     recovered_dir,
-    reserved,
     reserved_rows,
     staged_size,
 )

@@ -12,7 +12,7 @@ import trio
 
 from stormount.backends import open_backend
 from stormount.backends.base import ObjectInfo, ObjectStore, list_pages
-from stormount.chain.health import RESERVED
+from stormount.chain.health import reserved
 from stormount.chain.retry import retrying
 from stormount.chain.tier import redact
 from stormount.config import ChainConfig, MountConfig, TierConfig, folder_path
@@ -80,11 +80,6 @@ def lifecycle_store(cfg: MountConfig, backends: list[ObjectStore]) -> Store:
     """A Store over backends a running mount has open already (its own tiers)."""
     return Store(cfg, [Tier(i, t, b) for i, (t, b) in
                        enumerate(zip(cfg.tiers, backends, strict=True))])
-
-
-def reserved(key: str) -> bool:
-    """The chain's own objects (health probes), which no command counts or copies."""
-    return key.startswith(RESERVED)
 
 
 def folder_prefix(path: str) -> str:

@@ -35,9 +35,10 @@ from typing import Any
 import trio
 
 from stormount.backends.base import ObjectInfo
+from stormount.chain.health import reserved
 from stormount.config import cache_base
 from stormount.errors import BackendError, Changed, NotFound, StormountError
-from stormount.manage.store import Store, Tier, objects, reserved
+from stormount.manage.store import Store, Tier, objects
 from stormount.vfs.attrs import LINK, Attrs, attrs_from_object, kind_of, metadata_of
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,6 @@ from stormount.writeback.journal import (
     read_staged,
     recover_reserved,
     recovered_dir,
-    reserved,
     reserved_rows,
 )
 from stormount.writeback.queue import Writeback
@@ -61,4 +60,4 @@ from stormount.writeback.uploader import HOT_MAX, HOT_PATHS, LARGE
 __all__ = ["CLOSED", "FAILING", "FINAL", "HOT_MAX", "HOT_PATHS", "LARGE", "MARKER", "OPEN",
            "QUEUED", "UPLOADING", "WRITING", "Journal", "Upload", "Writeback",
            "read_multiparts", "read_pending", "read_staged", "recover_reserved", "recovered_dir",
-           "reserved", "reserved_rows", "staged_size"]
+           "reserved_rows", "staged_size"]

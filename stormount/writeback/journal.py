@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 from stormount.backends.resume import Part, Recorded
-from stormount.chain.health import RESERVED
+from stormount.chain.health import reserved
 from stormount.durable import SqliteJournal
 from stormount.ranges import Delta
 from stormount.writeback.upload import FAILING, MARKER, OPEN, QUEUED, UPLOADING, WRITING, Upload
@@ -148,14 +148,9 @@ def recovered_dir(cache: str) -> str:
     return os.path.join(cache, "recovered", time.strftime("%Y%m%dT%H%M%S"))
 
 
-def reserved(path: str) -> bool:
-    """Is this row under the reserved `.stormount/`? An earlier version took such rows
-    in: their uploads can never be stored, and would keep the queue from draining for
-    ever."""
-    return path.startswith(RESERVED)
-
-
 def reserved_rows(journal: Journal) -> list[Upload]:
+    # an earlier version took such rows in: their uploads can never be stored, and
+    # would keep the queue from draining for ever
     return [up for up in journal.load() if reserved(up.path)]
 
 

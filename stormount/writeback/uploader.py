@@ -21,7 +21,7 @@ import trio
 
 from stormount.backends.base import Backend, ObjectInfo, Progress
 from stormount.backends.resume import Part, Recorded, Resume
-from stormount.chain.chain import conflict_name
+from stormount.chain.chain import put_aside
 from stormount.chain.retry import backoff
 from stormount.config import WritebackConfig
 from stormount.errors import BackendError, Changed, NotFound, Transient
@@ -163,16 +163,8 @@ class Uploader:
             if mine is not None:
                 return mine, None
         # someone else changed the object: keep theirs, put ours beside it
-        when = time.time()
-        for n in range(100):
-            name = conflict_name(up.path, self.host, when, n)
-            try:
-                info = await self.backend.put_file(name, up.staging, up.metadata,
-                                                   if_absent=True, progress=progress)
-            except Changed:
-                continue
-            return info, name
-        raise Changed(f"no free conflict name for {up.path}", key=up.path)
+        return await put_aside(up.path, self.host, lambda name: self.backend.put_file(
+            name, up.staging, up.metadata, if_absent=True, progress=progress))
 
     def _resume(self, up: Upload) -> Resume | None:
         """What the backend needs to continue (and record) a multipart upload of this
