@@ -168,19 +168,26 @@ def test_uncommitted_azure_blocks_are_found_then_discarded(az_store):
     assert gc(az_store.url, "--older-than", "0", env=az_store.env)["findings"] == []
 
 
-def test_an_upload_a_journal_records_as_resumable_is_kept(s3_store, tmp_path):
+def journaled_upload(s3_store, cache, staging: str) -> dict:
+    """A row for big.iso (staged at `staging` in the cache) that recorded a multipart
+    upload begun in the store; the upload."""
     from stormount.backends.resume import Recorded
 
-    cache = tmp_path / "cache"
     (cache / "staging").mkdir(parents=True)
-    (cache / "staging" / "stage-big").write_bytes(b"content")
     ours = s3_store.client.create_multipart_upload(Bucket=s3_store.bucket, Key="big.iso")
-    orphan = s3_store.client.create_multipart_upload(Bucket=s3_store.bucket, Key="old.iso")
     journal = Journal(str(cache / "journal.sqlite3"))
-    journal.put(Upload("big.iso", str(cache / "staging" / "stage-big"), None, {}))
+    journal.put(Upload("big.iso", str(cache / "staging" / staging), None, {}))
     journal.begin_multipart("big.iso", Recorded(s3_store.url, "big.iso", ours["UploadId"],
                                                 5 << 20, "sig"))
     journal.close()
+    return ours
+
+
+def test_an_upload_a_journal_records_as_resumable_is_kept(s3_store, tmp_path):
+    cache = tmp_path / "cache"
+    ours = journaled_upload(s3_store, cache, "stage-big")
+    (cache / "staging" / "stage-big").write_bytes(b"content")
+    orphan = s3_store.client.create_multipart_upload(Bucket=s3_store.bucket, Key="old.iso")
 
     applied = gc(s3_store.url, "--older-than", "0", "--apply", "--cache-dir", str(cache),
                  env=s3_store.env)
@@ -194,16 +201,8 @@ def test_a_dropped_rows_recorded_upload_is_removed_with_it(s3_store, tmp_path):
     """A row whose staging file is gone is dropped with the multipart upload it recorded:
     nothing can resume that upload any more, so it is an unfinished upload like another
     (it was kept as resumable for ever, and its parts billed)."""
-    from stormount.backends.resume import Recorded
-
     cache = tmp_path / "cache"
-    (cache / "staging").mkdir(parents=True)
-    journal = Journal(str(cache / "journal.sqlite3"))
-    ours = s3_store.client.create_multipart_upload(Bucket=s3_store.bucket, Key="big.iso")
-    journal.put(Upload("big.iso", str(cache / "staging" / "stage-gone"), None, {}))
-    journal.begin_multipart("big.iso", Recorded(s3_store.url, "big.iso", ours["UploadId"],
-                                                5 << 20, "sig"))
-    journal.close()
+    ours = journaled_upload(s3_store, cache, "stage-gone")  # (never written)
     applied = gc(s3_store.url, "--older-than", "0", "--apply", "--cache-dir", str(cache),
                  env=s3_store.env)
     assert ("lost-staging", "big.iso", "drop", True) in kinds(applied)
