@@ -414,8 +414,9 @@ def reload_config(old: MountConfig, new: MountConfig, vfs: Vfs, ops: Operations,
     changed = _differences(old, new)
     live = {*LIVE_TOP, *(f"cache.{n}" for n in LIVE_CACHE), *(f"chain.{n}" for n in LIVE_CHAIN),
             *(f"fuse.{n}" for n in LIVE_FUSE), "writeback.debounce", "writeback.parallel",
-            "writeback.retries", "writeback.retry_delay", "writeback.retry_max_delay",
-            "writeback.failing_retry_delay", "writeback.fsync", "quotas"}
+            "writeback.parallel_large", "writeback.retries", "writeback.retry_delay",
+            "writeback.retry_max_delay", "writeback.failing_retry_delay", "writeback.fsync",
+            "quotas"}
     later = [name for name in changed if name not in live]
     now = [name for name in changed if name in live]
     cfg = replace(old, cache=_live(old.cache, new.cache, LIVE_CACHE),
