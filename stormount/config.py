@@ -22,6 +22,96 @@ ID_MAX = 2**32 - 2
 SCHEMES = ("s3", "az", "file", "memory")
 
 
+def parse_size(value: object, what: str) -> int:
+    """'8MiB', '10MB', '4096' or an int -> bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{what}: size must not be negative")
+        return value
+    text = str(value).strip()
+    units = {"kib": 1024, "mib": MiB, "gib": 1024 * MiB, "tib": MiB * MiB,
+             "kb": 1000, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 1024, "m": MiB,
+             "g": 1024 * MiB, "b": 1}
+    lower = text.lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if lower.endswith(unit):
+            number = lower[: -len(unit)].strip()
+            break
+    else:
+        unit, number = "b", lower
+    try:
+        result = int(float(number) * units[unit])
+    except (ValueError, OverflowError):  # "inf" overflows int()
+        raise ConfigError(f"{what}: {value!r} is not a size (e.g. 8MiB)") from None
+    if result < 0:
+        raise ConfigError(f"{what}: size must not be negative")
+    return result
+
+
+def _to_int(raw: object, what: str) -> int:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{what}: expected an integer, got {raw!r}")
+    try:
+        return int(str(raw), 0) if isinstance(raw, str) else int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):  # a TOML inf overflows int()
+        raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
+
+
+def _to_float(raw: object, what: str) -> float:
+    """A finite number: NaN compares false with every bound, so it would pass each
+    check and then never fire (debounce=nan never uploads), and infinity is no time."""
+    if isinstance(raw, bool):
+        raise ConfigError(f"{what}: expected a number, got {raw!r}")
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{what}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{what}: expected a finite number, got {raw!r}")
+    return value
+
+
+def _to_bool(raw: object, what: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{what}: expected true or false, got {raw!r}")
+
+
+def _to_mode(raw: object, what: str) -> int:
+    """Modes are octal: '0644', '644', or a TOML integer written 0o644."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        try:
+            value = int(str(raw), 8)
+        except ValueError:
+            raise ConfigError(f"{what}: expected an octal mode such as 0644, got {raw!r}") from None
+    if not 0 <= value <= 0o7777:
+        raise ConfigError(f"{what}: mode out of range: {raw!r}")
+    return value
+
+
+def _path_text(raw: object, what: str) -> str:
+    text = str(raw)
+    if "\0" in text:  # only TOML can carry one ("\u0000"); the OS refuses it
+        raise ConfigError(f"{what}: a path must not contain a NUL character")
+    return text
+
+
+def _to_fsync(raw: object, what: str) -> str:
+    value = str(raw).lower()
+    if value not in ("local", "upload"):
+        raise ConfigError(f"{what}: expected local or upload, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class TierConfig:
     """One storage tier: where it is and how to talk to it."""
@@ -184,34 +274,6 @@ class MountConfig:
     lifecycle_interval: float = 0.0
 
 
-def parse_size(value: object, what: str) -> int:
-    """'8MiB', '10MB', '4096' or an int -> bytes."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: expected a size, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{what}: size must not be negative")
-        return value
-    text = str(value).strip()
-    units = {"kib": 1024, "mib": MiB, "gib": 1024 * MiB, "tib": MiB * MiB,
-             "kb": 1000, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 1024, "m": MiB,
-             "g": 1024 * MiB, "b": 1}
-    lower = text.lower()
-    for unit in sorted(units, key=len, reverse=True):
-        if lower.endswith(unit):
-            number = lower[: -len(unit)].strip()
-            break
-    else:
-        unit, number = "b", lower
-    try:
-        result = int(float(number) * units[unit])
-    except (ValueError, OverflowError):  # "inf" overflows int()
-        raise ConfigError(f"{what}: {value!r} is not a size (e.g. 8MiB)") from None
-    if result < 0:
-        raise ConfigError(f"{what}: size must not be negative")
-    return result
-
-
 S3_BUCKET = re.compile(r"[a-z0-9.-]{3,63}")
 
 
@@ -286,61 +348,6 @@ def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierCo
     return tier
 
 
-def _to_int(raw: object, what: str) -> int:
-    if isinstance(raw, bool):
-        raise ConfigError(f"{what}: expected an integer, got {raw!r}")
-    try:
-        return int(str(raw), 0) if isinstance(raw, str) else int(raw)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):  # a TOML inf overflows int()
-        raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
-
-
-def _to_float(raw: object, what: str) -> float:
-    """A finite number: NaN compares false with every bound, so it would pass each
-    check and then never fire (debounce=nan never uploads), and infinity is no time."""
-    if isinstance(raw, bool):
-        raise ConfigError(f"{what}: expected a number, got {raw!r}")
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{what}: expected a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{what}: expected a finite number, got {raw!r}")
-    return value
-
-
-def _to_bool(raw: object, what: str) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).lower()
-    if text in ("", "1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{what}: expected true or false, got {raw!r}")
-
-
-def _to_mode(raw: object, what: str) -> int:
-    """Modes are octal: '0644', '644', or a TOML integer written 0o644."""
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        value = raw
-    else:
-        try:
-            value = int(str(raw), 8)
-        except ValueError:
-            raise ConfigError(f"{what}: expected an octal mode such as 0644, got {raw!r}") from None
-    if not 0 <= value <= 0o7777:
-        raise ConfigError(f"{what}: mode out of range: {raw!r}")
-    return value
-
-
-def _path_text(raw: object, what: str) -> str:
-    text = str(raw)
-    if "\0" in text:  # only TOML can carry one ("\u0000"); the OS refuses it
-        raise ConfigError(f"{what}: a path must not contain a NUL character")
-    return text
-
-
 _FUSE_CONVERT = {
     "entry_timeout": _to_float, "attr_timeout": _to_float, "uid": _to_int, "gid": _to_int,
     "umask": _to_mode, "file_mode": _to_mode, "dir_mode": _to_mode,
@@ -352,13 +359,6 @@ _CACHE_CONVERT = {"dir": _path_text, "metadata_ttl": _to_float,
                   "head_parallel": _to_int, "trust_listings": _to_bool,
                   "block_size": parse_size, "max_size": parse_size, "min_free": parse_size,
                   "read_ahead_max": parse_size}
-
-
-def _to_fsync(raw: object, what: str) -> str:
-    value = str(raw).lower()
-    if value not in ("local", "upload"):
-        raise ConfigError(f"{what}: expected local or upload, got {raw!r}")
-    return value
 
 
 _CHAIN_CONVERT = {"retries": _to_int, "retry_delay": _to_float,
