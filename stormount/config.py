@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -20,6 +20,97 @@ MiB = 1024 * 1024
 # the largest uid or gid the kernel takes ((uid_t)-1 means "no change" to it)
 ID_MAX = 2**32 - 2
 SCHEMES = ("s3", "az", "file", "memory")
+Parser = Callable[[object, str], Any]  # (raw value, option name) -> value, or ConfigError
+
+
+def parse_size(value: object, what: str) -> int:
+    """'8MiB', '10MB', '4096' or an int -> bytes."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"{what}: size must not be negative")
+        return value
+    text = str(value).strip()
+    units = {"kib": 1024, "mib": MiB, "gib": 1024 * MiB, "tib": MiB * MiB,
+             "kb": 1000, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 1024, "m": MiB,
+             "g": 1024 * MiB, "b": 1}
+    lower = text.lower()
+    for unit in sorted(units, key=len, reverse=True):
+        if lower.endswith(unit):
+            number = lower[: -len(unit)].strip()
+            break
+    else:
+        unit, number = "b", lower
+    try:
+        result = int(float(number) * units[unit])
+    except (ValueError, OverflowError):  # "inf" overflows int()
+        raise ConfigError(f"{what}: {value!r} is not a size (e.g. 8MiB)") from None
+    if result < 0:
+        raise ConfigError(f"{what}: size must not be negative")
+    return result
+
+
+def _to_int(raw: object, what: str) -> int:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{what}: expected an integer, got {raw!r}")
+    try:
+        return int(str(raw), 0) if isinstance(raw, str) else int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):  # a TOML inf overflows int()
+        raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
+
+
+def _to_float(raw: object, what: str) -> float:
+    """A finite number: NaN compares false with every bound, so it would pass each
+    check and then never fire (debounce=nan never uploads), and infinity is no time."""
+    if isinstance(raw, bool):
+        raise ConfigError(f"{what}: expected a number, got {raw!r}")
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{what}: expected a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{what}: expected a finite number, got {raw!r}")
+    return value
+
+
+def _to_bool(raw: object, what: str) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).lower()
+    if text in ("", "1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{what}: expected true or false, got {raw!r}")
+
+
+def _to_mode(raw: object, what: str) -> int:
+    """Modes are octal: '0644', '644', or a TOML integer written 0o644."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        value = raw
+    else:
+        try:
+            value = int(str(raw), 8)
+        except ValueError:
+            raise ConfigError(f"{what}: expected an octal mode such as 0644, got {raw!r}") from None
+    if not 0 <= value <= 0o7777:
+        raise ConfigError(f"{what}: mode out of range: {raw!r}")
+    return value
+
+
+def _path_text(raw: object, what: str) -> str:
+    text = str(raw)
+    if "\0" in text:  # only TOML can carry one ("\u0000"); the OS refuses it
+        raise ConfigError(f"{what}: a path must not contain a NUL character")
+    return text
+
+
+def _to_fsync(raw: object, what: str) -> str:
+    value = str(raw).lower()
+    if value not in ("local", "upload"):
+        raise ConfigError(f"{what}: expected local or upload, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,63 +171,90 @@ class TierConfig:
 TIER_OPTIONS = {f.name for f in fields(TierConfig)} - {"url", "scheme", "container", "prefix"}
 
 
+def option(default: Any, parse: Parser, *, live: bool = False) -> Any:
+    """A field of a section ([cache], [fuse], ...) with all that is known of it: its
+    default, the parser of what a file or -o gives, and whether SIGHUP puts it in force."""
+    return field(default=default, metadata={"parse": parse, "live": live})
+
+
+def converters(cls: type[Any]) -> dict[str, Parser]:
+    """The parser of each option of a section, by name."""
+    return {f.name: f.metadata["parse"] for f in fields(cls)}
+
+
+def live_names(cls: type[Any]) -> tuple[str, ...]:
+    """The fields of `cls` that SIGHUP changes in a running mount."""
+    return tuple(f.name for f in fields(cls) if f.metadata.get("live"))
+
+
 @dataclass(frozen=True)
 class CacheConfig:
-    dir: str = ""  # filled from the source and mountpoint when not given
-    metadata_ttl: float = 60.0  # how long attributes learnt from the store are trusted
-    listing_ttl: float = 300.0  # how long a directory listing is trusted
-    negative_ttl: float = 5.0  # how long "no such file" is trusted
+    dir: str = option("", _path_text)  # filled from the source and mountpoint when not given
+    # how long attributes learnt from the store, a directory listing and "no such file"
+    # are trusted
+    metadata_ttl: float = option(60.0, _to_float, live=True)
+    listing_ttl: float = option(300.0, _to_float, live=True)
+    negative_ttl: float = option(5.0, _to_float, live=True)
     # listings of S3 carry no metadata: the attributes of what they introduce are fetched
     # (HEAD) before anything relies on them, this many at once in the background right
     # after a listing; trust_listings shows listed objects with the mount's defaults
     # instead (for buckets known to carry no metadata: symlinks then show as files)
-    head_parallel: int = 32
-    trust_listings: bool = False
-    block_size: int = 4 * MiB  # unit of object data fetched and cached
-    max_size: int = 10 * 1024 * MiB  # cap of the block cache on disk
-    min_free: int = 1024 * MiB  # free disk space the block cache always leaves
-    read_ahead_max: int = 64 * MiB  # largest read-ahead window of a sequential reader
+    head_parallel: int = option(32, _to_int)
+    trust_listings: bool = option(False, _to_bool)
+    block_size: int = option(4 * MiB, parse_size)  # unit of object data fetched and cached
+    max_size: int = option(10 * 1024 * MiB, parse_size, live=True)  # cap of the block cache
+    # free disk space the block cache always leaves
+    min_free: int = option(1024 * MiB, parse_size, live=True)
+    # largest read-ahead window of a sequential reader
+    read_ahead_max: int = option(64 * MiB, parse_size)
 
 
 @dataclass(frozen=True)
 class WritebackConfig:
     # seconds a closed file is left alone before it uploads: long enough for what
     # follows a close at once (the rename of a temp file, tar's chmod and utime)
-    debounce: float = 0.5
-    parallel: int = 16  # uploads at once
-    parallel_large: int = 4  # of them, files above 8 MiB (sent in parts, several at once)
-    retries: int = 4  # attempts with backoff before an upload is reported failing
-    retry_delay: float = 1.0  # first backoff; doubles per attempt
-    retry_max_delay: float = 10.0  # cap of the backoff
-    failing_retry_delay: float = 60.0  # how often a failing upload is tried again
-    fsync: str = "local"  # "local": fsync makes data durable on local disk; "upload": in the store
+    debounce: float = option(0.5, _to_float, live=True)
+    parallel: int = option(16, _to_int, live=True)  # uploads at once
+    # of them, files above 8 MiB (sent in parts, several at once)
+    parallel_large: int = option(4, _to_int, live=True)
+    # attempts with backoff before an upload is reported failing
+    retries: int = option(4, _to_int, live=True)
+    retry_delay: float = option(1.0, _to_float, live=True)  # first backoff; doubles per attempt
+    retry_max_delay: float = option(10.0, _to_float, live=True)  # cap of the backoff
+    # how often a failing upload is tried again
+    failing_retry_delay: float = option(60.0, _to_float, live=True)
+    # "local": fsync makes data durable on local disk; "upload": in the store
+    fsync: str = option("local", _to_fsync, live=True)
 
 
 @dataclass(frozen=True)
 class ChainConfig:
-    retries: int = 4  # attempts of a read, listing, delete or copy when tiers fail
-    retry_delay: float = 1.0  # first backoff; doubles per attempt
-    retry_max_delay: float = 10.0  # cap of the backoff
-    repair_parallel: int = 4  # spilled objects copied up (and mirror copies made) at once
+    # attempts of a read, listing, delete or copy when tiers fail
+    retries: int = option(4, _to_int, live=True)
+    retry_delay: float = option(1.0, _to_float, live=True)  # first backoff; doubles per attempt
+    retry_max_delay: float = option(10.0, _to_float, live=True)  # cap of the backoff
+    # spilled objects copied up (and mirror copies made) at once
+    repair_parallel: int = option(4, _to_int)
 
 
 @dataclass(frozen=True)
 class FuseConfig:
-    entry_timeout: float = 1.0  # kernel dentry cache
-    attr_timeout: float = 1.0  # kernel attribute cache
+    entry_timeout: float = option(1.0, _to_float, live=True)  # kernel dentry cache
+    attr_timeout: float = option(1.0, _to_float, live=True)  # kernel attribute cache
     # ownership and modes: when given, every entry shows them (whatever the objects
     # carry); when not, stored values show, and objects that carry none get the mounting
     # user, 0644 files and 0755 directories (umask 022)
-    uid: int | None = None
-    gid: int | None = None
-    umask: int | None = None
-    file_mode: int | None = None  # before umask
-    dir_mode: int | None = None
-    allow_other: bool = False
-    default_permissions: bool = True  # the kernel checks modes against uid/gid
-    read_only: bool = False
-    noexec: bool = False  # programs on the mount cannot be executed
-    nonempty: bool = False  # allow mounting over a non-empty directory
+    uid: int | None = option(None, _to_int)
+    gid: int | None = option(None, _to_int)
+    umask: int | None = option(None, _to_mode)
+    file_mode: int | None = option(None, _to_mode)  # before umask
+    dir_mode: int | None = option(None, _to_mode)
+    allow_other: bool = option(False, _to_bool)
+    # the kernel checks modes against uid/gid
+    default_permissions: bool = option(True, _to_bool)
+    read_only: bool = option(False, _to_bool)
+    noexec: bool = option(False, _to_bool)  # programs on the mount cannot be executed
+    nonempty: bool = option(False, _to_bool)  # allow mounting over a non-empty directory
 
 
 @dataclass(frozen=True)
@@ -169,47 +287,22 @@ class MountConfig:
     writeback: WritebackConfig = WritebackConfig()
     chain: ChainConfig = ChainConfig()
     socket: str | None = None  # control socket; None: the default place (CONTROL.md)
-    log_level: str = "info"
-    log_format: str = "text"  # or "json": one JSON object per line
+    # live=True: what SIGHUP changes (with the live options of the sections)
+    log_level: str = field(default="info", metadata={"live": True})
+    # or "json": one JSON object per line
+    log_format: str = field(default="text", metadata={"live": True})
     metrics_listen: str | None = None  # "HOST:PORT" serves Prometheus /metrics; None: off
-    log_file: str | None = None  # log here instead of stderr; SIGHUP reopens it
+    # log here instead of stderr; SIGHUP reopens it
+    log_file: str | None = field(default=None, metadata={"live": True})
     # a tier that cannot be reached at start: "degraded" starts without it (from the warm
     # cache when none answers), "wait" waits until every tier answers, "refuse" exits
     on_unreachable: str = "degraded"
-    quotas: tuple[QuotaConfig, ...] = ()
+    quotas: tuple[QuotaConfig, ...] = field(default=(), metadata={"live": True})
     # how often quota usage is counted again from the store (between, writes count it)
     quota_interval: float = 300.0
     lifecycle: tuple[LifecycleRule, ...] = ()
     # how often the daemon applies the lifecycle rules; 0: only `stormount lifecycle` does
     lifecycle_interval: float = 0.0
-
-
-def parse_size(value: object, what: str) -> int:
-    """'8MiB', '10MB', '4096' or an int -> bytes."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{what}: expected a size, got {value!r}")
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(f"{what}: size must not be negative")
-        return value
-    text = str(value).strip()
-    units = {"kib": 1024, "mib": MiB, "gib": 1024 * MiB, "tib": MiB * MiB,
-             "kb": 1000, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 1024, "m": MiB,
-             "g": 1024 * MiB, "b": 1}
-    lower = text.lower()
-    for unit in sorted(units, key=len, reverse=True):
-        if lower.endswith(unit):
-            number = lower[: -len(unit)].strip()
-            break
-    else:
-        unit, number = "b", lower
-    try:
-        result = int(float(number) * units[unit])
-    except (ValueError, OverflowError):  # "inf" overflows int()
-        raise ConfigError(f"{what}: {value!r} is not a size (e.g. 8MiB)") from None
-    if result < 0:
-        raise ConfigError(f"{what}: size must not be negative")
-    return result
 
 
 S3_BUCKET = re.compile(r"[a-z0-9.-]{3,63}")
@@ -286,87 +379,6 @@ def parse_tier_url(url: str, options: Mapping[str, Any] | None = None) -> TierCo
     return tier
 
 
-def _to_int(raw: object, what: str) -> int:
-    if isinstance(raw, bool):
-        raise ConfigError(f"{what}: expected an integer, got {raw!r}")
-    try:
-        return int(str(raw), 0) if isinstance(raw, str) else int(raw)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):  # a TOML inf overflows int()
-        raise ConfigError(f"{what}: expected an integer, got {raw!r}") from None
-
-
-def _to_float(raw: object, what: str) -> float:
-    """A finite number: NaN compares false with every bound, so it would pass each
-    check and then never fire (debounce=nan never uploads), and infinity is no time."""
-    if isinstance(raw, bool):
-        raise ConfigError(f"{what}: expected a number, got {raw!r}")
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{what}: expected a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{what}: expected a finite number, got {raw!r}")
-    return value
-
-
-def _to_bool(raw: object, what: str) -> bool:
-    if isinstance(raw, bool):
-        return raw
-    text = str(raw).lower()
-    if text in ("", "1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{what}: expected true or false, got {raw!r}")
-
-
-def _to_mode(raw: object, what: str) -> int:
-    """Modes are octal: '0644', '644', or a TOML integer written 0o644."""
-    if isinstance(raw, int) and not isinstance(raw, bool):
-        value = raw
-    else:
-        try:
-            value = int(str(raw), 8)
-        except ValueError:
-            raise ConfigError(f"{what}: expected an octal mode such as 0644, got {raw!r}") from None
-    if not 0 <= value <= 0o7777:
-        raise ConfigError(f"{what}: mode out of range: {raw!r}")
-    return value
-
-
-def _path_text(raw: object, what: str) -> str:
-    text = str(raw)
-    if "\0" in text:  # only TOML can carry one ("\u0000"); the OS refuses it
-        raise ConfigError(f"{what}: a path must not contain a NUL character")
-    return text
-
-
-_FUSE_CONVERT = {
-    "entry_timeout": _to_float, "attr_timeout": _to_float, "uid": _to_int, "gid": _to_int,
-    "umask": _to_mode, "file_mode": _to_mode, "dir_mode": _to_mode,
-    "allow_other": _to_bool, "default_permissions": _to_bool, "read_only": _to_bool,
-    "noexec": _to_bool, "nonempty": _to_bool,
-}
-_CACHE_CONVERT = {"dir": _path_text, "metadata_ttl": _to_float,
-                  "listing_ttl": _to_float, "negative_ttl": _to_float,
-                  "head_parallel": _to_int, "trust_listings": _to_bool,
-                  "block_size": parse_size, "max_size": parse_size, "min_free": parse_size,
-                  "read_ahead_max": parse_size}
-
-
-def _to_fsync(raw: object, what: str) -> str:
-    value = str(raw).lower()
-    if value not in ("local", "upload"):
-        raise ConfigError(f"{what}: expected local or upload, got {raw!r}")
-    return value
-
-
-_CHAIN_CONVERT = {"retries": _to_int, "retry_delay": _to_float,
-                  "retry_max_delay": _to_float, "repair_parallel": _to_int}
-_WRITEBACK_CONVERT = {"debounce": _to_float, "parallel": _to_int, "parallel_large": _to_int,
-                      "retries": _to_int,
-                      "retry_delay": _to_float, "retry_max_delay": _to_float,
-                      "failing_retry_delay": _to_float, "fsync": _to_fsync}
 # -o spellings that mount(8) users expect, mapped onto config keys
 _O_ALIASES = {"ro": "read_only", "rw": "read_only", "cache_dir": "cache.dir"}
 
@@ -514,11 +526,13 @@ def build_config(
     if not tiers:
         raise ConfigError("no storage tier given: pass a URL or a config file with [[tier]]")
 
-    cache = _apply(CacheConfig(), _CACHE_CONVERT, _section(data, "cache"), "cache")
-    fuse = _apply(FuseConfig(), _FUSE_CONVERT, _section(data, "fuse"), "fuse")
-    writeback = _apply(WritebackConfig(), _WRITEBACK_CONVERT, _section(data, "writeback"),
+    cache_opts, fuse_opts = converters(CacheConfig), converters(FuseConfig)
+    writeback_opts, chain_opts = converters(WritebackConfig), converters(ChainConfig)
+    cache = _apply(CacheConfig(), cache_opts, _section(data, "cache"), "cache")
+    fuse = _apply(FuseConfig(), fuse_opts, _section(data, "fuse"), "fuse")
+    writeback = _apply(WritebackConfig(), writeback_opts, _section(data, "writeback"),
                        "writeback")
-    chain = _apply(ChainConfig(), _CHAIN_CONVERT, _section(data, "chain"), "chain")
+    chain = _apply(ChainConfig(), chain_opts, _section(data, "chain"), "chain")
     # the daemon-wide settings, from the file, then flags, then -o
     top: dict[str, Any] = {key: data.get(key) for key in TOP_LEVEL}
     top["log_level"] = top["log_level"] or "info"
@@ -536,14 +550,14 @@ def build_config(
         key = _O_ALIASES.get(key, key)
         if key == "cache.dir":
             cache = replace(cache, dir=value)
-        elif key in _CACHE_CONVERT:
-            cache = _apply(cache, _CACHE_CONVERT, {key: value}, "cache")
-        elif key in _FUSE_CONVERT:
+        elif key in cache_opts:
+            cache = _apply(cache, cache_opts, {key: value}, "cache")
+        elif key in fuse_opts:
             fuse_o[key] = value
-        elif key in _WRITEBACK_CONVERT:
-            writeback = _apply(writeback, _WRITEBACK_CONVERT, {key: value}, "writeback")
-        elif key.startswith("chain.") and key[6:] in _CHAIN_CONVERT:
-            chain = _apply(chain, _CHAIN_CONVERT, {key[6:]: value}, "chain")
+        elif key in writeback_opts:
+            writeback = _apply(writeback, writeback_opts, {key: value}, "writeback")
+        elif key.startswith("chain.") and key[6:] in chain_opts:
+            chain = _apply(chain, chain_opts, {key[6:]: value}, "chain")
         elif key in top:
             top[key] = value
         elif key in ("config", "tier") or key in TIER_OPTIONS:
@@ -552,7 +566,7 @@ def build_config(
             continue  # mount(8)/fstab options meant for other programs
         else:
             raise ConfigError(f"unknown mount option -o {_printable(key)}")
-    fuse = _apply(fuse, _FUSE_CONVERT, fuse_o, "-o")
+    fuse = _apply(fuse, fuse_opts, fuse_o, "-o")
     for name in ("uid", "gid"):
         value = getattr(fuse, name)
         if value is not None and not 0 <= value <= ID_MAX:

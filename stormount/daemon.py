@@ -35,7 +35,7 @@ from stormount.chain.health import RESERVED
 from stormount.chain.repair import RepairJournal
 from stormount.chain.retry import backoff
 from stormount.chain.tier import redact
-from stormount.config import MountConfig
+from stormount.config import MountConfig, live_names
 from stormount.control.commands import Control
 from stormount.control.server import PATH_MAX, ControlServer
 from stormount.errors import BackendError, StartupError, StormountError, Transient
@@ -384,11 +384,9 @@ async def until_signalled(step: Callable[[], Awaitable[None]],
     return finished
 
 
-# what SIGHUP changes in a running mount; anything else waits for the next mount
-LIVE_TOP = ("log_level", "log_format", "log_file")
-LIVE_CACHE = ("metadata_ttl", "listing_ttl", "negative_ttl", "max_size", "min_free")
-LIVE_CHAIN = ("retries", "retry_delay", "retry_max_delay")
-LIVE_FUSE = ("entry_timeout", "attr_timeout")
+# the sections of MountConfig whose live options (config.live_names) SIGHUP changes in a
+# running mount; anything else waits for the next mount
+SECTIONS = ("cache", "chain", "fuse", "writeback")
 
 
 def _differences(old: object, new: object, prefix: str = "") -> list[str]:
@@ -404,7 +402,8 @@ def _differences(old: object, new: object, prefix: str = "") -> list[str]:
     return out
 
 
-def _live(old: T, new: T, names: tuple[str, ...]) -> T:
+def _live(old: T, new: T) -> T:
+    names = live_names(type(old))
     return replace(old, **{name: getattr(new, name) for name in names})  # type: ignore[type-var]
 
 
@@ -412,16 +411,12 @@ def reload_config(old: MountConfig, new: MountConfig, vfs: Vfs, ops: Operations,
                   chain: Chain, blocks: BlockCache) -> MountConfig:
     """Put what can change at run time into force (SIGHUP); the config now in force."""
     changed = _differences(old, new)
-    live = {*LIVE_TOP, *(f"cache.{n}" for n in LIVE_CACHE), *(f"chain.{n}" for n in LIVE_CHAIN),
-            *(f"fuse.{n}" for n in LIVE_FUSE), "writeback.debounce", "writeback.parallel",
-            "writeback.retries", "writeback.retry_delay", "writeback.retry_max_delay",
-            "writeback.failing_retry_delay", "writeback.fsync", "quotas"}
+    top = live_names(MountConfig)
+    live = {*top, *(f"{s}.{n}" for s in SECTIONS for n in live_names(type(getattr(old, s))))}
     later = [name for name in changed if name not in live]
     now = [name for name in changed if name in live]
-    cfg = replace(old, cache=_live(old.cache, new.cache, LIVE_CACHE),
-                  chain=_live(old.chain, new.chain, LIVE_CHAIN),
-                  fuse=_live(old.fuse, new.fuse, LIVE_FUSE), writeback=new.writeback,
-                  quotas=new.quotas, **{name: getattr(new, name) for name in LIVE_TOP})
+    cfg = replace(old, **{s: _live(getattr(old, s), getattr(new, s)) for s in SECTIONS},
+                  **{name: getattr(new, name) for name in top})
     try:
         logs.setup(cfg.log_level, cfg.log_format, file=cfg.log_file)
     except OSError as e:  # the log stays where it was

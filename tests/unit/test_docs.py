@@ -1,11 +1,13 @@
 """The documents stay true to the code: every test SEMANTICS.md cites exists, and
-CONFIGURATION.md lists every option."""
+CONFIGURATION.md lists every option (those of the sections with their defaults)."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import fields
 from pathlib import Path
+
+import pytest
 
 from stormount.config import (
     CacheConfig,
@@ -16,6 +18,7 @@ from stormount.config import (
     QuotaConfig,
     TierConfig,
     WritebackConfig,
+    converters,
 )
 from stormount.control.commands import COMMANDS
 
@@ -41,6 +44,41 @@ def test_every_option_is_documented():
     # the sections themselves, and what the command line gives
     names -= {"source", "mountpoint", "tiers", "cache", "fuse", "writeback", "chain"}
     assert sorted(n for n in names if f"`{n}`" not in text) == []
+
+
+SECTIONS = {"cache": CacheConfig, "fuse": FuseConfig, "writeback": WritebackConfig,
+            "chain": ChainConfig}
+# doc defaults that are no value a parser reads: what the doc must say instead, and why
+NOT_A_VALUE = {("cache", "dir"): ("derived, see below",
+                                  "filled from SOURCE and the mountpoint; the field's "
+                                  "default \"\" stands for that")}
+
+
+@pytest.mark.parametrize("section", sorted(SECTIONS))
+def test_every_section_option_is_in_its_table_with_its_default(section):
+    """Each field of the section has a row `` `name` | default | ... `` in the table under
+    `## [section]`, and its default, read by the option's own parser, is the field's:
+    "`VALUE`" (seconds may follow as " s"), or "not set" for None."""
+    text = (ROOT / "docs/CONFIGURATION.md").read_text()
+    # the first `| Key | Default |` table after the heading, to its first blank line
+    part = re.search(rf"^## `\[{section}\]`\n(?:(?!^## ).)*?^(\| Key \| Default \|.*?)\n\n", text,
+                     re.S | re.M)
+    assert part is not None, f"no Key | Default table under ## `[{section}]`"
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]*) \|", part.group(1), re.M))
+    cls = SECTIONS[section]
+    assert sorted({f.name for f in fields(cls)} ^ set(rows)) == []  # missing, or stale
+    parse = converters(cls)
+    for f in fields(cls):
+        shown = rows[f.name].strip()
+        if (section, f.name) in NOT_A_VALUE:
+            expected, why = NOT_A_VALUE[section, f.name]
+            assert shown == expected, why
+        elif shown == "not set":
+            assert f.default is None, f"{section}.{f.name}"
+        else:
+            value = re.fullmatch(r"`([^`]*)`(?: s)?", shown)
+            assert value is not None, f"{section}.{f.name}: default shown as {shown!r}"
+            assert parse[f.name](value.group(1), f.name) == f.default, f"{section}.{f.name}"
 
 
 def test_every_control_command_is_documented():

@@ -31,13 +31,13 @@ from stormount.errors import StormountError
 from tests.helpers.fuzz import budget
 
 SECTION_KEYS = {
-    "cache": sorted(config._CACHE_CONVERT),
-    "fuse": sorted(config._FUSE_CONVERT),
-    "writeback": sorted(config._WRITEBACK_CONVERT),
-    "chain": sorted(config._CHAIN_CONVERT),
+    "cache": sorted(config.converters(config.CacheConfig)),
+    "fuse": sorted(config.converters(config.FuseConfig)),
+    "writeback": sorted(config.converters(config.WritebackConfig)),
+    "chain": sorted(config.converters(config.ChainConfig)),
 }
-O_KEYS = sorted({*config.TIER_OPTIONS, *config._CACHE_CONVERT, *config._FUSE_CONVERT,
-                 *config._WRITEBACK_CONVERT, *(f"chain.{k}" for k in config._CHAIN_CONVERT),
+O_KEYS = sorted({*config.TIER_OPTIONS, *SECTION_KEYS["cache"], *SECTION_KEYS["fuse"],
+                 *SECTION_KEYS["writeback"], *(f"chain.{k}" for k in SECTION_KEYS["chain"]),
                  *config.TOP_LEVEL, *config._O_ALIASES, "tier", "config", "exec", "rw",
                  "allow_other", "x-systemd.automount", "nofail", "colour"})
 TIER_KEYS = sorted(config.TIER_OPTIONS)
