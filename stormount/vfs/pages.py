@@ -28,10 +28,9 @@ import trio
 
 from stormount.vfs.attrs import FILE
 from stormount.vfs.nodes import Node
-from stormount.vfs.reader import Reader
+from stormount.vfs.reader import Bytes, Reader
 
 log = logging.getLogger(__name__)
-Bytes = bytes | memoryview
 
 QUEUED_MAX = 8 * 1024 * 1024  # bytes waiting for the kernel (memory); beyond, not offered
 # a range given again only after this long: a read of it through the daemon since then
